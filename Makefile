@@ -1,0 +1,45 @@
+# Two commands for a fresh machine (see README):
+#   make demo   installs what it needs and runs the main job
+#   make test   installs what it needs and runs ruff, mypy --strict and pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+# Debian packages the tests and the demo need; installed only when missing.
+APT_PACKAGES := python3-venv
+SCENARIO ?= $(SHARED)/scenarios/summer-small/scenario.yaml
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test lint typecheck pytest bench clean system-packages
+
+$(BIN)/.installed: pyproject.toml
+	@scripts/ensure-apt.sh $(APT_PACKAGES)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+system-packages:
+	@scripts/ensure-apt.sh $(APT_PACKAGES)
+
+demo: $(BIN)/.installed
+	$(BIN)/hubctl sim --scenario $(SCENARIO) --out $(DEMO_OUT) --progress
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy hubctl simulators tests bench
+
+pytest: $(BIN)/.installed
+	HUBCTL_SHARED=$(abspath $(SHARED)) $(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/sim_speed.py
+
+clean:
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,116 @@
+"""Command line: `hubctl sim | check-config | schema`.
+
+Exit codes: 0 success, 1 a run failed, 2 usage, 78 (EX_CONFIG) bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hubctl.config import ConfigError, SiteConfig, load_config
+
+EX_CONFIG = 78
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(Path(args.file))
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EX_CONFIG
+    bats = sum(1 for c in cfg.companies if c.battery)
+    pvs = sum(1 for c in cfg.companies if c.pv)
+    print(f"{args.file}: ok: site {cfg.site.id}, {len(cfg.companies)} companies, {pvs} PV, {bats} batteries")
+    return 0
+
+
+def _cmd_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(SiteConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def _kpi_table(summary: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [
+        ("quarter-hours over a cap", "cap_quarters_over", "{:d}"),
+        ("seconds over the park cap", "cap_seconds_over", "{:.0f} s"),
+        ("energy over the park cap", "cap_kwh_over", "{:.2f} kWh"),
+        ("longest excursion", "longest_over_s", "{:.0f} s"),
+        ("PV produced", "pv_kwh", "{:.1f} kWh"),
+        ("PV curtailed", "curtailed_kwh", "{:.1f} kWh"),
+        ("park import", "park_import_kwh", "{:.1f} kWh"),
+        ("park export", "park_export_kwh", "{:.1f} kWh"),
+        ("self-consumption", "self_consumption", "{:.1%}"),
+        ("self-sufficiency", "self_sufficiency", "{:.1%}"),
+        ("shared between companies", "shared_kwh", "{:.1f} kWh"),
+        ("battery throughput", "battery_throughput_kwh", "{:.1f} kWh"),
+        ("wall time", "wall_s", "{:.1f} s"),
+    ]
+    table = Table(title=f"hubctl sim: {summary.get('scenario', '')}")
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    for label, key, fmt in rows:
+        v = summary.get(key)
+        table.add_row(label, "-" if v is None else fmt.format(v))
+    Console().print(table)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from hubctl import sim
+    from hubctl.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(Path(args.scenario))
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EX_CONFIG
+    out = Path(args.out)
+    if args.progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn(f"[bold]{scenario.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()
+        ) as bar:
+            task = bar.add_task("sim", total=scenario.steps)
+            summary = sim.run(scenario, out, lambda done, _total: bar.update(task, completed=done))
+    else:
+        summary = sim.run(scenario, out)
+    _kpi_table(summary)
+    print(f"wrote {out / 'timeseries.csv'}, {out / 'allocations.csv'}, {out / 'summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hubctl", description="Energy-hub controller for business parks")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sim", help="run the controller against a scenario's physics in simulated time")
+    p.add_argument("--scenario", required=True, help="scenario.yaml (SCENARIOS.md)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_cmd_sim)
+    p = sub.add_parser("check-config", help="validate a site config; exit 78 listing every problem")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_check_config)
+    p = sub.add_parser("schema", help="print the site config JSON schema")
+    p.set_defaults(func=_cmd_schema)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Site configuration: the park, its companies, the sharing key and the control parameters.
+
+One YAML file describes a site. It is validated by the pydantic models below
+(`extra="forbid"`, frozen, units in field names); `hubctl check-config FILE`
+prints every problem with its field path and exits 78 (EX_CONFIG), and
+`hubctl schema` prints the JSON schema generated from these models.
+
+Sign convention everywhere (SCENARIOS.md): grid power + import / - export,
+battery power + discharge / - charge, PV power >= 0.
+
+Limits: `import_limit_kw` / `export_limit_kw` are the contracted caps. Daily
+`windows` (local time, `[start, end)`, `end` may be "24:00", a window with
+start > end runs across midnight) replace the limits they name; day-specific
+`schedules` (one date each, e.g. a capacity-limitation call announced a day
+ahead) add windows for that date only. Where several windows or schedules are
+active the lowest limit holds (see `hubctl.limits`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SLUG = r"^[a-z0-9][a-z0-9-]*$"
+Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=64)]
+PowerKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$|^24:00$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. `problems` holds one line per problem: `path: message`."""
+
+    exit_code = 78  # EX_CONFIG, and RestartPreventExitStatus in the systemd unit
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def hhmm_to_s(text: str) -> int:
+    """"16:30" -> 59400; "24:00" -> 86400."""
+    hours, minutes = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60
+
+
+class Window(_Model):
+    """A daily time window (local time) that replaces the limits it names."""
+
+    start: str = Field(description='local time "HH:MM"')
+    end: str = Field(description='local time "HH:MM" or "24:00"; earlier than start runs across midnight')
+    import_limit_kw: PowerKw | None = None
+    export_limit_kw: PowerKw | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _is_hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f'{value!r} is not a local time "HH:MM" (00:00 to 24:00)')
+        return value
+
+    @model_validator(mode="after")
+    def _names_a_limit(self) -> Self:
+        if self.import_limit_kw is None and self.export_limit_kw is None:
+            raise ValueError("a window must name import_limit_kw, export_limit_kw or both")
+        if self.start == self.end:
+            raise ValueError("a window needs start != end")
+        if self.start == "24:00":
+            raise ValueError('a window cannot start at "24:00"')
+        return self
+
+    @property
+    def start_s(self) -> int:
+        return hhmm_to_s(self.start)
+
+    @property
+    def end_s(self) -> int:
+        return hhmm_to_s(self.end)
+
+
+class DaySchedule(_Model):
+    """Windows that apply on one local date only (a day-ahead call of the grid operator)."""
+
+    date: dt.date
+    windows: list[Window] = Field(min_length=1)
+
+
+class Caps(_Model):
+    """Import and export caps of a connection (the park's group cap or a company's own)."""
+
+    import_limit_kw: PowerKw | None = None
+    export_limit_kw: PowerKw | None = None
+    windows: list[Window] = Field(default_factory=list)
+    schedules: list[DaySchedule] = Field(default_factory=list)
+
+    @field_validator("schedules")
+    @classmethod
+    def _one_schedule_per_date(cls, value: list[DaySchedule]) -> list[DaySchedule]:
+        dates = [s.date for s in value]
+        dup = sorted({d for d in dates if dates.count(d) > 1})
+        if dup:
+            raise ValueError(f"more than one schedule for {', '.join(map(str, dup))}")
+        return value
+
+    @property
+    def has_caps(self) -> bool:
+        return (
+            self.import_limit_kw is not None
+            or self.export_limit_kw is not None
+            or bool(self.windows)
+            or bool(self.schedules)
+        )
+
+
+class Pv(_Model):
+    peak_kw: float = Field(gt=0, allow_inf_nan=False, description="DC/AC peak power the limit is a share of")
+    ramp_pct_per_s: float = Field(default=10.0, gt=0, le=100, description="of peak_kw per second")
+
+
+class Battery(_Model):
+    capacity_kwh: float = Field(gt=0, allow_inf_nan=False)
+    max_charge_kw: float = Field(gt=0, allow_inf_nan=False)
+    max_discharge_kw: float = Field(gt=0, allow_inf_nan=False)
+    soc_pct: Pct = Field(default=50.0, description="initial state of charge (simulation only)")
+    min_soc_pct: Pct = 5.0
+    max_soc_pct: Pct = 95.0
+    efficiency: float = Field(default=0.95, gt=0.5, le=1.0, description="one way")
+    ramp_pct_per_s: float = Field(default=50.0, gt=0, le=100, description="of max(charge, discharge) per s")
+    reserve_soc_pct: Pct | None = Field(
+        default=None,
+        description="state of charge kept for unforeseen import peaks when the controller has no load "
+        "history for the coming hours; default: control.default_reserve_soc_pct",
+    )
+
+    @model_validator(mode="after")
+    def _soc_order(self) -> Self:
+        if not self.min_soc_pct < self.max_soc_pct:
+            raise ValueError("min_soc_pct must be below max_soc_pct")
+        if not self.min_soc_pct <= self.soc_pct <= self.max_soc_pct:
+            raise ValueError("soc_pct must lie within [min_soc_pct, max_soc_pct]")
+        if self.reserve_soc_pct is not None and not (
+            self.min_soc_pct <= self.reserve_soc_pct <= self.max_soc_pct
+        ):
+            raise ValueError("reserve_soc_pct must lie within [min_soc_pct, max_soc_pct]")
+        return self
+
+
+class Company(Caps):
+    id: Slug
+    name: str | None = None
+    pv: Pv | None = None
+    battery: Battery | None = None
+
+
+class SharingKeyName(StrEnum):
+    PRO_RATA = "pro_rata"
+    STATIC = "static"
+    EQUAL = "equal"
+    PRIORITY = "priority"
+
+
+class Sharing(_Model):
+    key: SharingKeyName = SharingKeyName.PRO_RATA
+    interval_s: int = Field(default=900, gt=0)
+    shares: dict[str, float] = Field(default_factory=dict, description="static key: fraction of the pool")
+    order: list[str] = Field(default_factory=list, description="priority key: first served first")
+
+    @model_validator(mode="after")
+    def _key_fields(self) -> Self:
+        if any(v < 0 for v in self.shares.values()):
+            raise ValueError("shares must be >= 0")
+        if sum(self.shares.values()) > 1 + 1e-9:
+            raise ValueError(f"static shares sum to {sum(self.shares.values()):g}, more than 1")
+        if self.key is SharingKeyName.STATIC and not self.shares:
+            raise ValueError("the static key needs shares")
+        if 900 % self.interval_s and self.interval_s % 900:
+            raise ValueError("interval_s must divide or be a multiple of 900 s (quarter-hour settlement)")
+        return self
+
+
+class Location(_Model):
+    lat: float = Field(default=52.09, ge=-90, le=90)
+    lon: float = Field(default=5.12, ge=-180, le=180)
+
+
+class Control(_Model):
+    """Control parameters. Defaults suit a park polled every second; see docs/control.md."""
+
+    cycle_s: float = Field(default=1.0, gt=0, le=10, description="control cycle")
+    margin_pct: float = Field(default=2.0, ge=0, le=20, description="safety margin below each cap, % of it")
+    margin_min_kw: float = Field(default=3.0, ge=0, description="safety margin at least this many kW")
+    stale_after_s: float = Field(default=5.0, gt=0, description="a grid reading older than this is unsafe")
+    plan_every_s: float = Field(default=300.0, gt=0, description="how often the horizon plan is renewed")
+    plan_step_s: float = Field(default=300.0, ge=60, description="resolution of the horizon plan")
+    horizon_h: float = Field(default=24.0, ge=1, le=72, description="plan horizon")
+    default_reserve_soc_pct: Pct = Field(
+        default=50.0,
+        description="kept in each battery while the load of the coming hours is unknown (no history)",
+    )
+    deadband_kw: float = Field(default=2.0, ge=0, description="park imbalance the batteries leave alone")
+    pv_clear_sky_ratio: float = Field(
+        default=0.8, gt=0, le=1.2, description="prior PV output / (peak x sin(solar elevation)) on a clear day"
+    )
+
+
+class Site(_Model):
+    id: Slug = "park"
+    name: str | None = None
+    timezone: str = "Europe/Amsterdam"
+    location: Location = Field(default_factory=Location)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class SiteConfig(_Model):
+    """The whole site: `hubctl check-config` validates a YAML file against this model."""
+
+    site: Site = Field(default_factory=Site)
+    park: Caps
+    companies: list[Company] = Field(min_length=1)
+    sharing: Sharing = Field(default_factory=Sharing)
+    control: Control = Field(default_factory=Control)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        ids = [c.id for c in self.companies]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"company ids must be unique: {', '.join(dup)}")
+        unknown = sorted(set(self.sharing.shares) - set(ids)) + sorted(set(self.sharing.order) - set(ids))
+        if unknown:
+            raise ValueError(f"sharing names unknown companies: {', '.join(unknown)}")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site.timezone)
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "<config>") -> SiteConfig:
+    """Validate plain data (from YAML) into a SiteConfig, or raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping with park, companies, ..."])
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_errors(exc)) from exc
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Read and validate a site config YAML file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"
+        raise ConfigError(str(path), [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,504 @@
+"""The control core: one pure decision per cycle, `step(snapshot, state, params) -> (decision, state)`.
+
+No I/O, no clock reads, no logging: the caller passes a frozen `Snapshot` of
+what the gateway measured (possibly delayed) and the wall-clock time, and
+gets back battery setpoints and PV limits. `hubctl sim` and `hubctl run` call
+this same function.
+
+Sign convention (SCENARIOS.md): grid + import, battery + discharge, PV >= 0.
+
+Each cycle
+1. **Limits** in force now for the park and each company (`hubctl.limits`),
+   less a safety margin (`margin_pct`, at least `margin_min_kw`). A quarter-hour
+   budget tightens the target for the rest of the quarter after an excursion,
+   so that the quarter-hour mean (what the grid operator bills) stays inside
+   the cap while the per-second guard keeps excursions short.
+2. **Stale meter = unsafe.** A company grid reading that is missing or older
+   than `stale_after_s` puts the controller in fail-safe: batteries hold
+   0 kW (no charging from the grid, no export of stored energy) and PV is
+   limited so that export cannot pass any cap even with zero load.
+3. **Plan**: every `plan_every_s` the rolling-horizon plan (`hubctl.plan`)
+   renews the energy band [floor, ceiling] of the batteries from the
+   controller's own forecasts (`hubctl.forecast`).
+4. **Batteries first**: the uncontrolled net `N = load - available PV` is
+   predicted for the next step (the measured operating point, with the
+   battery at its previous setpoint, which the device is ramping to: this
+   compensates the measurement delay and the ramp, and avoids the classic PID
+   overshoot). The park battery power `B` is the band's preference (charge
+   towards the floor, drain towards the ceiling, otherwise self-consumption
+   with a soft deadband and no sign flipping on small imbalances), clipped
+   to the interval the caps allow `[N - I, N + E]`, then to what the batteries
+   can give.
+5. **Then PV**: what the batteries cannot absorb is curtailed, shared over the
+   inverters in proportion to their output. A limit is set as an absolute
+   power, so it is right even when the available PV is unknown (a curtailed
+   inverter does not show what it could give).
+6. **Own caps**: a company with its own caps is corrected with its own
+   battery and PV; the park total is then re-balanced over the others.
+7. Battery power is spread over the batteries so that their states of charge
+   converge (fair use of every company's battery).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from hubctl.config import SiteConfig
+from hubctl.forecast import LoadHistory, PvIndex, forecast
+from hubctl.limits import LimitClock, LimitsInForce
+from hubctl.plan import BatteryPool, Plan, make_plan
+from hubctl.solar import clear_sky_shape
+
+_HYSTERESIS_FRAC = 0.01  # of the pool's energy span, around floor and ceiling
+_FLIP_FRAC = 0.05  # a sign change of the park battery power needs at least this share of its power
+_CURTAILED_TOL_FRAC = 0.01  # PV within 1 % of peak of its limit counts as held by the limit
+_QUARTER_S = 900.0
+_CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryParams:
+    capacity_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    min_soc_pct: float
+    max_soc_pct: float
+    efficiency: float
+    reserve_soc_pct: float
+
+    @property
+    def e_min_kwh(self) -> float:
+        return self.capacity_kwh * self.min_soc_pct / 100.0
+
+    @property
+    def e_max_kwh(self) -> float:
+        return self.capacity_kwh * self.max_soc_pct / 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyParams:
+    id: str
+    pv_peak_kw: float  # 0: no PV
+    battery: BatteryParams | None
+    has_caps: bool
+
+
+@dataclass(frozen=True)
+class Params:
+    companies: tuple[CompanyParams, ...]
+    limits: LimitClock = field(compare=False)
+    lat: float
+    lon: float
+    margin_pct: float
+    margin_min_kw: float
+    stale_after_s: float
+    plan_every_s: float
+    plan_step_s: float
+    horizon_h: float
+    deadband_kw: float
+    pv_prior_k: float
+    contract_import_kw: float | None
+
+    @classmethod
+    def from_config(cls, cfg: SiteConfig) -> Params:
+        ctl = cfg.control
+        companies = []
+        for c in cfg.companies:
+            bat = None
+            if c.battery is not None:
+                b = c.battery
+                reserve = b.reserve_soc_pct if b.reserve_soc_pct is not None else ctl.default_reserve_soc_pct
+                reserve = min(max(reserve, b.min_soc_pct), b.max_soc_pct)
+                bat = BatteryParams(
+                    b.capacity_kwh,
+                    b.max_charge_kw,
+                    b.max_discharge_kw,
+                    b.min_soc_pct,
+                    b.max_soc_pct,
+                    b.efficiency,
+                    reserve,
+                )
+            companies.append(CompanyParams(c.id, c.pv.peak_kw if c.pv else 0.0, bat, c.has_caps))
+        limits = LimitClock(cfg.park, {c.id: c for c in cfg.companies}, cfg.tz)
+        return cls(
+            tuple(companies),
+            limits,
+            cfg.site.location.lat,
+            cfg.site.location.lon,
+            ctl.margin_pct,
+            ctl.margin_min_kw,
+            ctl.stale_after_s,
+            ctl.plan_every_s,
+            ctl.plan_step_s,
+            ctl.horizon_h,
+            ctl.deadband_kw,
+            ctl.pv_clear_sky_ratio,
+            cfg.park.import_limit_kw,
+        )
+
+    def margin(self, cap_kw: float) -> float:
+        return max(cap_kw * self.margin_pct / 100.0, self.margin_min_kw)
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyReading:
+    """What the gateway knows of one company; None = not available (never 0)."""
+
+    grid_kw: float | None
+    pv_kw: float | None = None
+    battery_kw: float | None = None
+    soc_pct: float | None = None
+    grid_age_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    ts_utc: float  # wall-clock time of the cycle (limits, sun, quarter-hours)
+    companies: tuple[CompanyReading, ...]  # in config order
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    battery_setpoint_kw: tuple[float | None, ...]  # None: company has no battery
+    pv_limit_kw: tuple[float | None, ...]  # None: no limit
+    mode: str  # "normal" | "failsafe"
+    park_limits: LimitsInForce
+    company_limits: dict[str, LimitsInForce]
+    floor_kwh: float
+    ceiling_kwh: float
+    reason: str  # why the batteries/PV do what they do, for operators
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterBudget:
+    quarter: int  # UTC quarter number (ts // 900); real UTC offsets are whole quarters
+    import_excess_kwh: float  # integral of (grid - import cap) so far, may be negative
+    export_excess_kwh: float  # integral of (-grid - export cap) so far
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    battery_kw: tuple[float, ...]  # last setpoints (0 where no battery)
+    pv_limit_kw: tuple[float | None, ...]
+    history: LoadHistory
+    pv_index: PvIndex
+    plan: Plan | None
+    budget: QuarterBudget
+    last_ts: float | None
+    band_mode: str  # "charge" | "drain" | "free"
+    last_net_kw: tuple[float, ...] | None  # per company load - uncurtailed PV, last cycle (for the trend)
+    last_slope_kw_per_s: float = 0.0
+
+    @classmethod
+    def initial(cls, params: Params) -> State:
+        n = len(params.companies)
+        return cls(
+            (0.0,) * n,
+            (None,) * n,
+            LoadHistory.empty(n),
+            PvIndex.prior(n, params.pv_prior_k),
+            None,
+            QuarterBudget(-1, 0.0, 0.0),
+            None,
+            "free",
+            None,
+        )
+
+
+def _pool(params: Params, reserve: bool = True) -> BatteryPool:
+    bats = [c.battery for c in params.companies if c.battery is not None]
+    if not bats:
+        return BatteryPool(0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    cap = sum(b.capacity_kwh for b in bats)
+    eff = sum(b.efficiency * b.capacity_kwh for b in bats) / cap
+    return BatteryPool(
+        sum(b.e_min_kwh for b in bats),
+        sum(b.e_max_kwh for b in bats),
+        sum(b.max_charge_kw for b in bats),
+        sum(b.max_discharge_kw for b in bats),
+        eff,
+        sum(b.capacity_kwh * b.reserve_soc_pct / 100.0 for b in bats) if reserve else 0.0,
+    )
+
+
+def _cap(v: float | None, params: Params) -> float:
+    return math.inf if v is None else max(0.0, v - params.margin(v))
+
+
+def _renew_plan(ts: float, state: State, params: Params) -> Plan:
+    steps = max(1, int(params.horizon_h * 3600 / params.plan_step_s))
+    peaks = tuple(c.pv_peak_kw for c in params.companies)
+    fc = forecast(ts, steps, params.plan_step_s, state.history, state.pv_index, peaks, params.lat, params.lon)
+    imp, exp, reduced = [], [], []
+    for j in range(steps):
+        park, _ = params.limits.at(ts + (j + 0.5) * params.plan_step_s)
+        imp.append(_cap(park.import_kw, params))
+        exp.append(_cap(park.export_kw, params))
+        reduced.append(park.import_source not in {"contract", "none"})
+    contract = params.contract_import_kw
+    return make_plan(ts, params.plan_step_s, fc, imp, exp, reduced, math.inf if contract is None else contract, _pool(params))
+
+
+def _failsafe(
+    snap: Snapshot, state: State, params: Params, park: LimitsInForce, comp: dict[str, LimitsInForce], why: str
+) -> tuple[Decision, State]:
+    """Batteries to 0 kW, PV limited so that export stays within every cap even at zero load."""
+    peaks = [c.pv_peak_kw for c in params.companies]
+    total_peak = sum(peaks)
+    park_room = _cap(park.export_kw, params)
+    limits: list[float | None] = []
+    for c, peak in zip(params.companies, peaks, strict=True):
+        if peak <= 0:
+            limits.append(None)
+            continue
+        lim = peak * min(1.0, park_room / total_peak) if math.isfinite(park_room) else peak
+        own = comp.get(c.id)
+        if own is not None and own.export_kw is not None:
+            lim = min(lim, _cap(own.export_kw, params))
+        limits.append(lim if lim < peak else None)
+    setpoints = tuple(0.0 if c.battery else None for c in params.companies)
+    decision = Decision(setpoints, tuple(limits), "failsafe", park, comp, 0.0, 0.0, why)
+    new_state = replace(
+        state,
+        battery_kw=(0.0,) * len(params.companies),
+        pv_limit_kw=tuple(limits),
+        last_ts=snap.ts_utc,
+    )
+    return decision, new_state
+
+
+def _split(total: float, caps: list[float], weights: list[float]) -> list[float]:
+    """Share `total` (>= 0) over items with capacities `caps` in proportion to `weights` (water filling)."""
+    out = [0.0] * len(caps)
+    left = total
+    active = [i for i, c in enumerate(caps) if c > 1e-9]
+    while left > 1e-9 and active:
+        wsum = sum(max(weights[i], 1e-6) for i in active)
+        nxt = []
+        given = 0.0
+        for i in active:
+            share = left * max(weights[i], 1e-6) / wsum
+            room = caps[i] - out[i]
+            take = min(share, room)
+            out[i] += take
+            given += take
+            if caps[i] - out[i] > 1e-9:
+                nxt.append(i)
+        left -= given
+        if given <= 1e-12:
+            break
+        active = nxt
+    return out
+
+
+def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]:
+    """One control decision. Pure: same inputs, same outputs."""
+    ts = snap.ts_utc
+    comps = params.companies
+    n = len(comps)
+    park_lim, comp_lim = params.limits.at(ts)
+    dt_s = 1.0 if state.last_ts is None else max(1e-3, min(ts - state.last_ts, 60.0))
+
+    # 2. stale or missing grid meters: unsafe
+    stale = [
+        c.id
+        for c, r in zip(comps, snap.companies, strict=True)
+        if r.grid_kw is None or r.grid_age_s > params.stale_after_s or not math.isfinite(r.grid_kw)
+    ]
+    if stale:
+        return _failsafe(snap, state, params, park_lim, comp_lim, "grid meter stale: " + ", ".join(stale))
+
+    grid = [r.grid_kw or 0.0 for r in snap.companies]
+    pv = [r.pv_kw if (r.pv_kw is not None and c.pv_peak_kw > 0) else 0.0 for c, r in zip(comps, snap.companies, strict=True)]
+    bat_meas = [r.battery_kw if (r.battery_kw is not None and c.battery) else 0.0 for c, r in zip(comps, snap.companies, strict=True)]
+    load = [max(0.0, g + p + b) for g, p, b in zip(grid, pv, bat_meas, strict=True)]
+    park_grid = sum(grid)
+
+    # which inverters are held by their limit (their available power is unknown)
+    curtailed = tuple(
+        lim is not None and c.pv_peak_kw > 0 and p >= lim - _CURTAILED_TOL_FRAC * c.pv_peak_kw
+        for c, p, lim in zip(comps, pv, state.pv_limit_kw, strict=True)
+    )
+    shape = clear_sky_shape(ts, params.lat, params.lon)
+    peaks = tuple(c.pv_peak_kw for c in comps)
+    pv_index = state.pv_index.update(shape, tuple(pv), peaks, curtailed, dt_s)
+    history = state.history.add(ts, tuple(load))
+
+    # 1. limits less margin, with the quarter-hour budget
+    imp_cap = _cap(park_lim.import_kw, params)
+    exp_cap = _cap(park_lim.export_kw, params)
+    quarter = int(ts // _QUARTER_S)
+    budget = state.budget if state.budget.quarter == quarter else QuarterBudget(quarter, 0.0, 0.0)
+    if park_lim.import_kw is not None:
+        budget = replace(budget, import_excess_kwh=budget.import_excess_kwh + (park_grid - park_lim.import_kw) * dt_s / 3600)
+    if park_lim.export_kw is not None:
+        budget = replace(budget, export_excess_kwh=budget.export_excess_kwh + (-park_grid - park_lim.export_kw) * dt_s / 3600)
+    remaining_s = max(_QUARTER_S - (ts - quarter * _QUARTER_S), 30.0)
+    if budget.import_excess_kwh > 0 and math.isfinite(imp_cap):
+        imp_cap = max(0.5 * imp_cap, imp_cap - budget.import_excess_kwh * 3600 / remaining_s)
+    if budget.export_excess_kwh > 0 and math.isfinite(exp_cap):
+        exp_cap = max(0.5 * exp_cap, exp_cap - budget.export_excess_kwh * 3600 / remaining_s)
+
+    # 3. the plan
+    plan = state.plan
+    if plan is None or ts - plan.ts_utc >= params.plan_every_s:
+        plan = _renew_plan(ts, replace(state, history=history, pv_index=pv_index), params)
+    floor_kwh, ceiling_kwh = plan.band_at(ts)
+
+    # 4. predicted uncontrolled net for the next step
+    avail = []
+    for i, c in enumerate(comps):
+        if c.pv_peak_kw <= 0:
+            avail.append(0.0)
+        elif curtailed[i]:
+            model = c.pv_peak_kw * shape * pv_index.k_clear[i]
+            avail.append(min(c.pv_peak_kw, max(pv[i] + _CURTAILED_TOL_FRAC * c.pv_peak_kw, model)))
+        else:
+            avail.append(pv[i])
+    net = [ld - a for ld, a in zip(load, avail, strict=True)]
+    park_net = sum(net)
+    # the trend over the last cycle, for inverters whose output shows the sun (not held by a limit):
+    # the meters are `lag` seconds old, so the caps are guarded against where the net is heading
+    trend_net = tuple(ld - (0.0 if cut else p) for ld, p, cut in zip(load, pv, curtailed, strict=True))
+    slope = 0.0
+    if state.last_net_kw is not None and state.last_ts is not None:
+        slope = sum(
+            (a - b)
+            for a, b, cut, was in zip(trend_net, state.last_net_kw, curtailed, state.pv_limit_kw, strict=True)
+            if not cut or was is not None
+        ) / dt_s
+    # a ramp shows in two cycles running; a single jump (a machine switching) is not extrapolated
+    trend = math.copysign(min(abs(slope), abs(state.last_slope_kw_per_s)), slope)
+    if slope * state.last_slope_kw_per_s <= 0:
+        trend = 0.0
+    lag_s = max(r.grid_age_s for r in snap.companies)
+    net_hi = park_net + max(0.0, trend) * lag_s
+    net_lo = park_net + min(0.0, trend) * lag_s
+
+    # battery capabilities this step (energy-limited near the SoC limits)
+    dis_cap = [0.0] * n
+    ch_cap = [0.0] * n
+    energy = [0.0] * n
+    span = [0.0] * n
+    for i, c in enumerate(comps):
+        b = c.battery
+        r = snap.companies[i]
+        if b is None or r.soc_pct is None:
+            continue
+        e = b.capacity_kwh * r.soc_pct / 100.0
+        energy[i] = e
+        span[i] = b.e_max_kwh - b.e_min_kwh
+        hours = max(dt_s, 1.0) / 3600.0
+        dis_cap[i] = max(0.0, min(b.max_discharge_kw, (e - b.e_min_kwh) * b.efficiency / hours))
+        ch_cap[i] = max(0.0, min(b.max_charge_kw, (b.e_max_kwh - e) / b.efficiency / hours))
+    total_dis, total_ch = sum(dis_cap), sum(ch_cap)
+    stored = sum(energy)
+    pool_span = sum(span)
+    hyst = _HYSTERESIS_FRAC * pool_span
+
+    # band preference with hysteresis
+    mode = state.band_mode
+    if stored < floor_kwh - hyst:
+        mode = "charge"
+    elif stored > ceiling_kwh + hyst:
+        mode = "drain"
+    elif (mode == "charge" and stored >= floor_kwh + hyst) or (mode == "drain" and stored <= ceiling_kwh - hyst):
+        mode = "free"
+    if mode == "charge":
+        pref = -total_ch
+        reason = "charging towards the floor for the caps ahead"
+    elif mode == "drain":
+        # behind the plan: catch up within `_CATCH_UP_S`, covering the park's own import first
+        catch_up = (stored - ceiling_kwh) * 3600.0 / _CATCH_UP_S
+        pref = min(total_dis, max(park_net, catch_up))
+        reason = "making room for the solar excess ahead"
+    else:
+        excess = max(0.0, abs(park_net) - params.deadband_kw)
+        pref = math.copysign(excess, park_net)
+        if pref > 0 and stored <= floor_kwh:
+            pref = 0.0
+        if pref < 0 and stored >= ceiling_kwh:
+            pref = 0.0
+        reason = "self-consumption"
+    prev_total = sum(state.battery_kw)
+    flip = _FLIP_FRAC * max(total_dis + total_ch, 1e-9) / 2
+    if prev_total * pref < 0 and abs(pref) < flip:
+        pref = 0.0
+
+    # caps: N - B <= I  and  N - B >= -E
+    b_lo = net_hi - imp_cap
+    b_hi = net_lo + exp_cap
+    total = min(max(pref, b_lo), b_hi)
+    if total != pref:
+        reason = "holding the park import cap" if total == b_lo else "holding the park export cap"
+    total = min(max(total, -total_ch), total_dis)
+
+    # 7. spread over batteries, SoC-fair
+    bat = [0.0] * n
+    if total > 0:
+        w = [(energy[i] - (comps[i].battery.e_min_kwh if comps[i].battery else 0.0)) / span[i] if span[i] > 0 else 0.0 for i in range(n)]
+        bat = _split(total, dis_cap, [w[i] * dis_cap[i] for i in range(n)])
+    elif total < 0:
+        w = [((comps[i].battery.e_max_kwh if comps[i].battery else 0.0) - energy[i]) / span[i] if span[i] > 0 else 0.0 for i in range(n)]
+        bat = [-x for x in _split(-total, ch_cap, [w[i] * ch_cap[i] for i in range(n)])]
+
+    # 5. curtail what the batteries cannot absorb
+    curt = [0.0] * n
+    export_over = -(net_lo - total) - exp_cap
+    if export_over > 1e-6:
+        curt = _split(export_over, avail, avail)
+        reason = "curtailing PV: export cap with batteries full or at full power"
+
+    # 6. own caps of companies
+    for i, c in enumerate(comps):
+        lim = comp_lim.get(c.id)
+        if lim is None:
+            continue
+        g = net[i] + curt[i] - bat[i]
+        ci, ce = _cap(lim.import_kw, params), _cap(lim.export_kw, params)
+        if g > ci:
+            more = min(g - ci, dis_cap[i] - bat[i])
+            bat[i] += max(0.0, more)
+            g -= max(0.0, more)
+            if g > ci and curt[i] > 0:
+                back = min(curt[i], g - ci)
+                curt[i] -= back
+        elif g < -ce:
+            need = -ce - g
+            more = min(need, ch_cap[i] + bat[i])
+            bat[i] -= max(0.0, more)
+            need -= max(0.0, more)
+            if need > 0:
+                curt[i] = min(avail[i], curt[i] + need)
+    # re-balance the park total after own-cap corrections, over companies without own caps
+    g_park = sum(net[i] + curt[i] - bat[i] for i in range(n))
+    free = [i for i, c in enumerate(comps) if c.id not in comp_lim]
+    if g_park > imp_cap + 1e-6:
+        extra = _split(g_park - imp_cap, [max(0.0, dis_cap[i] - bat[i]) if i in free else 0.0 for i in range(n)], [1.0] * n)
+        bat = [b + x for b, x in zip(bat, extra, strict=True)]
+    elif g_park < -exp_cap - 1e-6:
+        need = -exp_cap - g_park
+        extra = _split(need, [max(0.0, ch_cap[i] + bat[i]) if i in free else 0.0 for i in range(n)], [1.0] * n)
+        bat = [b - x for b, x in zip(bat, extra, strict=True)]
+        need -= sum(extra)
+        if need > 1e-6:
+            more = _split(need, [avail[i] - curt[i] if i in free else 0.0 for i in range(n)], avail)
+            curt = [a + b for a, b in zip(curt, more, strict=True)]
+
+    # PV limits: absolute; keep a limit while the inverter is held by it, release once it is not
+    pv_limits: list[float | None] = []
+    for i, c in enumerate(comps):
+        if c.pv_peak_kw <= 0:
+            pv_limits.append(None)
+        elif curt[i] > 1e-6:
+            pv_limits.append(max(0.0, avail[i] - curt[i]))
+        elif curtailed[i]:
+            pv_limits.append(min(c.pv_peak_kw, avail[i]))  # raise step by step, never jump to no limit
+        else:
+            pv_limits.append(None)
+
+    setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))
+    decision = Decision(setpoints, tuple(pv_limits), "normal", park_lim, comp_lim, floor_kwh, ceiling_kwh, reason)
+    new_state = State(tuple(bat), tuple(pv_limits), history, pv_index, plan, budget, ts, mode, trend_net, slope)
+    return decision, new_state

@@ -1,0 +1,135 @@
+"""The rolling-horizon plan: how much energy the batteries must hold, and how much room they must keep.
+
+Every `plan_every_s` the controller looks `horizon_h` ahead over its own
+forecasts (`hubctl.forecast`) and the limits that will be in force (windows,
+day-ahead schedules), and computes two energy bands for the park's batteries
+taken together:
+
+* **floor** `F(t)`: the least stored energy that still lets the batteries
+  hold every import cap ahead. Backward over the horizon:
+  `F_j = max(E_min, F_{j+1} + need_j/eta*h - charge_j*eta*h)` with
+  `need_j = min(P_dis, max(0, net_hi_j - I_j))` the discharge an import cap
+  will call for and `charge_j` the charging the caps leave room for, counted
+  at `_CHARGE_CREDIT` of its possible rate so that the batteries are charged
+  early rather than just in time.
+* **ceiling** `C(t)`: the most stored energy that still leaves room to absorb
+  every export excess ahead. Backward:
+  `R_j = max(0, R_{j+1} + absorb_j*eta*h - discharge_j/eta*h)`, `C = E_max - R`,
+  with `absorb_j = min(P_ch, max(0, -net_lo_j - E_j))` and `discharge_j` the
+  discharge the export cap leaves room for, again credited at
+  `_DISCHARGE_CREDIT`.
+
+These recursions are the exact solution of the single-battery feasibility LP
+(least energy that keeps the future feasible), computed in O(horizon) with no
+solver, so the plan cannot fail to solve on the gateway. They are deliberately
+one-sided: the floor uses a high load and a dull sky (`net_hi`), the ceiling a
+low load and a clear sky (`net_lo`). Where they conflict the floor wins: an
+export excess can always be curtailed, an import excess cannot.
+
+Without a load history for the coming hours the controller cannot see import
+peaks coming; it then keeps `reserve` (the battery's `reserve_soc_pct`) as a
+floor, but yields it to the ceiling: room for a forecast solar excess is worth
+more than a guess.
+
+The real-time law (`hubctl.control`) then works inside the band: it absorbs
+surplus only below the ceiling, covers import only above the floor, charges
+towards the floor and drains towards the ceiling, and always holds the caps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hubctl.forecast import Forecast
+
+_CHARGE_CREDIT = 0.5
+_DISCHARGE_CREDIT = 0.5
+_BLIND_LEAD_S = 2 * 3600.0  # without history, import needs at normal caps are planned this far ahead
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryPool:
+    """The park's batteries taken together (energy in kWh, power in kW)."""
+
+    e_min_kwh: float
+    e_max_kwh: float
+    charge_kw: float
+    discharge_kw: float
+    efficiency: float
+    reserve_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    ts_utc: float
+    step_s: float
+    floor_kwh: tuple[float, ...]  # at the start of each plan step
+    ceiling_kwh: tuple[float, ...]
+    reserve_used: bool
+
+    def band_at(self, ts_utc: float) -> tuple[float, float]:
+        j = int(max(0.0, ts_utc - self.ts_utc) // self.step_s)
+        j = min(j, len(self.floor_kwh) - 1)
+        return self.floor_kwh[j], self.ceiling_kwh[j]
+
+
+def make_plan(
+    ts_utc: float,
+    step_s: float,
+    fc: Forecast,
+    import_limit_kw: list[float],
+    export_limit_kw: list[float],
+    reduced_import: list[bool],
+    contract_import_kw: float,
+    pool: BatteryPool,
+    *,
+    reserve_coverage: float = 0.5,
+) -> Plan:
+    """Energy bands over the horizon.
+
+    Limits are per plan step, already less the safety margin (inf: none).
+    `reduced_import` marks steps where a window or schedule lowers the import cap
+    below the contract: without a history for such a step the floor is planned
+    for the highest load of the last 24 h (a lower cap announced ahead must find
+    the batteries charged).
+    """
+    steps = len(import_limit_kw)
+    h = step_s / 3600.0
+    eta = pool.efficiency
+    floor = [pool.e_min_kwh] * (steps + 1)
+    room = [0.0] * (steps + 1)
+    span = pool.e_max_kwh - pool.e_min_kwh
+    for j in range(steps - 1, -1, -1):
+        imp, exp = import_limit_kw[j], export_limit_kw[j]
+        net_hi = fc.load_high_kw[j] - fc.pv_low_kw[j]
+        blind = not fc.covered[j] and (j + 0.5) * step_s > _BLIND_LEAD_S
+        if not fc.covered[j] and reduced_import[j]:
+            # an announced lower cap with no history behind it: plan for the load the park
+            # has shown or is contracted for, whichever is higher
+            load = max(fc.load_high_kw[j], fc.load_peak_kw, contract_import_kw if contract_import_kw < math.inf else 0.0)
+            net_hi = load - fc.pv_low_kw[j]
+        elif blind:
+            net_hi = -math.inf  # unknown load: neither a need nor a chance to charge; the reserve covers it
+        need = min(pool.discharge_kw, max(0.0, net_hi - imp))
+        if need > 0 or net_hi == -math.inf:
+            charge = 0.0
+        else:
+            charge = min(pool.charge_kw, max(0.0, imp - net_hi)) * _CHARGE_CREDIT
+        f = floor[j + 1] + need / eta * h - charge * eta * h
+        floor[j] = min(pool.e_max_kwh, max(pool.e_min_kwh, f))
+        net_lo = fc.load_low_kw[j] - fc.pv_clear_kw[j]
+        absorb = min(pool.charge_kw, max(0.0, -net_lo - exp))
+        discharge = 0.0 if absorb > 0 else min(pool.discharge_kw, max(0.0, net_lo + exp)) * _DISCHARGE_CREDIT
+        room[j] = min(span, max(0.0, room[j + 1] + absorb * eta * h - discharge / eta * h))
+    ceiling = [pool.e_max_kwh - r for r in room[:steps]]
+    reserve_used = fc.coverage < reserve_coverage and pool.reserve_kwh > pool.e_min_kwh
+    floors = []
+    ceilings = []
+    for j in range(steps):
+        f = floor[j]
+        if reserve_used:
+            f = max(f, min(pool.reserve_kwh, ceiling[j]))
+        floors.append(f)
+        ceilings.append(max(ceiling[j], f))
+    return Plan(ts_utc, step_s, tuple(floors), tuple(ceilings), reserve_used)

@@ -1,0 +1,225 @@
+"""`hubctl sim`: the gateway's controller against the park physics model, in simulated time.
+
+Deterministic and as fast as the machine allows. Each step:
+the controller sees the physics record of `measurement_delay_s` ago (what a
+gateway's meters would show), decides with the same `hubctl.control.step`
+that `hubctl run` uses, and the physics model applies the decision with the
+devices' ramps. Before t = 0 the park is at rest: batteries at 0 kW, PV
+unlimited, loads at the profile's first row.
+
+Writes `timeseries.csv`, `allocations.csv` and `summary.json` exactly as
+SCENARIOS.md specifies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hubctl.control import CompanyReading, Params, Snapshot, State, step
+from hubctl.metrics import CapSeries, summarize
+from hubctl.scenario import Scenario
+from hubctl.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
+from simulators.physics import BatterySpec, CompanySpec, ParkPhysics, Profiles, PvSpec, StepRecord
+
+ProgressFn = Callable[[int, int], None]
+
+
+def company_specs(scenario: Scenario) -> list[CompanySpec]:
+    specs = []
+    for c in scenario.config.companies:
+        pv = PvSpec(c.pv.peak_kw, c.pv.ramp_pct_per_s) if c.pv else None
+        bat = None
+        if c.battery:
+            b = c.battery
+            bat = BatterySpec(
+                b.capacity_kwh,
+                b.max_charge_kw,
+                b.max_discharge_kw,
+                b.soc_pct,
+                b.min_soc_pct,
+                b.max_soc_pct,
+                b.efficiency,
+                b.ramp_pct_per_s,
+            )
+        specs.append(CompanySpec(c.id, pv, bat))
+    return specs
+
+
+def _at_rest(profiles: Profiles, specs: list[CompanySpec], step_s: float) -> StepRecord:
+    """The park before t = 0: batteries idle, PV unlimited."""
+    load, avail = profiles.at(0.0)
+    avail = np.array([a if s.pv else 0.0 for a, s in zip(avail, specs, strict=True)])
+    soc = np.array([s.battery.soc_pct if s.battery else 0.0 for s in specs])
+    bat = np.zeros(len(specs))
+    return StepRecord(-step_s, load, avail, avail.copy(), bat, soc, load - avail)
+
+
+def sharing_rule(scenario: Scenario) -> SharingRule:
+    s = scenario.config.sharing
+    return SharingRule(SharingKey(s.key.value), dict(s.shares), tuple(s.order))
+
+
+def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -> dict[str, object]:
+    """Simulate the scenario and write the three output files; returns the summary."""
+    wall0 = time.perf_counter()
+    cfg = scenario.config
+    ids = [c.id for c in cfg.companies]
+    n = len(ids)
+    specs = company_specs(scenario)
+    profiles = Profiles.from_csv(scenario.profiles_path, ids)
+    physics = ParkPhysics(specs, profiles, scenario.step_s)
+    params = Params.from_config(cfg)
+    state = State.initial(params)
+    steps = scenario.steps
+    dt = scenario.step_s
+    # the controller sees the record of `delay` steps ago (at least the previous step: it cannot see the
+    # step it is deciding)
+    delay = max(1, round(scenario.measurement_delay_s / dt))
+    rest = _at_rest(profiles, specs, dt)
+    seen: deque[StepRecord] = deque([rest] * delay, maxlen=delay)
+
+    cols = {k: np.zeros((steps, n)) for k in ("load", "pav", "pv", "bat", "soc", "grid", "cimp", "cexp")}
+    park_imp = np.zeros(steps)
+    park_exp = np.zeros(steps)
+    has_caps = [c.has_caps for c in cfg.companies]
+    rule = sharing_rule(scenario)
+    interval_steps = max(1, round(cfg.sharing.interval_s / dt))
+    meter = IntervalMeter(ids)
+    allocations: list[tuple[float, Allocation]] = []
+    report_every = max(1, steps // 200)
+
+    for k in range(steps):
+        t = k * dt
+        rec = seen[0]
+        age = t - rec.t_s
+        readings = tuple(
+            CompanyReading(
+                float(rec.grid_kw[i]),
+                float(rec.pv_kw[i]),
+                float(rec.battery_kw[i]),
+                float(rec.soc_pct[i]) if specs[i].battery else None,
+                age,
+            )
+            for i in range(n)
+        )
+        decision, state = step(Snapshot(scenario.start_utc + t, readings), state, params)
+        out = physics.step(t, decision.battery_setpoint_kw, decision.pv_limit_kw)
+        seen.append(out)
+        cols["load"][k] = out.load_kw
+        cols["pav"][k] = out.pv_available_kw
+        cols["pv"][k] = out.pv_kw
+        cols["bat"][k] = out.battery_kw
+        cols["soc"][k] = out.soc_pct
+        cols["grid"][k] = out.grid_kw
+        pl = decision.park_limits
+        park_imp[k] = math.inf if pl.import_kw is None else pl.import_kw
+        park_exp[k] = math.inf if pl.export_kw is None else pl.export_kw
+        for i, cid in enumerate(ids):
+            lim = decision.company_limits.get(cid)
+            cols["cimp"][k, i] = math.inf if lim is None or lim.import_kw is None else lim.import_kw
+            cols["cexp"][k, i] = math.inf if lim is None or lim.export_kw is None else lim.export_kw
+        meter.add(out.grid_kw.tolist(), dt)
+        if (k + 1) % interval_steps == 0 or k == steps - 1:
+            start_s = (k // interval_steps) * interval_steps * dt
+            allocations.extend((start_s, a) for a in allocate_surplus(meter.energy(), rule))
+            meter.reset()
+        if progress is not None and (k % report_every == 0 or k == steps - 1):
+            progress(k + 1, steps)
+    sim_wall = time.perf_counter() - wall0
+
+    ts = scenario.start_utc + np.arange(steps) * dt
+    park_grid = cols["grid"].sum(axis=1)
+    company_caps = [
+        CapSeries(ids[i], cols["grid"][:, i], cols["cimp"][:, i], cols["cexp"][:, i]) for i in range(n) if has_caps[i]
+    ]
+    summary: dict[str, object] = dict(
+        summarize(
+            ts,
+            dt,
+            CapSeries("park", park_grid, park_imp, park_exp),
+            company_caps,
+            cols["load"],
+            cols["pav"],
+            cols["pv"],
+            cols["bat"],
+            sum(a.shared_in_kwh for _, a in allocations),
+        )
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_timeseries(out_dir / "timeseries.csv", ids, np.arange(steps) * dt, park_grid, park_imp, park_exp, cols)
+    _write_allocations(out_dir / "allocations.csv", allocations)
+    summary.update(
+        scenario=scenario.name,
+        steps=steps,
+        companies=n,
+        sim_wall_s=round(sim_wall, 3),
+        wall_s=round(time.perf_counter() - wall0, 3),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def _fmt_limit(v: float) -> str:
+    return "" if math.isinf(v) else f"{v:.4f}"
+
+
+def _write_timeseries(
+    path: Path,
+    ids: list[str],
+    t_s: np.ndarray,
+    park_grid: np.ndarray,
+    park_imp: np.ndarray,
+    park_exp: np.ndarray,
+    cols: dict[str, np.ndarray],
+) -> None:
+    head = ["t_s", "park.grid_kw", "park.import_limit_kw", "park.export_limit_kw"]
+    for cid in ids:
+        head += [
+            f"{cid}.{k}"
+            for k in (
+                "load_kw",
+                "pv_available_kw",
+                "pv_kw",
+                "battery_kw",
+                "soc_pct",
+                "grid_kw",
+                "import_limit_kw",
+                "export_limit_kw",
+            )
+        ]
+    n = len(ids)
+    num = np.empty((len(t_s), 6 * n))
+    for i in range(n):
+        for j, key in enumerate(("load", "pav", "pv", "bat", "soc", "grid")):
+            num[:, 6 * i + j] = cols[key][:, i]
+    num = np.round(num, 4)
+    num[num == 0] = 0.0  # no "-0.0"
+    body = num.tolist()
+    imp, exp = cols["cimp"], cols["cexp"]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write(",".join(head) + "\n")
+        for k in range(len(t_s)):
+            row = body[k]
+            parts = [f"{t_s[k]:g}", f"{park_grid[k]:.4f}", _fmt_limit(park_imp[k]), _fmt_limit(park_exp[k])]
+            for i in range(n):
+                parts.extend(f"{x:.4f}" for x in row[6 * i : 6 * i + 6])
+                parts.append(_fmt_limit(imp[k, i]))
+                parts.append(_fmt_limit(exp[k, i]))
+            f.write(",".join(parts) + "\n")
+
+
+def _write_allocations(path: Path, allocations: list[tuple[float, Allocation]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("interval_start_s,company,import_kwh,export_kwh,shared_in_kwh,shared_out_kwh\n")
+        for start, a in allocations:
+            f.write(
+                f"{start:g},{a.company},{a.import_kwh:.6f},{a.export_kwh:.6f},"
+                f"{a.shared_in_kwh:.6f},{a.shared_out_kwh:.6f}\n"
+            )

@@ -1,0 +1,1 @@
+"""Device and park simulators: the physics model and (later) Modbus/MQTT device servers."""
