@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubctl.config import ConfigError, SiteConfig, load_config
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 EX_CONFIG = 78
 
@@ -79,7 +82,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
-            TextColumn(f"[bold]{scenario.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()
+            TextColumn(f"[bold]{scenario.name}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeRemainingColumn(),
         ) as bar:
             task = bar.add_task("sim", total=scenario.steps)
             summary = sim.run(scenario, out, lambda done, _total: bar.update(task, completed=done))

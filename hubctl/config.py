@@ -21,12 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from enum import StrEnum
-from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
 Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=64)]
@@ -52,7 +54,7 @@ class _Model(BaseModel):
 
 
 def hhmm_to_s(text: str) -> int:
-    """"16:30" -> 59400; "24:00" -> 86400."""
+    """ "16:30" -> 59400; "24:00" -> 86400."""
     hours, minutes = text.split(":")
     return int(hours) * 3600 + int(minutes) * 60
 
@@ -212,7 +214,10 @@ class Control(_Model):
     )
     deadband_kw: float = Field(default=2.0, ge=0, description="park imbalance the batteries leave alone")
     pv_clear_sky_ratio: float = Field(
-        default=0.8, gt=0, le=1.2, description="prior PV output / (peak x sin(solar elevation)) on a clear day"
+        default=0.8,
+        gt=0,
+        le=1.2,
+        description="prior PV output / (peak x sin(solar elevation)) on a clear day",
     )
 
 

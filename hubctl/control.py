@@ -43,12 +43,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from hubctl.config import SiteConfig
 from hubctl.forecast import LoadHistory, PvIndex, forecast
 from hubctl.limits import LimitClock, LimitsInForce
 from hubctl.plan import BatteryPool, Plan, make_plan
 from hubctl.solar import clear_sky_shape
+
+if TYPE_CHECKING:
+    from hubctl.config import SiteConfig
 
 _HYSTERESIS_FRAC = 0.01  # of the pool's energy span, around floor and ceiling
 _FLIP_FRAC = 0.05  # a sign change of the park battery power needs at least this share of its power
@@ -237,11 +240,25 @@ def _renew_plan(ts: float, state: State, params: Params) -> Plan:
         exp.append(_cap(park.export_kw, params))
         reduced.append(park.import_source not in {"contract", "none"})
     contract = params.contract_import_kw
-    return make_plan(ts, params.plan_step_s, fc, imp, exp, reduced, math.inf if contract is None else contract, _pool(params))
+    return make_plan(
+        ts,
+        params.plan_step_s,
+        fc,
+        imp,
+        exp,
+        reduced,
+        math.inf if contract is None else contract,
+        _pool(params),
+    )
 
 
 def _failsafe(
-    snap: Snapshot, state: State, params: Params, park: LimitsInForce, comp: dict[str, LimitsInForce], why: str
+    snap: Snapshot,
+    state: State,
+    params: Params,
+    park: LimitsInForce,
+    comp: dict[str, LimitsInForce],
+    why: str,
 ) -> tuple[Decision, State]:
     """Batteries to 0 kW, PV limited so that export stays within every cap even at zero load."""
     peaks = [c.pv_peak_kw for c in params.companies]
@@ -310,8 +327,14 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         return _failsafe(snap, state, params, park_lim, comp_lim, "grid meter stale: " + ", ".join(stale))
 
     grid = [r.grid_kw or 0.0 for r in snap.companies]
-    pv = [r.pv_kw if (r.pv_kw is not None and c.pv_peak_kw > 0) else 0.0 for c, r in zip(comps, snap.companies, strict=True)]
-    bat_meas = [r.battery_kw if (r.battery_kw is not None and c.battery) else 0.0 for c, r in zip(comps, snap.companies, strict=True)]
+    pv = [
+        r.pv_kw if (r.pv_kw is not None and c.pv_peak_kw > 0) else 0.0
+        for c, r in zip(comps, snap.companies, strict=True)
+    ]
+    bat_meas = [
+        r.battery_kw if (r.battery_kw is not None and c.battery) else 0.0
+        for c, r in zip(comps, snap.companies, strict=True)
+    ]
     load = [max(0.0, g + p + b) for g, p, b in zip(grid, pv, bat_meas, strict=True)]
     park_grid = sum(grid)
 
@@ -331,9 +354,15 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     quarter = int(ts // _QUARTER_S)
     budget = state.budget if state.budget.quarter == quarter else QuarterBudget(quarter, 0.0, 0.0)
     if park_lim.import_kw is not None:
-        budget = replace(budget, import_excess_kwh=budget.import_excess_kwh + (park_grid - park_lim.import_kw) * dt_s / 3600)
+        budget = replace(
+            budget,
+            import_excess_kwh=budget.import_excess_kwh + (park_grid - park_lim.import_kw) * dt_s / 3600,
+        )
     if park_lim.export_kw is not None:
-        budget = replace(budget, export_excess_kwh=budget.export_excess_kwh + (-park_grid - park_lim.export_kw) * dt_s / 3600)
+        budget = replace(
+            budget,
+            export_excess_kwh=budget.export_excess_kwh + (-park_grid - park_lim.export_kw) * dt_s / 3600,
+        )
     remaining_s = max(_QUARTER_S - (ts - quarter * _QUARTER_S), 30.0)
     if budget.import_excess_kwh > 0 and math.isfinite(imp_cap):
         imp_cap = max(0.5 * imp_cap, imp_cap - budget.import_excess_kwh * 3600 / remaining_s)
@@ -363,11 +392,16 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     trend_net = tuple(ld - (0.0 if cut else p) for ld, p, cut in zip(load, pv, curtailed, strict=True))
     slope = 0.0
     if state.last_net_kw is not None and state.last_ts is not None:
-        slope = sum(
-            (a - b)
-            for a, b, cut, was in zip(trend_net, state.last_net_kw, curtailed, state.pv_limit_kw, strict=True)
-            if not cut or was is not None
-        ) / dt_s
+        slope = (
+            sum(
+                (a - b)
+                for a, b, cut, was in zip(
+                    trend_net, state.last_net_kw, curtailed, state.pv_limit_kw, strict=True
+                )
+                if not cut or was is not None
+            )
+            / dt_s
+        )
     # a ramp shows in two cycles running; a single jump (a machine switching) is not extrapolated
     trend = math.copysign(min(abs(slope), abs(state.last_slope_kw_per_s)), slope)
     if slope * state.last_slope_kw_per_s <= 0:
@@ -403,7 +437,9 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         mode = "charge"
     elif stored > ceiling_kwh + hyst:
         mode = "drain"
-    elif (mode == "charge" and stored >= floor_kwh + hyst) or (mode == "drain" and stored <= ceiling_kwh - hyst):
+    elif (mode == "charge" and stored >= floor_kwh + hyst) or (
+        mode == "drain" and stored <= ceiling_kwh - hyst
+    ):
         mode = "free"
     if mode == "charge":
         pref = -total_ch
@@ -434,71 +470,134 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         reason = "holding the park import cap" if total == b_lo else "holding the park export cap"
     total = min(max(total, -total_ch), total_dis)
 
-    # 7. spread over batteries, SoC-fair
-    bat = [0.0] * n
-    if total > 0:
-        w = [(energy[i] - (comps[i].battery.e_min_kwh if comps[i].battery else 0.0)) / span[i] if span[i] > 0 else 0.0 for i in range(n)]
-        bat = _split(total, dis_cap, [w[i] * dis_cap[i] for i in range(n)])
-    elif total < 0:
-        w = [((comps[i].battery.e_max_kwh if comps[i].battery else 0.0) - energy[i]) / span[i] if span[i] > 0 else 0.0 for i in range(n)]
-        bat = [-x for x in _split(-total, ch_cap, [w[i] * ch_cap[i] for i in range(n)])]
-
-    # 5. curtail what the batteries cannot absorb
+    # 7. spread over batteries, SoC-fair; 5. curtail what the batteries cannot absorb
+    bat = _spread(total, comps, energy, dis_cap, ch_cap)
     curt = [0.0] * n
     export_over = -(net_lo - total) - exp_cap
     if export_over > 1e-6:
         curt = _split(export_over, avail, avail)
         reason = "curtailing PV: export cap with batteries full or at full power"
+    # 6. own caps of companies, then the park total again over the others
+    if comp_lim:
+        _hold_own_caps(params, comp_lim, net, avail, dis_cap, ch_cap, bat, curt)
+        _rebalance_park(comps, comp_lim, net, avail, dis_cap, ch_cap, bat, curt, imp_cap, exp_cap)
+    pv_limits = _pv_limits(comps, avail, curt, curtailed)
 
-    # 6. own caps of companies
+    setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))
+    decision = Decision(
+        setpoints, tuple(pv_limits), "normal", park_lim, comp_lim, floor_kwh, ceiling_kwh, reason
+    )
+    new_state = State(
+        tuple(bat), tuple(pv_limits), history, pv_index, plan, budget, ts, mode, trend_net, slope
+    )
+    return decision, new_state
+
+
+def _spread(
+    total: float,
+    comps: tuple[CompanyParams, ...],
+    energy: list[float],
+    dis_cap: list[float],
+    ch_cap: list[float],
+) -> list[float]:
+    """Share the park battery power over the batteries so that their states of charge converge."""
+    n = len(comps)
+    if total == 0:
+        return [0.0] * n
+    weights = [0.0] * n
     for i, c in enumerate(comps):
+        b = c.battery
+        if b is None or b.e_max_kwh <= b.e_min_kwh:
+            continue
+        span = b.e_max_kwh - b.e_min_kwh
+        if total > 0:
+            weights[i] = (energy[i] - b.e_min_kwh) / span * dis_cap[i]
+        else:
+            weights[i] = (b.e_max_kwh - energy[i]) / span * ch_cap[i]
+    if total > 0:
+        return _split(total, dis_cap, weights)
+    return [-x for x in _split(-total, ch_cap, weights)]
+
+
+def _hold_own_caps(
+    params: Params,
+    comp_lim: dict[str, LimitsInForce],
+    net: list[float],
+    avail: list[float],
+    dis_cap: list[float],
+    ch_cap: list[float],
+    bat: list[float],
+    curt: list[float],
+) -> None:
+    """Correct companies with own caps with their own battery and PV (in place)."""
+    for i, c in enumerate(params.companies):
         lim = comp_lim.get(c.id)
         if lim is None:
             continue
         g = net[i] + curt[i] - bat[i]
-        ci, ce = _cap(lim.import_kw, params), _cap(lim.export_kw, params)
-        if g > ci:
-            more = min(g - ci, dis_cap[i] - bat[i])
-            bat[i] += max(0.0, more)
-            g -= max(0.0, more)
-            if g > ci and curt[i] > 0:
-                back = min(curt[i], g - ci)
-                curt[i] -= back
-        elif g < -ce:
-            need = -ce - g
-            more = min(need, ch_cap[i] + bat[i])
-            bat[i] -= max(0.0, more)
-            need -= max(0.0, more)
+        imp, exp = _cap(lim.import_kw, params), _cap(lim.export_kw, params)
+        if g > imp:
+            more = max(0.0, min(g - imp, dis_cap[i] - bat[i]))
+            bat[i] += more
+            g -= more
+            if g > imp and curt[i] > 0:
+                curt[i] -= min(curt[i], g - imp)
+        elif g < -exp:
+            need = -exp - g
+            more = max(0.0, min(need, ch_cap[i] + bat[i]))
+            bat[i] -= more
+            need -= more
             if need > 0:
                 curt[i] = min(avail[i], curt[i] + need)
-    # re-balance the park total after own-cap corrections, over companies without own caps
+
+
+def _rebalance_park(
+    comps: tuple[CompanyParams, ...],
+    comp_lim: dict[str, LimitsInForce],
+    net: list[float],
+    avail: list[float],
+    dis_cap: list[float],
+    ch_cap: list[float],
+    bat: list[float],
+    curt: list[float],
+    imp_cap: float,
+    exp_cap: float,
+) -> None:
+    """After own-cap corrections, hold the park caps with the companies that have no own caps (in place)."""
+    n = len(comps)
+    free = [c.id not in comp_lim for c in comps]
     g_park = sum(net[i] + curt[i] - bat[i] for i in range(n))
-    free = [i for i, c in enumerate(comps) if c.id not in comp_lim]
     if g_park > imp_cap + 1e-6:
-        extra = _split(g_park - imp_cap, [max(0.0, dis_cap[i] - bat[i]) if i in free else 0.0 for i in range(n)], [1.0] * n)
-        bat = [b + x for b, x in zip(bat, extra, strict=True)]
+        room = [max(0.0, dis_cap[i] - bat[i]) if free[i] else 0.0 for i in range(n)]
+        for i, x in enumerate(_split(g_park - imp_cap, room, room)):
+            bat[i] += x
     elif g_park < -exp_cap - 1e-6:
         need = -exp_cap - g_park
-        extra = _split(need, [max(0.0, ch_cap[i] + bat[i]) if i in free else 0.0 for i in range(n)], [1.0] * n)
-        bat = [b - x for b, x in zip(bat, extra, strict=True)]
+        room = [max(0.0, ch_cap[i] + bat[i]) if free[i] else 0.0 for i in range(n)]
+        extra = _split(need, room, room)
+        for i, x in enumerate(extra):
+            bat[i] -= x
         need -= sum(extra)
         if need > 1e-6:
-            more = _split(need, [avail[i] - curt[i] if i in free else 0.0 for i in range(n)], avail)
-            curt = [a + b for a, b in zip(curt, more, strict=True)]
+            left = [avail[i] - curt[i] if free[i] else 0.0 for i in range(n)]
+            for i, x in enumerate(_split(need, left, left)):
+                curt[i] += x
 
-    # PV limits: absolute; keep a limit while the inverter is held by it, release once it is not
-    pv_limits: list[float | None] = []
+
+def _pv_limits(
+    comps: tuple[CompanyParams, ...], avail: list[float], curt: list[float], curtailed: tuple[bool, ...]
+) -> list[float | None]:
+    """Absolute PV limits. A limit is kept while the inverter is held by it and raised step by step
+    (never a jump to no limit, which would let the output ramp past the cap); released once the
+    inverter runs below it."""
+    out: list[float | None] = []
     for i, c in enumerate(comps):
         if c.pv_peak_kw <= 0:
-            pv_limits.append(None)
+            out.append(None)
         elif curt[i] > 1e-6:
-            pv_limits.append(max(0.0, avail[i] - curt[i]))
+            out.append(max(0.0, avail[i] - curt[i]))
         elif curtailed[i]:
-            pv_limits.append(min(c.pv_peak_kw, avail[i]))  # raise step by step, never jump to no limit
+            out.append(min(c.pv_peak_kw, avail[i]))
         else:
-            pv_limits.append(None)
-
-    setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))
-    decision = Decision(setpoints, tuple(pv_limits), "normal", park_lim, comp_lim, floor_kwh, ceiling_kwh, reason)
-    new_state = State(tuple(bat), tuple(pv_limits), history, pv_index, plan, budget, ts, mode, trend_net, slope)
-    return decision, new_state
+            out.append(None)
+    return out

@@ -88,7 +88,12 @@ class PvIndex:
         return cls((k_prior,) * n, (k_prior,) * n)
 
     def update(
-        self, shape: float, pv_kw: tuple[float | None, ...], peaks: tuple[float, ...], curtailed: tuple[bool, ...], dt_s: float
+        self,
+        shape: float,
+        pv_kw: tuple[float | None, ...],
+        peaks: tuple[float, ...],
+        curtailed: tuple[bool, ...],
+        dt_s: float,
     ) -> PvIndex:
         if shape < _MIN_SHAPE:
             return self

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING
 
-from hubctl.config import Caps, Window
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from hubctl.config import Caps, Window
 
 _DAY_S = 86400
 
@@ -58,7 +61,9 @@ class LocalTime:
 
 
 def _candidates(caps: Caps, at: LocalTime) -> list[tuple[Window, str]]:
-    active = [(w, "window " + _label(w)) for w in caps.windows if window_is_active(w.start_s, w.end_s, at.sod_s)]
+    active = [
+        (w, "window " + _label(w)) for w in caps.windows if window_is_active(w.start_s, w.end_s, at.sod_s)
+    ]
     for sched in caps.schedules:
         for w in sched.windows:
             s, e = w.start_s, w.end_s
@@ -84,7 +89,12 @@ def limits_in_force(caps: Caps, at: LocalTime) -> LimitsInForce:
 
 def with_operator(limits: LimitsInForce, import_kw: float | None, export_kw: float | None) -> LimitsInForce:
     """Apply operator limits: they may lower a cap, never raise it."""
-    imp, imp_src, exp, exp_src = limits.import_kw, limits.import_source, limits.export_kw, limits.export_source
+    imp, imp_src, exp, exp_src = (
+        limits.import_kw,
+        limits.import_source,
+        limits.export_kw,
+        limits.export_source,
+    )
     if import_kw is not None and (imp is None or import_kw < imp):
         imp, imp_src = import_kw, "operator"
     if export_kw is not None and (exp is None or export_kw < exp):

@@ -70,7 +70,8 @@ def summarize(
     imp = float(np.maximum(park.grid_kw, 0).sum() * h)
     exp = float(np.maximum(-park.grid_kw, 0).sum() * h)
     return {
-        "cap_quarters_over": quarters_over(ts_utc, park) + sum(quarters_over(ts_utc, c) for c in company_caps),
+        "cap_quarters_over": quarters_over(ts_utc, park)
+        + sum(quarters_over(ts_utc, c) for c in company_caps),
         "cap_seconds_over": float(over.sum() * step_s),
         "cap_kwh_over": float(np.maximum(beyond, 0).sum() * h),
         "longest_over_s": float(_longest_run(over) * step_s),

@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hubctl.forecast import Forecast
+if TYPE_CHECKING:
+    from hubctl.forecast import Forecast
 
 _CHARGE_CREDIT = 0.5
 _DISCHARGE_CREDIT = 0.5
@@ -107,7 +109,11 @@ def make_plan(
         if not fc.covered[j] and reduced_import[j]:
             # an announced lower cap with no history behind it: plan for the load the park
             # has shown or is contracted for, whichever is higher
-            load = max(fc.load_high_kw[j], fc.load_peak_kw, contract_import_kw if contract_import_kw < math.inf else 0.0)
+            load = max(
+                fc.load_high_kw[j],
+                fc.load_peak_kw,
+                contract_import_kw if contract_import_kw < math.inf else 0.0,
+            )
             net_hi = load - fc.pv_low_kw[j]
         elif blind:
             net_hi = -math.inf  # unknown load: neither a need nor a chance to charge; the reserve covers it

@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hubctl.config import ConfigError, SiteConfig, parse_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class _Sim(BaseModel):
@@ -45,7 +47,12 @@ class Scenario:
         return round(self.duration_s / self.step_s)
 
 
-_CONTRACT_BATTERY_DEFAULTS = {"min_soc_pct": 0.0, "max_soc_pct": 100.0, "efficiency": 1.0, "ramp_pct_per_s": 100.0}
+_CONTRACT_BATTERY_DEFAULTS = {
+    "min_soc_pct": 0.0,
+    "max_soc_pct": 100.0,
+    "efficiency": 1.0,
+    "ramp_pct_per_s": 100.0,
+}
 
 
 def _slug(text: str) -> str:
@@ -57,7 +64,11 @@ def scenario_to_config_data(data: dict[str, Any]) -> dict[str, Any]:
     """The site-config part of a scenario as plain data (same field names where the contract has them)."""
     companies = []
     for c in data.get("companies") or []:
-        comp = {k: v for k, v in c.items() if k in {"id", "import_limit_kw", "export_limit_kw", "windows", "pv", "battery"}}
+        comp = {
+            k: v
+            for k, v in c.items()
+            if k in {"id", "import_limit_kw", "export_limit_kw", "windows", "pv", "battery"}
+        }
         # the contract's defaults, which differ from a gateway config's (SCENARIOS.md physics)
         if isinstance(comp.get("pv"), dict):
             comp["pv"] = {"ramp_pct_per_s": 100.0, **comp["pv"]}

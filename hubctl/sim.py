@@ -18,15 +18,19 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hubctl.control import CompanyReading, Params, Snapshot, State, step
 from hubctl.metrics import CapSeries, summarize
-from hubctl.scenario import Scenario
 from hubctl.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from simulators.physics import BatterySpec, CompanySpec, ParkPhysics, Profiles, PvSpec, StepRecord
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hubctl.scenario import Scenario
 
 ProgressFn = Callable[[int, int], None]
 
@@ -85,7 +89,9 @@ def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -
     rest = _at_rest(profiles, specs, dt)
     seen: deque[StepRecord] = deque([rest] * delay, maxlen=delay)
 
-    cols = {k: np.zeros((steps, n)) for k in ("load", "pav", "pv", "bat", "soc", "grid", "cimp", "cexp")}
+    cols: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {
+        k: np.zeros((steps, n)) for k in ("load", "pav", "pv", "bat", "soc", "grid", "cimp", "cexp")
+    }
     park_imp = np.zeros(steps)
     park_exp = np.zeros(steps)
     has_caps = [c.has_caps for c in cfg.companies]
@@ -134,10 +140,12 @@ def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -
             progress(k + 1, steps)
     sim_wall = time.perf_counter() - wall0
 
-    ts = scenario.start_utc + np.arange(steps) * dt
+    ts = np.asarray(scenario.start_utc + np.arange(steps) * dt, dtype=np.float64)
     park_grid = cols["grid"].sum(axis=1)
     company_caps = [
-        CapSeries(ids[i], cols["grid"][:, i], cols["cimp"][:, i], cols["cexp"][:, i]) for i in range(n) if has_caps[i]
+        CapSeries(ids[i], cols["grid"][:, i], cols["cimp"][:, i], cols["cexp"][:, i])
+        for i in range(n)
+        if has_caps[i]
     ]
     summary: dict[str, object] = dict(
         summarize(
@@ -153,7 +161,9 @@ def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -
         )
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_timeseries(out_dir / "timeseries.csv", ids, np.arange(steps) * dt, park_grid, park_imp, park_exp, cols)
+    _write_timeseries(
+        out_dir / "timeseries.csv", ids, np.arange(steps) * dt, park_grid, park_imp, park_exp, cols
+    )
     _write_allocations(out_dir / "allocations.csv", allocations)
     summary.update(
         scenario=scenario.name,

@@ -23,7 +23,9 @@ SCORE = SHARED / "tools" / "score.py"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCENARIOS or not SCORE.exists(), reason="../shared with scenarios and score.py not found")
+@pytest.mark.skipif(
+    not SCENARIOS or not SCORE.exists(), reason="../shared with scenarios and score.py not found"
+)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.parent.name)
 def test_scenario_meets_targets(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -1,0 +1,195 @@
+"""Tests for hubctl.quarters: local quarter-hours and DST (SCENARIOS.md, "Metrics")."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hubctl.quarters import local_seconds_of_day, quarter_index_of_day, quarter_start, quarters_in_local_day
+
+AMS = ZoneInfo("Europe/Amsterdam")
+KTM = ZoneInfo("Asia/Kathmandu")
+
+
+def utc(iso: str) -> float:
+    """UTC epoch seconds of a naive ISO 8601 time read as UTC."""
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
+
+
+# ----------------------------------------------------------------- quarter_start
+@pytest.mark.parametrize(
+    ("ts", "start"),
+    [
+        (0.0, 0.0),
+        (899.999, 0.0),
+        (900.0, 900.0),
+        (1_782_000_450.5, 1_782_000_000.0),
+        (math.nextafter(1_782_000_900.0, 0.0), 1_782_000_000.0),
+        (-0.5, -900.0),
+    ],
+)
+def test_quarter_start(ts: float, start: float) -> None:
+    assert quarter_start(ts) == start
+
+
+@given(st.floats(-1e10, 1e10))
+def test_quarter_start_contains_ts(ts: float) -> None:
+    start = quarter_start(ts)
+    assert start % 900 == 0
+    assert start <= ts < start + 900
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_timestamps_rejected(bad: float) -> None:
+    with pytest.raises(ValueError):
+        quarter_start(bad)
+    with pytest.raises(ValueError):
+        quarter_index_of_day(bad, AMS)
+    with pytest.raises(ValueError):
+        local_seconds_of_day(bad, AMS)
+
+
+# ----------------------------------------------------------------- quarters per day
+@pytest.mark.parametrize(
+    ("day", "zone", "n"),
+    [
+        (date(2026, 3, 29), "Europe/Amsterdam", 92),  # 02:00 -> 03:00
+        (date(2026, 10, 25), "Europe/Amsterdam", 100),  # 03:00 -> 02:00
+        (date(2026, 6, 22), "Europe/Amsterdam", 96),
+        (date(2026, 3, 28), "Europe/Amsterdam", 96),
+        (date(2026, 10, 26), "Europe/Amsterdam", 96),
+        (date(2026, 6, 22), "Asia/Kathmandu", 96),
+        (date(2026, 4, 5), "Australia/Lord_Howe", 98),  # half-hour DST
+        (date(2026, 10, 4), "Australia/Lord_Howe", 94),
+        (date(2018, 11, 4), "America/Sao_Paulo", 92),  # midnight skipped: day starts 01:00
+        (date(2018, 2, 17), "America/Sao_Paulo", 100),  # 24:00 -> 23:00: Saturday repeats an hour
+        (date(2018, 2, 18), "America/Sao_Paulo", 96),
+        (date(2011, 12, 29), "Pacific/Apia", 96),
+        (date(2011, 12, 30), "Pacific/Apia", 0),  # Samoa skipped the day
+        (date(2011, 12, 31), "Pacific/Apia", 96),
+    ],
+)
+def test_quarters_in_local_day(day: date, zone: str, n: int) -> None:
+    assert quarters_in_local_day(day, ZoneInfo(zone)) == n
+
+
+def test_amsterdam_2026_has_two_dst_days() -> None:
+    days = [date(2026, 1, 1) + timedelta(days=k) for k in range(365)]
+    counts = {d: quarters_in_local_day(d, AMS) for d in days}
+    assert {d: n for d, n in counts.items() if n != 96} == {date(2026, 3, 29): 92, date(2026, 10, 25): 100}
+    assert sum(counts.values()) == 365 * 96
+
+
+# ----------------------------------------------------------------- quarter index
+@pytest.mark.parametrize(
+    ("day", "midnight_utc"),
+    [
+        (date(2026, 3, 29), utc("2026-03-28T23:00:00")),
+        (date(2026, 10, 25), utc("2026-10-24T22:00:00")),
+        (date(2026, 6, 22), utc("2026-06-21T22:00:00")),
+    ],
+)
+def test_indices_continuous_through_the_day(day: date, midnight_utc: float) -> None:
+    n = quarters_in_local_day(day, AMS)
+    starts = [midnight_utc + 900 * k for k in range(n + 1)]
+    assert [quarter_index_of_day(t, AMS) for t in starts] == [*range(n), 0]
+    assert [quarter_index_of_day(t + 899.5, AMS) for t in starts] == [*range(n), 0]
+    assert quarter_index_of_day(midnight_utc - 0.001, AMS) == 95
+
+
+def test_autumn_repeated_hour_gets_distinct_indices() -> None:
+    first = utc("2026-10-25T00:30:00")  # 02:30 CEST
+    second = utc("2026-10-25T01:30:00")  # 02:30 CET
+    assert quarter_index_of_day(first, AMS) == 10
+    assert quarter_index_of_day(second, AMS) == 14
+    assert quarter_index_of_day(utc("2026-10-25T22:45:00"), AMS) == 99  # 23:45 CET
+
+
+def test_spring_day_index_skips_no_number() -> None:
+    assert quarter_index_of_day(utc("2026-03-29T00:45:00"), AMS) == 7  # 01:45 CET
+    assert quarter_index_of_day(utc("2026-03-29T01:00:00"), AMS) == 8  # 03:00 CEST
+    assert quarter_index_of_day(utc("2026-03-29T21:45:00"), AMS) == 91  # 23:45 CEST
+
+
+def test_kathmandu_aligns_to_900_s() -> None:
+    midnight = utc("2026-06-21T18:15:00")  # 00:00 +05:45
+    assert midnight % 900 == 0
+    assert quarter_index_of_day(midnight, KTM) == 0
+    assert quarter_index_of_day(midnight - 1, KTM) == 95
+    assert quarter_index_of_day(midnight + 900 * 50 + 1, KTM) == 50
+    ts = midnight + 12_345.6
+    start = quarter_start(ts)
+    assert start % 900 == 0
+    local = datetime.fromtimestamp(start, KTM)
+    assert local.minute % 15 == 0
+    assert local.second == 0
+    assert local_seconds_of_day(start, KTM) % 900 == 0
+
+
+def test_offset_not_a_multiple_of_15_min_rejected() -> None:
+    ts = utc("1930-06-01T12:00:00")  # Amsterdam mean time, +00:19:32 (summer +01:19:32)
+    with pytest.raises(ValueError, match="15 min"):
+        quarter_index_of_day(ts, AMS)
+    with pytest.raises(ValueError, match="15 min"):
+        local_seconds_of_day(ts, AMS)
+    with pytest.raises(ValueError, match="15 min"):
+        quarters_in_local_day(date(1930, 6, 1), AMS)
+
+
+# ----------------------------------------------------------------- wall clock
+@pytest.mark.parametrize(
+    ("ts", "tz", "seconds"),
+    [
+        (utc("2026-06-22T14:00:00"), AMS, 16 * 3600),  # 16:00 CEST
+        (utc("2026-01-15T23:30:15"), AMS, 30 * 60 + 15),  # 00:30:15 CET next day
+        (utc("2026-10-25T00:30:00"), AMS, 2.5 * 3600),  # 02:30 CEST
+        (utc("2026-10-25T01:30:00"), AMS, 2.5 * 3600),  # 02:30 CET, the hour repeats
+        (utc("2026-03-29T00:59:59"), AMS, 3600 + 59 * 60 + 59),  # 01:59:59 CET
+        (utc("2026-03-29T01:00:00"), AMS, 3 * 3600),  # 03:00 CEST
+        (utc("2026-06-21T18:15:00") + 0.25, KTM, 0.25),  # 00:00:00.25 +05:45
+    ],
+)
+def test_local_seconds_of_day(ts: float, tz: ZoneInfo, seconds: float) -> None:
+    assert local_seconds_of_day(ts, tz) == pytest.approx(seconds, abs=1e-6)
+
+
+def test_local_seconds_just_before_midnight() -> None:
+    ts = math.nextafter(utc("2026-06-21T22:00:00"), 0.0)  # a hair before 00:00 CEST
+    assert 86_399.99 < local_seconds_of_day(ts, AMS) < 86_400
+
+
+# ----------------------------------------------------------------- properties
+ZONES = [
+    "UTC",
+    "Europe/Amsterdam",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+]
+YEARS_2000_2100 = st.floats(utc("2000-01-01T00:00:00"), utc("2100-01-01T00:00:00"))
+
+
+@given(YEARS_2000_2100, st.sampled_from(ZONES))
+def test_index_within_day_and_consistent(ts: float, zone: str) -> None:
+    tz = ZoneInfo(zone)
+    start = quarter_start(ts)
+    index = quarter_index_of_day(ts, tz)
+    day = datetime.fromtimestamp(start, tz).date()
+    assert 0 <= index < quarters_in_local_day(day, tz)
+    assert quarter_index_of_day(start, tz) == index
+    # the next quarter is the next index, or 0 on the next local day
+    after = quarter_index_of_day(start + 900, tz)
+    assert after == index + 1 or (after == 0 and index == quarters_in_local_day(day, tz) - 1)
+    sod = local_seconds_of_day(ts, tz)
+    assert 0 <= sod < 86_400
+    assert local_seconds_of_day(start, tz) % 900 == 0
+    local = datetime.fromtimestamp(start, tz)
+    assert local_seconds_of_day(start, tz) == local.hour * 3600 + local.minute * 60 + local.second
