@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hubctl.device_config import Device
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -245,6 +247,7 @@ class SiteConfig(_Model):
     companies: list[Company] = Field(min_length=1)
     sharing: Sharing = Field(default_factory=Sharing)
     control: Control = Field(default_factory=Control)
+    devices: list[Device] = Field(default_factory=list, description="empty in simulation")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -252,6 +255,13 @@ class SiteConfig(_Model):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"company ids must be unique: {', '.join(dup)}")
+        dev_ids = [d.id for d in self.devices]
+        dup = sorted({i for i in dev_ids if dev_ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"device ids must be unique: {', '.join(dup)}")
+        strays = sorted({d.company for d in self.devices if d.company is not None and d.company not in ids})
+        if strays:
+            raise ValueError(f"devices name unknown companies: {', '.join(strays)}")
         unknown = sorted(set(self.sharing.shares) - set(ids)) + sorted(set(self.sharing.order) - set(ids))
         if unknown:
             raise ValueError(f"sharing names unknown companies: {', '.join(unknown)}")

@@ -431,6 +431,14 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     pool_span = sum(span)
     hyst = _HYSTERESIS_FRAC * pool_span
 
+    # what own export caps will curtail anyway changes the park's surplus for self-consumption
+    forced_curt = 0.0
+    for i, c in enumerate(comps):
+        own = comp_lim.get(c.id)
+        if own is not None and own.export_kw is not None:
+            forced_curt += max(0.0, -net[i] - _cap(own.export_kw, params) - ch_cap[i])
+    park_net_sc = park_net + forced_curt
+
     # band preference with hysteresis
     mode = state.band_mode
     if stored < floor_kwh - hyst:
@@ -447,11 +455,11 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     elif mode == "drain":
         # behind the plan: catch up within `_CATCH_UP_S`, covering the park's own import first
         catch_up = (stored - ceiling_kwh) * 3600.0 / _CATCH_UP_S
-        pref = min(total_dis, max(park_net, catch_up))
+        pref = min(total_dis, max(park_net_sc, catch_up))
         reason = "making room for the solar excess ahead"
     else:
-        excess = max(0.0, abs(park_net) - params.deadband_kw)
-        pref = math.copysign(excess, park_net)
+        excess = max(0.0, abs(park_net_sc) - params.deadband_kw)
+        pref = math.copysign(excess, park_net_sc)
         if pref > 0 and stored <= floor_kwh:
             pref = 0.0
         if pref < 0 and stored >= ceiling_kwh:
