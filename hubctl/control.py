@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from hubctl.forecast import LoadHistory, PvIndex, forecast
 from hubctl.limits import LimitClock, LimitsInForce
 from hubctl.plan import BatteryPool, Plan, make_plan
-from hubctl.solar import clear_sky_shape
+from hubctl.solar import clear_sky_shape_minute
 
 if TYPE_CHECKING:
     from hubctl.config import SiteConfig
@@ -343,7 +343,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         lim is not None and c.pv_peak_kw > 0 and p >= lim - _CURTAILED_TOL_FRAC * c.pv_peak_kw
         for c, p, lim in zip(comps, pv, state.pv_limit_kw, strict=True)
     )
-    shape = clear_sky_shape(ts, params.lat, params.lon)
+    shape = clear_sky_shape_minute(int(ts // 60), params.lat, params.lon)
     peaks = tuple(c.pv_peak_kw for c in comps)
     pv_index = state.pv_index.update(shape, tuple(pv), peaks, curtailed, dt_s)
     history = state.history.add(ts, tuple(load))
@@ -353,16 +353,16 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     exp_cap = _cap(park_lim.export_kw, params)
     quarter = int(ts // _QUARTER_S)
     budget = state.budget if state.budget.quarter == quarter else QuarterBudget(quarter, 0.0, 0.0)
-    if park_lim.import_kw is not None:
-        budget = replace(
-            budget,
-            import_excess_kwh=budget.import_excess_kwh + (park_grid - park_lim.import_kw) * dt_s / 3600,
-        )
-    if park_lim.export_kw is not None:
-        budget = replace(
-            budget,
-            export_excess_kwh=budget.export_excess_kwh + (-park_grid - park_lim.export_kw) * dt_s / 3600,
-        )
+    h = dt_s / 3600.0
+    budget = QuarterBudget(
+        quarter,
+        budget.import_excess_kwh + (park_grid - park_lim.import_kw) * h
+        if park_lim.import_kw is not None
+        else 0.0,
+        budget.export_excess_kwh + (-park_grid - park_lim.export_kw) * h
+        if park_lim.export_kw is not None
+        else 0.0,
+    )
     remaining_s = max(_QUARTER_S - (ts - quarter * _QUARTER_S), 30.0)
     if budget.import_excess_kwh > 0 and math.isfinite(imp_cap):
         imp_cap = max(0.5 * imp_cap, imp_cap - budget.import_excess_kwh * 3600 / remaining_s)
@@ -445,9 +445,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         mode = "charge"
     elif stored > ceiling_kwh + hyst:
         mode = "drain"
-    elif (mode == "charge" and stored >= floor_kwh + hyst) or (
-        mode == "drain" and stored <= ceiling_kwh - hyst
-    ):
+    elif (mode == "charge" and stored >= floor_kwh + hyst) or (mode == "drain" and stored <= ceiling_kwh):
         mode = "free"
     if mode == "charge":
         pref = -total_ch

@@ -36,38 +36,60 @@ from hubctl.solar import clear_sky_shape
 BUCKET_S = 300.0
 _HISTORY_BUCKETS = 2 * 288 + 12
 _DEVIATION_FADE_S = 2 * 3600.0
+# without history, the low load falls from the last hour's lowest by this much per hour of lead
+_DROP_PER_H = 0.04
+_MAX_DROP = 0.5
 _K_NOW_TAU_S = 600.0
 _K_CLEAR_DECAY_PER_S = 0.25 / 86400.0  # the clear-sky factor may fall by 0.25 a day when skies stay dull
+_DULL_SKY = 0.25  # share of clear-sky PV that even an overcast day gives: what import planning counts on
+_SKY_KNOWN_S = 300.0  # readings needed before the current sky counts for import planning
 _MIN_SHAPE = 0.15  # learn k only when the sun is high enough for the ratio to mean something
 
 
 @dataclass(frozen=True, slots=True)
 class LoadHistory:
-    """5-minute mean loads per company, keyed by UTC bucket number (ts // 300)."""
+    """5-minute mean loads per company and the park's highest reading, keyed by UTC bucket (ts // 300)."""
 
     buckets: dict[int, tuple[float, ...]]
+    peaks: dict[int, float]  # highest park load reading within the bucket: peaks hide in 5-minute means
     current: int  # bucket being filled, -1 before the first reading
     sums: tuple[float, ...]
     count: int
+    peak: float  # of the current bucket
 
     @classmethod
     def empty(cls, n: int) -> LoadHistory:
-        return cls({}, -1, (0.0,) * n, 0)
+        return cls({}, {}, -1, (0.0,) * n, 0, 0.0)
 
     def add(self, ts_utc: float, load_kw: tuple[float, ...]) -> LoadHistory:
         bucket = int(ts_utc // BUCKET_S)
+        park = sum(load_kw)
         if bucket == self.current:
             return replace(
-                self, sums=tuple(s + x for s, x in zip(self.sums, load_kw, strict=True)), count=self.count + 1
+                self,
+                sums=tuple(s + x for s, x in zip(self.sums, load_kw, strict=True)),
+                count=self.count + 1,
+                peak=max(self.peak, park),
             )
-        buckets = self.buckets
+        buckets, peaks = self.buckets, self.peaks
         if self.count > 0:
             buckets = dict(buckets)
+            peaks = dict(peaks)
             buckets[self.current] = tuple(s / self.count for s in self.sums)
+            peaks[self.current] = self.peak
             if len(buckets) > _HISTORY_BUCKETS:
                 oldest = bucket - _HISTORY_BUCKETS
                 buckets = {k: v for k, v in buckets.items() if k > oldest}
-        return LoadHistory(buckets, bucket, load_kw, 1)
+                peaks = {k: v for k, v in peaks.items() if k > oldest}
+        return LoadHistory(buckets, peaks, bucket, load_kw, 1, park)
+
+    def peak_since(self, bucket: int) -> float:
+        """Highest park load reading from `bucket` on, the current bucket included (0 without readings)."""
+        best = self.peak if self.count > 0 else 0.0
+        for k, v in self.peaks.items():
+            if k >= bucket:
+                best = max(best, v)
+        return best
 
     def recent(self) -> tuple[float, ...] | None:
         """Mean load of the last (partial) bucket, else of the last complete one."""
@@ -82,10 +104,14 @@ class PvIndex:
 
     k_now: tuple[float, ...]
     k_clear: tuple[float, ...]
+    seen_s: tuple[float, ...]  # seconds of readings since the sun rose today: k_now means something
 
     @classmethod
     def prior(cls, n: int, k_prior: float) -> PvIndex:
-        return cls((k_prior,) * n, (k_prior,) * n)
+        return cls((k_prior,) * n, (k_prior,) * n, (0.0,) * n)
+
+    def knows_the_sky(self, i: int) -> bool:
+        return self.seen_s[i] >= _SKY_KNOWN_S
 
     def update(
         self,
@@ -96,17 +122,20 @@ class PvIndex:
         dt_s: float,
     ) -> PvIndex:
         if shape < _MIN_SHAPE:
+            if any(self.seen_s):
+                return PvIndex(self.k_now, self.k_clear, (0.0,) * len(self.seen_s))
             return self
         a = 1.0 - math.exp(-dt_s / _K_NOW_TAU_S)
-        k_now, k_clear = list(self.k_now), list(self.k_clear)
+        k_now, k_clear, seen = list(self.k_now), list(self.k_clear), list(self.seen_s)
         for i, (pv, peak, cut) in enumerate(zip(pv_kw, peaks, curtailed, strict=True)):
             if peak <= 0 or pv is None:
                 continue
             if not cut:
                 ratio = min(pv / (peak * shape), 1.5)
-                k_now[i] += a * (ratio - k_now[i])
+                k_now[i] = ratio if seen[i] == 0 else k_now[i] + a * (ratio - k_now[i])
+                seen[i] += dt_s
             k_clear[i] = max(k_clear[i] - _K_CLEAR_DECAY_PER_S * dt_s, k_now[i])
-        return PvIndex(tuple(k_now), tuple(k_clear))
+        return PvIndex(tuple(k_now), tuple(k_clear), tuple(seen))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +187,17 @@ def forecast(
     from yesterday fading over `_DEVIATION_FADE_S`. Without yesterday, the mean of
     the last 30 minutes; the low variant then fades from the lowest 5-minute mean
     of the last hour to the lowest of the last 24 h (the base load: offices close,
-    shifts end) and the high variant is the highest of the last hour.
+    shifts end) and the high variant fades from the highest reading of the last hour
+    (peaks hide in 5-minute means: a press or a charging fleet) to the recent level.
     """
     now_bucket = int(ts_utc // BUCKET_S)
     last_hour = _recent(history, 12) or [0.0]
     last_30 = last_hour[-7:]
     level = sum(last_30) / len(last_30)
     day = [sum(v) for k, v in history.buckets.items() if k > now_bucket - 288] + last_hour
-    base, peak = min(day), max(day)
-    lo_now, hi_now = min(last_hour), max(last_hour)
+    base = min(day)
+    peak = history.peak_since(now_bucket - 287)
+    lo_now, hi_now = min(last_hour), max(history.peak_since(now_bucket - 12), *last_hour)
     yesterday_now = history.buckets.get(now_bucket - 288)
     dev = level - sum(yesterday_now) if yesterday_now is not None else 0.0
     expected, low, high, covered = [], [], [], []
@@ -181,12 +212,17 @@ def forecast(
         else:
             fade = math.exp(-lead / 3600.0)
             expected.append(level)
-            low.append((lo_now * fade + base * (1 - fade)) * (1 - uncertainty))
+            drop = min(_MAX_DROP, uncertainty + _DROP_PER_H * lead / 3600.0)
+            low.append(max(base * (1 - uncertainty), lo_now * (1 - drop)))
             high.append((hi_now * fade + level * (1 - fade)) * (1 + uncertainty))
         covered.append(past is not None)
     shapes = [clear_sky_shape(ts_utc + (j + 0.5) * step_s, lat, lon) for j in range(steps)]
     k_clear = sum(p * k for p, k in zip(peaks, pv_index.k_clear, strict=True))
-    k_now = sum(p * k for p, k in zip(peaks, pv_index.k_now, strict=True))
+    # the current sky only once it has been seen today; before that, a dull day (_DULL_SKY of clear)
+    k_now = sum(
+        p * (k if pv_index.knows_the_sky(i) else _DULL_SKY * kc)
+        for i, (p, k, kc) in enumerate(zip(peaks, pv_index.k_now, pv_index.k_clear, strict=True))
+    )
     pv_clear = [k_clear * s for s in shapes]
     pv_low = []
     for j, s in enumerate(shapes):

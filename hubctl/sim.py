@@ -176,10 +176,6 @@ def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -
     return summary
 
 
-def _fmt_limit(v: float) -> str:
-    return "" if math.isinf(v) else f"{v:.4f}"
-
-
 def _write_timeseries(
     path: Path,
     ids: list[str],
@@ -205,24 +201,34 @@ def _write_timeseries(
             )
         ]
     n = len(ids)
-    num = np.empty((len(t_s), 6 * n))
+    steps = len(t_s)
+    # one %-format per row: formatting in C, not per value in Python
+    row_fmt = "%s,%.4f,%s,%s" + ",%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s" * n + "\n"
+    num = np.empty((steps, 8 * n + 4), dtype=object)
+    num[:, 0] = [f"{x:g}" for x in t_s.tolist()]
+    num[:, 1] = np.round(park_grid, 4) + 0.0
+    num[:, 2] = _limit_strings(park_imp)
+    num[:, 3] = _limit_strings(park_exp)
     for i in range(n):
         for j, key in enumerate(("load", "pav", "pv", "bat", "soc", "grid")):
-            num[:, 6 * i + j] = cols[key][:, i]
-    num = np.round(num, 4)
-    num[num == 0] = 0.0  # no "-0.0"
-    body = num.tolist()
-    imp, exp = cols["cimp"], cols["cexp"]
+            num[:, 4 + 8 * i + j] = np.round(cols[key][:, i], 4) + 0.0  # + 0.0: no "-0.0000"
+        num[:, 4 + 8 * i + 6] = _limit_strings(cols["cimp"][:, i])
+        num[:, 4 + 8 * i + 7] = _limit_strings(cols["cexp"][:, i])
     with path.open("w", encoding="utf-8", newline="") as f:
         f.write(",".join(head) + "\n")
-        for k in range(len(t_s)):
-            row = body[k]
-            parts = [f"{t_s[k]:g}", f"{park_grid[k]:.4f}", _fmt_limit(park_imp[k]), _fmt_limit(park_exp[k])]
-            for i in range(n):
-                parts.extend(f"{x:.4f}" for x in row[6 * i : 6 * i + 6])
-                parts.append(_fmt_limit(imp[k, i]))
-                parts.append(_fmt_limit(exp[k, i]))
-            f.write(",".join(parts) + "\n")
+        f.writelines(row_fmt % tuple(row) for row in num.tolist())
+
+
+def _limit_strings(values: np.ndarray) -> list[str]:
+    """Limits as CSV cells: empty where there is no cap; few distinct values, so cache them."""
+    cache: dict[float, str] = {}
+    out = []
+    for v in values.tolist():
+        cell = cache.get(v)
+        if cell is None:
+            cell = cache[v] = "" if math.isinf(v) else f"{v:.4f}"
+        out.append(cell)
+    return out
 
 
 def _write_allocations(path: Path, allocations: list[tuple[float, Allocation]]) -> None:

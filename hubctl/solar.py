@@ -13,9 +13,9 @@ tilt, soiling and inverter limits all fold into that factor).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 _DAY_S = 86400.0
-_EPOCH_DOY_OFFSET = 0  # day of year is derived from the UTC date below
 
 
 def _day_of_year_and_hour(ts_utc: float) -> tuple[int, float]:
@@ -68,3 +68,9 @@ def solar_elevation_deg(ts_utc: float, lat_deg: float, lon_deg: float) -> float:
 def clear_sky_shape(ts_utc: float, lat_deg: float, lon_deg: float) -> float:
     """Relative clear-sky output of a fixed PV field, 0 at night: `max(0, sin(elevation))`."""
     return max(0.0, math.sin(math.radians(solar_elevation_deg(ts_utc, lat_deg, lon_deg))))
+
+
+@lru_cache(maxsize=4096)
+def clear_sky_shape_minute(minute_utc: int, lat_deg: float, lon_deg: float) -> float:
+    """`clear_sky_shape` at the middle of a UTC minute, memoised: the control loop asks every second."""
+    return clear_sky_shape(minute_utc * 60.0 + 30.0, lat_deg, lon_deg)

@@ -1,0 +1,976 @@
+"""Synthetic park days: a deterministic generator of scenarios (SCENARIOS.md).
+
+`generate(opts)` returns the content of `scenario.yaml` (a dict), the header of
+`profiles.csv` and its rows; `write_scenario` writes both files. Everything is
+drawn from numpy Generators seeded by `opts.seed` (separate streams for the
+park layout, the weather and each company), so the same options give the same
+day bit for bit, and changing only `sky` keeps the companies, their loads and
+their PV fields. Pure numpy; the only I/O is `write_scenario` (and the tz data
+behind `zoneinfo`).
+
+Time
+    The day starts at local midnight in Europe/Amsterdam, with the UTC offset
+    of that moment; `duration_s` runs to the next local midnight (82800 s on
+    the spring DST day, 90000 s on the autumn one). Rows every `step_s` from 0
+    to `duration_s` inclusive. Load shapes follow the local wall clock; the sun
+    follows UTC.
+
+Company archetypes (ids `<archetype>-<n>`; sizes are the nominal peak load)
+    office          30-300 kW. Weekdays: arrival ramp ~07-08:30, plateau, lunch
+                    dip 12-13, evening drop ~17-18:30, cleaners after; night
+                    base 8-15 % (servers, ventilation). Summer: afternoon air
+                    conditioning; winter: lighting at the dark ends of the day
+                    and a cycling heat pump. Weekends: base only.
+    cold-store      80-500 kW. Flat base with 1-3 compressors cycling (period
+                    15-40 min, duty higher in summer and in the afternoon),
+                    defrost heaters every 6-8 h, daytime door/forklift load.
+    metal-workshop  150-600 kW. Shift ~06-22 on weekdays: hall base plus
+                    machines of 20-150 kW switching on and off (exponential
+                    dwell times, breaks at 10:00, 12:00, 18:00), so the load
+                    jumps between rows. Saturdays sometimes a short morning
+                    shift; otherwise off (night base only).
+    logistics       120-600 kW, a hall with an EV fleet. Hall 06-22; vans
+                    (and on larger sites 0-3 e-trucks on 44 kW points) return
+                    ~16-20:30 and charge (11 or 22 kW, constant power then a
+                    taper), queueing for fewer charge points than vans, a
+                    third on an off-peak timer (22-23h); half of the depots
+                    charge smart instead (constant power to finish by
+                    01-05:30). So a large charging block 18-06, cut when the
+                    vehicles leave 05-07; last night's charging runs into the
+                    morning (fewer vehicles after a Saturday or Sunday); some
+                    midday top-ups.
+    bakery          60-350 kW. Ovens (thermostatic cycling) and mixers from
+                    ~03 to ~10, then shop/cleaning until ~15-16. Saturdays as
+                    weekdays, Sundays mostly closed.
+    supermarket     80-400 kW. Refrigeration racks cycling day and night; store
+                    load 07-21 (Sundays 12-18). Summer cooling, winter heating.
+    All loads carry slow (5-15 min) and fast (per row) noise and are >= 0.
+
+PV
+    Per company (about 90 % have PV): peak = min(500, 1.0-2.5 x its peak load)
+    x `pv_share`. Fields flat, south, south-east/-west or east-west with
+    10-35 deg tilt: output = peak x 0.8 x (85 % direct on the tilted plane with
+    air-mass attenuation + 15 % diffuse ~ sin(elevation)), clipped at peak. The
+    sun comes from a NOAA solar-position function at lat 52.09, lon 5.12. Sky:
+    `clear` (1-2 % haze), `broken` (cumulus: output drops to 20-40 % within
+    one row for 30 s-10 min and returns, sometimes with cloud enhancement
+    after the edge; clouds reach companies with a lag of up to 2 min and miss
+    some), `overcast` (0.15-0.4 of clear, varying over tens of minutes).
+
+Batteries
+    `round(battery_share x companies)` companies: 100-1000 kWh, C-rate 0.5-1,
+    SoC 20-80 %, limits 5/95 %, efficiency 0.92-0.96, ramp 50 %/s. PV ramp
+    10 %/s.
+
+Caps (the day must be challenging and feasible)
+    Feasibility is checked by a greedy per-battery simulation on 60 s blocks
+    (block maximum of the uncontrolled net load, so conservative): a battery
+    discharges exactly what lies above the cap, shared in proportion to the
+    power each can still give, and charges with the headroom below the cap;
+    at most 85 % of the available discharge power and 90 % of the charge
+    power and headroom are used, and 5 % of each battery's usable energy is
+    kept in reserve. Caps are multiples of 5 kW.
+    - Import: target 85-95 % of the uncontrolled peak net import; raised to
+      the lowest cap the batteries can hold if the target is not feasible
+      (without batteries that is the peak itself).
+    - Window (`import_window`): the lowest window cap (not below 20 % of the
+      base cap) that the batteries can just hold, given the base cap.
+    - Export: with a midday surplus X >= 20 kW, a cap between 30 % and 80 % of
+      X chosen so that the surplus energy above it is 0.6-1.6 x the room the
+      batteries have at the start (so they must be used, and curtailment may
+      be needed); without batteries 50-85 % of X. With no real surplus a
+      loose cap above it (a park with little PV; about 1 in 100 default
+      summer weekdays). Curtailment always keeps an export cap feasible.
+    - `company_caps`: two companies (one with a battery where possible) get
+      own caps near their own peaks: import 85-95 % of their own peak net
+      import if their own battery can hold it (else just above the peak),
+      export 50-90 % of their own surplus. Their batteries are reserved for
+      their own caps in the park check, which uses their resulting grid power
+      (curtailed to their own export cap).
+
+Sharing: `pro_rata`/`equal` need nothing more; `static` gets floored Dirichlet
+shares summing to at most 1; `priority` gets an order over about 2/3 of the
+companies (the rest follow in config order).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy.typing as npt
+
+    Arr = npt.NDArray[np.float64]
+    BoolArr = npt.NDArray[np.bool_]
+
+TIMEZONE = "Europe/Amsterdam"
+LAT_DEG = 52.09
+LON_DEG = 5.12
+SEASONS = ("summer", "winter", "auto")
+SKIES = ("clear", "broken", "overcast")
+SHARING_KEYS = ("pro_rata", "static", "equal", "priority")
+ARCHETYPES = ("office", "cold-store", "metal-workshop", "logistics", "bakery", "supermarket")
+_SIZE_KW = {
+    "office": (30.0, 300.0),
+    "cold-store": (80.0, 500.0),
+    "metal-workshop": (150.0, 600.0),
+    "logistics": (120.0, 600.0),
+    "bakery": (60.0, 350.0),
+    "supermarket": (80.0, 400.0),
+}
+_EXTRA_WEIGHTS = (0.3, 0.12, 0.15, 0.15, 0.1, 0.18)  # archetype mix beyond the first six companies
+_HHMM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
+
+# greedy feasibility check (see the module docstring)
+_BLOCK_S = 60.0
+_DISCHARGE_MARGIN = 0.85
+_CHARGE_MARGIN = 0.9
+_RESERVE_FRACTION = 0.05
+_CANDIDATES = 96
+
+
+@dataclass(frozen=True, slots=True)
+class GenOptions:
+    """What kind of day to generate; see the module docstring."""
+
+    seed: int
+    date: dt.date
+    companies: int = 6
+    season: str = "auto"
+    sky: str = "clear"
+    pv_share: float = 1.0
+    battery_share: float = 0.5
+    company_caps: bool = False
+    import_window: tuple[str, str] | None = None
+    sharing_key: str = "pro_rata"
+    step_s: int = 10
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 1 <= self.companies <= 50:
+            raise ValueError(f"companies must be 1..50, got {self.companies}")
+        if self.season not in SEASONS:
+            raise ValueError(f"season must be one of {SEASONS}, got {self.season!r}")
+        if self.sky not in SKIES:
+            raise ValueError(f"sky must be one of {SKIES}, got {self.sky!r}")
+        if not (math.isfinite(self.pv_share) and self.pv_share >= 0):
+            raise ValueError(f"pv_share must be >= 0, got {self.pv_share}")
+        if not 0.0 <= self.battery_share <= 1.0:
+            raise ValueError(f"battery_share must be in [0, 1], got {self.battery_share}")
+        if self.sharing_key not in SHARING_KEYS:
+            raise ValueError(f"sharing_key must be one of {SHARING_KEYS}, got {self.sharing_key!r}")
+        if not (1 <= self.step_s <= 900 and 900 % self.step_s == 0):
+            raise ValueError(f"step_s must divide 900, got {self.step_s}")
+        if self.import_window is not None:
+            start, end = self.import_window
+            if not (_HHMM.match(start) and _HHMM.match(end)) or start in {end, "24:00"}:
+                raise ValueError(
+                    f"import_window must be two different 'HH:MM' times, got {self.import_window}"
+                )
+
+    @property
+    def is_summer(self) -> bool:
+        if self.season == "auto":
+            return 4 <= self.date.month <= 9
+        return self.season == "summer"
+
+    @property
+    def default_name(self) -> str:
+        season = "summer" if self.is_summer else "winter"
+        return f"gen-{self.date:%Y%m%d}-{season}-{self.sky}-{self.companies}c-s{self.seed}"
+
+
+# ---------------------------------------------------------------- time and sun
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    start: dt.datetime
+    duration_s: int
+    t: Arr  # s since the start, one per row
+    utc_s: Arr
+    hour: Arr  # local wall-clock hour of day
+    transition_wall_s: float  # local wall-clock s of a DST change (inf: none)
+    delta_s: float  # change of the UTC offset that day
+
+    def wall_to_t(self, hours: Arr) -> Arr:
+        """Elapsed seconds of local wall-clock hours of this day (first occurrence)."""
+        wall = np.asarray(hours, dtype=np.float64) * 3600.0
+        return np.where(wall >= self.transition_wall_s + max(self.delta_s, 0.0), wall - self.delta_s, wall)
+
+
+def _day_clock(date: dt.date, step_s: int) -> _Clock:
+    tz = ZoneInfo(TIMEZONE)
+    start = dt.datetime.combine(date, dt.time(0), tzinfo=tz)
+    end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
+    start_utc = start.timestamp()
+    duration = round(end.timestamp() - start_utc)
+    t = np.arange(duration // step_s + 1, dtype=np.float64) * step_s
+    # UTC offsets change on quarter-hours: one offset per quarter of the day
+    quarters = duration // 900 + 1
+    offsets = np.array(
+        [_utc_offset_s(start_utc + 900.0 * k, tz) for k in range(quarters + 1)], dtype=np.float64
+    )
+    q = np.minimum((t // 900).astype(np.int64), quarters)
+    sod = t + offsets[q] - offsets[0]
+    changed = np.flatnonzero(offsets != offsets[0])
+    transition = 900.0 * float(changed[0]) if changed.size else math.inf
+    return _Clock(
+        start=start,
+        duration_s=duration,
+        t=t,
+        utc_s=start_utc + t,
+        hour=sod / 3600.0,
+        transition_wall_s=transition,
+        delta_s=float(offsets[-1] - offsets[0]),
+    )
+
+
+def _utc_offset_s(utc_s: float, tz: ZoneInfo) -> float:
+    offset = dt.datetime.fromtimestamp(utc_s, tz).utcoffset()
+    return 0.0 if offset is None else offset.total_seconds()
+
+
+def solar_position(utc_s: Arr, lat_deg: float = LAT_DEG, lon_deg: float = LON_DEG) -> tuple[Arr, Arr]:
+    """(elevation, azimuth clockwise from north), degrees, at UNIX times; NOAA's
+    spreadsheet formulas (no refraction), good to ~0.01 deg for 1800-2100."""
+    jd = np.asarray(utc_s, dtype=np.float64) / 86400.0 + 2440587.5
+    jc = (jd - 2451545.0) / 36525.0
+    l0 = np.radians((280.46646 + jc * (36000.76983 + jc * 0.0003032)) % 360.0)
+    m = np.radians(357.52911 + jc * (35999.05029 - 0.0001537 * jc))
+    ecc = 0.016708634 - jc * (0.000042037 + 0.0000001267 * jc)
+    centre = (
+        np.sin(m) * (1.914602 - jc * (0.004817 + 0.000014 * jc))
+        + np.sin(2 * m) * (0.019993 - 0.000101 * jc)
+        + np.sin(3 * m) * 0.000289
+    )
+    omega = np.radians(125.04 - 1934.136 * jc)
+    app_long = np.radians(np.degrees(l0) + centre - 0.00569 - 0.00478 * np.sin(omega))
+    mean_obliq = 23.0 + (26.0 + (21.448 - jc * (46.815 + jc * (0.00059 - jc * 0.001813))) / 60.0) / 60.0
+    obliq = np.radians(mean_obliq + 0.00256 * np.cos(omega))
+    decl = np.arcsin(np.sin(obliq) * np.sin(app_long))
+    y = np.tan(obliq / 2.0) ** 2
+    eq_time_min = 4.0 * np.degrees(
+        y * np.sin(2 * l0)
+        - 2 * ecc * np.sin(m)
+        + 4 * ecc * y * np.sin(m) * np.cos(2 * l0)
+        - 0.5 * y * y * np.sin(4 * l0)
+        - 1.25 * ecc * ecc * np.sin(2 * m)
+    )
+    true_solar_min = (np.mod(utc_s, 86400.0) / 60.0 + eq_time_min + 4.0 * lon_deg) % 1440.0
+    hour_angle = np.radians(true_solar_min / 4.0 - 180.0)
+    lat = math.radians(lat_deg)
+    cos_zen = np.clip(
+        math.sin(lat) * np.sin(decl) + math.cos(lat) * np.cos(decl) * np.cos(hour_angle), -1.0, 1.0
+    )
+    zen = np.arccos(cos_zen)
+    denom = math.cos(lat) * np.maximum(np.sin(zen), 1e-9)
+    az0 = np.degrees(np.arccos(np.clip((math.sin(lat) * cos_zen - np.sin(decl)) / denom, -1.0, 1.0)))
+    azimuth = np.where(hour_angle > 0, (az0 + 180.0) % 360.0, (540.0 - az0) % 360.0)
+    return 90.0 - np.degrees(zen), azimuth
+
+
+# ---------------------------------------------------------------- building blocks
+def _smoothstep(x: Arr, a: float, b: float) -> Arr:
+    u = np.clip((x - a) / (b - a), 0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _window(h: Arr, on_a: float, on_b: float, off_a: float, off_b: float) -> Arr:
+    """0 -> 1 between on_a and on_b (hours), 1 -> 0 between off_a and off_b."""
+    return _smoothstep(h, on_a, on_b) * (1.0 - _smoothstep(h, off_a, off_b))
+
+
+def _slow_noise(rng: np.random.Generator, t: Arr, spacing_s: float, sigma: float) -> Arr:
+    knots = np.arange(-spacing_s, float(t[-1]) + 2 * spacing_s, spacing_s)
+    return np.interp(t, knots, rng.normal(0.0, sigma, knots.size))
+
+
+def _switching(rng: np.random.Generator, t: Arr, mean_on_s: float, mean_off_s: float, p_on: float) -> Arr:
+    """A 0/1 on-off process with exponential dwell times (at least 60 s)."""
+    first_on = bool(rng.random() < p_on)
+    state = first_on
+    s = -float(rng.uniform(0.0, mean_on_s if state else mean_off_s))
+    edges: list[float] = []
+    while s <= t[-1]:
+        s += max(60.0, float(rng.exponential(mean_on_s if state else mean_off_s)))
+        edges.append(s)
+        state = not state
+    flips = np.searchsorted(np.array(edges), t, side="right")
+    on: BoolArr = (flips % 2 == 0) == first_on
+    return on.astype(np.float64)
+
+
+def _cycler(rng: np.random.Generator, t: Arr, period_s: float, duty: Arr, jitter: float = 0.15) -> Arr:
+    """A 0/1 thermostat cycle: on for duty x period at the start of each period
+    (duty per row, read at the start of each cycle), periods jittered."""
+    n = int(t[-1] / (period_s * (1.0 - jitter))) + 3
+    periods = period_s * rng.uniform(1.0 - jitter, 1.0 + jitter, n)
+    starts = np.concatenate(([0.0], np.cumsum(periods[:-1]))) - float(rng.uniform(0.0, period_s))
+    d = np.clip(np.interp(starts, t, duty) + rng.normal(0.0, 0.03, n), 0.05, 0.97)
+    k = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, n - 1)
+    return ((t - starts[k]) < d[k] * periods[k]).astype(np.float64)
+
+
+def _step_sum(t: Arr, starts: Arr, ends: Arr, power: Arr) -> Arr:
+    """Sum of rectangular blocks [start, end) of power, at times t."""
+    if starts.size == 0:
+        return np.zeros_like(t)
+    edges = np.concatenate([starts, ends])
+    order = np.argsort(edges, kind="stable")
+    level = np.cumsum(np.concatenate([power, -power])[order])
+    idx = np.searchsorted(edges[order], t, side="right")
+    return np.maximum(np.where(idx > 0, level[np.maximum(idx - 1, 0)], 0.0), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    clock: _Clock
+    weekday: int  # 0 = Monday
+    prev_weekday: int
+    summer: bool
+
+    @property
+    def workday(self) -> bool:
+        return self.weekday < 5
+
+
+# ---------------------------------------------------------------- archetypes (p.u. of the peak, or kW)
+def _office(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    base = float(rng.uniform(0.08, 0.15)) + (0.03 if not day.summer else 0.0)
+    pu = np.full_like(t, base)
+    if day.workday:
+        on = float(rng.uniform(6.8, 7.6))
+        off = float(rng.uniform(16.8, 17.5))
+        occ = _window(h, on, on + float(rng.uniform(0.8, 1.5)), off, off + float(rng.uniform(0.7, 1.3)))
+        lunch = 1.0 - float(rng.uniform(0.12, 0.25)) * _window(h, 11.9, 12.2, 12.9, 13.3)
+        pu += (0.82 - base) * occ * lunch
+        pu += 0.05 * _window(h, off + 1.2, off + 1.4, off + 2.6, off + 2.8)  # cleaners
+        if day.summer:
+            pu += float(rng.uniform(0.05, 0.15)) * _window(h, 10.5, 12.5, off + 0.5, off + 2.0)
+        else:
+            lights = _window(h, on - 0.2, on + 0.3, 9.0, 9.5) + _window(h, 15.8, 16.3, off + 0.8, off + 1.2)
+            pu += float(rng.uniform(0.05, 0.1)) * lights
+    elif rng.random() < 0.3:  # someone in for a few hours
+        s = float(rng.uniform(9.0, 13.0))
+        pu += float(rng.uniform(0.05, 0.15)) * _window(h, s, s + 0.3, s + 2.5, s + 2.8)
+    if not day.summer:  # heat pump
+        duty = np.where((h > 5.5) & (h < 9.0), 0.8, 0.45)
+        pu += float(rng.uniform(0.06, 0.12)) * _cycler(rng, t, float(rng.uniform(1500, 2700)), duty)
+    pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.03)
+    return peak_kw * pu + peak_kw * rng.normal(0.0, 0.012, t.size)
+
+
+def _cold_store(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    pu = np.full_like(t, float(rng.uniform(0.3, 0.42)))
+    busy = 0.06 if day.weekday < 6 else 0.02
+    pu += busy * _window(h, 5.8, 6.3, 19.5, 20.5)
+    n_comp = int(rng.integers(1, 4))
+    shares = rng.dirichlet(np.full(n_comp, 3.0)) * float(rng.uniform(0.4, 0.52))
+    lo, hi = (0.55, 0.72) if day.summer else (0.35, 0.52)
+    for share in shares:
+        duty = float(rng.uniform(lo, hi)) + (0.12 if day.summer else 0.04) * _window(h, 11, 13, 17, 19)
+        pu += share * _cycler(rng, t, float(rng.uniform(900, 2400)), duty)
+    every = float(rng.choice([6.0, 8.0])) * 3600.0
+    first = float(rng.uniform(0.0, every))
+    starts = np.arange(first - every, float(t[-1]), every)
+    pu += 0.1 * _step_sum(t, starts, starts + float(rng.uniform(1200, 1800)), np.ones(starts.size))
+    pu *= 1.0 + _slow_noise(rng, t, 900.0, 0.02)
+    return peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
+
+
+def _metal_workshop(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    night = float(rng.uniform(0.03, 0.06)) * peak_kw
+    load = np.full_like(t, night)
+    if day.workday:
+        s, e = 6.0 + float(rng.uniform(-0.25, 0.2)), 22.0 + float(rng.uniform(-0.3, 0.2))
+    elif day.weekday == 5 and rng.random() < 0.35:
+        s, e = 7.0 + float(rng.uniform(-0.2, 0.3)), 12.5 + float(rng.uniform(0.0, 1.0))
+    else:
+        return load + peak_kw * rng.normal(0.0, 0.004, t.size)
+    hall = float(rng.uniform(0.08, 0.14)) * peak_kw
+    load += hall * _window(h, s - 0.3, s, e, e + 0.3)
+    budget = (peak_kw - night - hall) * float(rng.uniform(0.9, 1.2))
+    powers: list[float] = []
+    while sum(powers) < budget:
+        powers.append(float(rng.uniform(20.0, 150.0)))
+    use = 1.0 if day.workday else 0.35
+    breaks = [(10.0, 10.25), (12.0, 12.5), (18.0, 18.5)]
+    for p in powers:
+        if rng.random() > use:
+            continue
+        on = _switching(rng, t, float(rng.uniform(300, 2400)), float(rng.uniform(300, 2400)), 0.5)
+        ms = s + float(rng.uniform(0.0, 0.5))
+        me = e - float(rng.uniform(0.0, 0.4))
+        gate = (h >= ms) & (h < me)
+        for b0, b1 in breaks:
+            if rng.random() < 0.8:
+                gate &= ~((h >= b0 + float(rng.uniform(-0.05, 0.05))) & (h < b1))
+        load += p * on * gate * (1.0 + _slow_noise(rng, t, 120.0, 0.04))
+    return load + peak_kw * rng.normal(0.0, 0.008, t.size)
+
+
+def _fleet(
+    rng: np.random.Generator,
+    offset_s: float,
+    charger_kw: Arr,
+    energy_kwh: Arr,
+    chargers: int,
+    departure_t: Arr | None,
+    *,
+    spread: bool,
+) -> tuple[Arr, Arr, Arr]:
+    """One evening's charging sessions as (start, end, kW) blocks: vehicles
+    arrive ~16-20:30 (a third wait for an off-peak timer at 22-23h), queue
+    for `chargers` charge points, charge at full power and then taper, and
+    stop when they leave. With `spread` (smart depot charging) each vehicle
+    instead charges at the constant power that finishes it between 01:00 and
+    05:30, within 50-100 % of its charger's power. offset_s shifts the evening (-86400:
+    last night)."""
+    n = charger_kw.size
+    arrive = np.clip(rng.normal(17.8, 0.8, n), 16.0, 20.5) * 3600.0 + offset_s
+    timer = rng.random(n) < 0.35
+    ready = np.where(timer, np.maximum(arrive, offset_s + rng.uniform(22.0, 23.0, n) * 3600.0), arrive)
+    leave = departure_t if departure_t is not None else np.full(n, math.inf)
+    free = [offset_s - 1e9] * chargers  # min-heap of the times charge points come free
+    s_list: list[float] = []
+    e_list: list[float] = []
+    p_list: list[float] = []
+    for i in np.argsort(ready, kind="stable"):
+        start = max(float(ready[i]), heapq.heappop(free))
+        p = float(charger_kw[i])
+        taper_p = p * float(rng.uniform(0.35, 0.6))
+        if spread:
+            hours = (offset_s + float(rng.uniform(25.0, 29.5)) * 3600.0 - start) / 3600.0
+            p = min(p, max(0.5 * p, float(energy_kwh[i]) / max(hours, 0.5)))
+            taper_p = p
+        mid = start + 0.88 * float(energy_kwh[i]) / p * 3600.0
+        end = mid + 0.12 * float(energy_kwh[i]) / taper_p * 3600.0
+        cut = float(leave[i])
+        for a, b, pw in ((start, mid, p), (mid, end, taper_p)):
+            if min(b, cut) > a:
+                s_list.append(a)
+                e_list.append(min(b, cut))
+                p_list.append(pw)
+        heapq.heappush(free, min(end, cut) if cut > start else start)
+    return np.array(s_list), np.array(e_list), np.array(p_list)
+
+
+def _logistics(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    pu = np.full_like(t, float(rng.uniform(0.05, 0.08)) + (0.04 if not day.summer else 0.0))
+    hall = float(rng.uniform(0.15, 0.25)) if day.workday else 0.04
+    pu += hall * _window(h, 5.6, 6.1, 21.8, 22.3)
+    pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.04)
+    load = peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
+    winter = 1.0 if day.summer else 1.2  # heating and cold batteries
+    # e-trucks on their own 44 kW points, vans queueing for 11 or 22 kW points
+    trucks = int(rng.integers(0, 4)) if peak_kw >= 250 else 0
+    fleet_kw = float(rng.uniform(0.5, 0.8)) * peak_kw - 44.0 * trucks
+    kw = 22.0 if rng.random() < 0.4 else 11.0
+    chargers = max(2, round(fleet_kw / kw))
+    vans = max(chargers, round(chargers / float(rng.uniform(0.45, 0.9))))
+    van_kw = np.where(rng.random(vans) < 0.85, kw, 11.0 if kw > 11 else 7.4)
+    fleet_share = {5: 0.3, 6: 0.5}  # Saturday and Sunday evenings
+    spread = bool(rng.random() < 0.5)
+    blocks: list[tuple[Arr, Arr, Arr]] = []
+    for offset, weekday in ((-86400.0, day.prev_weekday), (0.0, day.weekday)):
+        share = fleet_share.get(weekday, 1.0)
+        n_van, n_truck = max(1, round(vans * share)), round(trucks * share)
+        leave = None
+        if offset < 0 and day.weekday != 6:  # they leave this morning (not on Sundays)
+            leave = day.clock.wall_to_t(rng.uniform(5.0, 7.0, n_van + n_truck))
+        van_kwh = rng.uniform(0.3, 0.9, n_van) * rng.uniform(40.0, 75.0, n_van) * winter
+        van_leave = None if leave is None else leave[:n_van]
+        blocks.append(_fleet(rng, offset, van_kw[:n_van], van_kwh, chargers, van_leave, spread=spread))
+        if n_truck:
+            truck_kwh = rng.uniform(0.4, 0.8, n_truck) * rng.uniform(150.0, 350.0, n_truck) * winter
+            truck_leave = None if leave is None else leave[n_van:]
+            blocks.append(
+                _fleet(rng, offset, np.full(n_truck, 44.0), truck_kwh, n_truck, truck_leave, spread=spread)
+            )
+    if day.workday:  # midday top-ups
+        top = np.flatnonzero(rng.random(vans) < 0.25)
+        a = day.clock.wall_to_t(rng.uniform(11.5, 14.0, top.size))
+        blocks.append((a, a + rng.uniform(1200.0, 3000.0, top.size), van_kw[top]))
+    for starts, ends, power in blocks:
+        load += _step_sum(t, starts, ends, power)
+    return load
+
+
+def _bakery(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    pu = np.full_like(t, float(rng.uniform(0.1, 0.15)))
+    baking = day.weekday < 6 or rng.random() < 0.3
+    scale = 1.0 if day.weekday < 6 else 0.5
+    if baking:
+        s = float(rng.uniform(2.5, 3.5)) - (0.3 if day.weekday == 5 else 0.0)
+        e = float(rng.uniform(9.5, 10.5))
+        active = ((h >= s) & (h < e)).astype(np.float64)
+        for _ in range(int(rng.integers(2, 4))):
+            share = float(rng.uniform(0.18, 0.3)) * scale
+            duty = np.where(h < s + 0.5, 0.95, float(rng.uniform(0.55, 0.75)))
+            o_s = s + float(rng.uniform(0.0, 0.4))
+            gate = (h >= o_s) & (h < e - float(rng.uniform(0.0, 0.5)))
+            pu += share * _cycler(rng, t, float(rng.uniform(240, 600)), duty) * gate
+        mixers = _switching(rng, t, float(rng.uniform(300, 900)), float(rng.uniform(300, 1200)), 0.5)
+        pu += float(rng.uniform(0.05, 0.15)) * scale * mixers * active * (h < 9.0)
+        shop_end = float(rng.uniform(15.0, 16.0))
+        pu += float(rng.uniform(0.15, 0.25)) * scale * _window(h, e - 0.3, e, shop_end, shop_end + 0.3)
+    pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.03)
+    return peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
+
+
+def _supermarket(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
+    t, h = day.clock.t, day.clock.hour
+    pu = np.full_like(t, float(rng.uniform(0.28, 0.38)))
+    for _ in range(2):
+        duty = float(rng.uniform(0.5, 0.7) if day.summer else rng.uniform(0.35, 0.55))
+        duty_row = duty + 0.1 * _window(h, 7.5, 8.5, 20.5, 21.5)  # doors and shoppers warm the cabinets
+        pu += float(rng.uniform(0.08, 0.14)) * _cycler(rng, t, float(rng.uniform(600, 1200)), duty_row)
+    open_h, close_h = (12.0, 18.0) if day.weekday == 6 else (8.0, 21.0)
+    is_open = day.weekday != 6 or rng.random() < 0.8
+    if is_open:
+        pu += float(rng.uniform(0.28, 0.38)) * _window(h, open_h - 1.0, open_h, close_h, close_h + 0.5)
+        if day.summer:
+            pu += float(rng.uniform(0.04, 0.1)) * _window(h, 11.0, 13.0, 18.0, 20.0)
+        else:
+            pu += float(rng.uniform(0.03, 0.07)) * _window(h, open_h - 1.5, open_h - 1.0, 11.0, 12.0)
+    pu *= 1.0 + _slow_noise(rng, t, 900.0, 0.02)
+    return peak_kw * pu + peak_kw * rng.normal(0.0, 0.008, t.size)
+
+
+_LOAD: dict[str, Callable[[np.random.Generator, _Day, float], Arr]] = {
+    "office": _office,
+    "cold-store": _cold_store,
+    "metal-workshop": _metal_workshop,
+    "logistics": _logistics,
+    "bakery": _bakery,
+    "supermarket": _supermarket,
+}
+
+
+# ---------------------------------------------------------------- PV and sky
+def _pv_clear_pu(rng: np.random.Generator, elev_deg: Arr, az_deg: Arr) -> Arr:
+    """Clear-sky output per unit of peak for a random field layout."""
+    layout = int(rng.integers(0, 4))
+    if layout == 0:  # flat roof, low tilt south
+        fields = [(180.0, float(rng.uniform(3.0, 8.0)), 1.0)]
+    elif layout == 1:
+        fields = [(float(rng.uniform(160.0, 200.0)), float(rng.uniform(15.0, 35.0)), 1.0)]
+    elif layout == 2:
+        a, tilt = float(rng.uniform(80.0, 100.0)), float(rng.uniform(8.0, 15.0))
+        w = float(rng.uniform(0.35, 0.65))
+        fields = [(a, tilt, w), (a + 180.0, tilt, 1.0 - w)]
+    else:
+        az = float(rng.choice([rng.uniform(110.0, 140.0), rng.uniform(220.0, 250.0)]))
+        fields = [(az, float(rng.uniform(10.0, 25.0)), 1.0)]
+    e = np.radians(elev_deg)
+    up = elev_deg > 0.0
+    sin_e = np.where(up, np.sin(e), 0.0)
+    e_pos = np.maximum(elev_deg, 0.0)
+    air_mass = 1.0 / (np.maximum(sin_e, 0.0) + 0.50572 * (e_pos + 6.07995) ** -1.6364)
+    direct = 0.7 ** (air_mass**0.678 - 1.0)
+    poa = np.zeros_like(e)
+    for az_p, tilt, w in fields:
+        b = math.radians(tilt)
+        cos_aoi = sin_e * math.cos(b) + np.cos(e) * math.sin(b) * np.cos(np.radians(az_deg - az_p))
+        poa += w * np.maximum(cos_aoi, 0.0)
+    pu = 0.8 * (0.85 * direct * poa + 0.15 * sin_e) * float(rng.uniform(0.95, 1.02))
+    return np.where(up, np.clip(pu, 0.0, 1.0), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Clouds:
+    starts: Arr
+    ends: Arr
+    depth: Arr  # transmission inside the cloud, 0.2..0.4
+    enhance: Arr  # factor after the edge (1 = none)
+    enhance_s: Arr
+
+
+def _clouds(rng: np.random.Generator, clock: _Clock) -> _Clouds:
+    mean_gap = float(rng.uniform(120.0, 480.0))
+    s, starts, ends = -600.0, [], []
+    while s < clock.duration_s + 600:
+        hour = float(np.interp(s, clock.t, clock.hour))
+        quiet = 3.0 if (hour < 9.0 or hour > 19.0) else 1.0  # cumulus builds up during the day
+        s += 20.0 + float(rng.exponential(mean_gap * quiet))
+        length = float(np.exp(rng.uniform(math.log(30.0), math.log(600.0))))
+        starts.append(s)
+        ends.append(s + length)
+        s += length
+    n = len(starts)
+    gaps = np.diff(np.array([*starts, math.inf])) - np.array(ends) + np.array(starts)
+    enh = np.where(rng.random(n) < 0.4, rng.uniform(1.05, 1.18, n), 1.0)
+    return _Clouds(
+        starts=np.array(starts),
+        ends=np.array(ends),
+        depth=rng.uniform(0.2, 0.4, n),
+        enhance=enh,
+        enhance_s=np.minimum(rng.uniform(10.0, 60.0, n), gaps),
+    )
+
+
+def _broken_transmission(rng: np.random.Generator, t: Arr, clouds: _Clouds) -> Arr:
+    """Transmission at one company: the park's clouds, lagged and some missed."""
+    tt = t - float(rng.uniform(0.0, 120.0))
+    hit = rng.random(clouds.starts.size) < 0.85
+    k = np.searchsorted(clouds.starts, tt, side="right") - 1
+    kk = np.maximum(k, 0)
+    valid = (k >= 0) & hit[kk]
+    inside = valid & (tt < clouds.ends[kk])
+    after = valid & ~inside & (tt < clouds.ends[kk] + clouds.enhance_s[kk])
+    wobble = np.clip(clouds.depth[kk] + rng.normal(0.0, 0.01, t.size), 0.2, 0.4)
+    return np.where(inside, wobble, np.where(after, clouds.enhance[kk], 1.0))
+
+
+# ---------------------------------------------------------------- batteries and caps
+@dataclass(frozen=True, slots=True)
+class _Batteries:
+    """Parallel arrays, one entry per battery."""
+
+    capacity_kwh: Arr
+    max_kw: Arr
+    soc_pct: Arr
+    efficiency: Arr
+
+    @classmethod
+    def of(cls, blocks: list[dict[str, Any]]) -> _Batteries:
+        def col(key: str) -> Arr:
+            return np.array([float(b[key]) for b in blocks], dtype=np.float64)
+
+        return cls(col("capacity_kwh"), col("max_discharge_kw"), col("soc_pct"), col("efficiency"))
+
+
+def _greedy(
+    net: Arr, cap: Arr, bats: _Batteries, dt_h: float, *, want_power: bool = False
+) -> tuple[BoolArr, Arr]:
+    """Greedy check of candidate caps cap[k, j] (candidates x blocks) against the
+    net load net[j]. Returns (feasible per candidate, battery kW per candidate
+    and block if want_power, + discharge)."""
+    n_cand, n_blk = cap.shape
+    cap_kwh = bats.capacity_kwh
+    eff = bats.efficiency
+    e_min = cap_kwh * (0.05 + _RESERVE_FRACTION * 0.9)
+    e_max = cap_kwh * 0.95
+    dis_scale = eff / dt_h  # kWh above the reserve -> kW for one block
+    ch_scale = 1.0 / (eff * dt_h)
+    ch_max = _CHARGE_MARGIN * bats.max_kw
+    energy = np.tile(cap_kwh * bats.soc_pct / 100.0, (n_cand, 1))
+    ok = np.ones(n_cand, dtype=np.bool_)
+    power = np.zeros((n_cand, n_blk if want_power else 0))
+    zeros = np.zeros(n_cand)
+    for j in range(n_blk):
+        need = net[j] - cap[:, j]
+        avail = np.maximum(np.minimum(bats.max_kw, (energy - e_min) * dis_scale), 0.0)
+        total = avail.sum(axis=1)
+        ok &= need <= _DISCHARGE_MARGIN * total + 1e-9
+        share = np.divide(np.maximum(need, 0.0), total, out=zeros.copy(), where=total > 0)
+        take = avail * np.minimum(share, 1.0)[:, None]
+        accept = np.maximum(np.minimum(ch_max, (e_max - energy) * ch_scale), 0.0)
+        room = accept.sum(axis=1)
+        frac = np.divide(_CHARGE_MARGIN * np.maximum(-need, 0.0), room, out=zeros.copy(), where=room > 0)
+        charge = accept * np.minimum(frac, 1.0)[:, None]
+        energy += (charge * eff - take / eff) * dt_h
+        if want_power:
+            power[:, j] = take.sum(axis=1) - charge.sum(axis=1)
+    return ok, power
+
+
+def _blocks(n_rows: int, step_s: int) -> npt.NDArray[np.intp]:
+    size = max(1, round(_BLOCK_S / step_s))
+    return np.arange(0, n_rows, size)
+
+
+def _lowest_feasible(
+    net_rows: Arr,
+    lo: float,
+    hi: float,
+    bats: _Batteries,
+    step_s: int,
+    fixed_rows: Arr | None = None,
+    *,
+    want_power: bool = False,
+) -> tuple[float, Arr]:
+    """The lowest cap in [lo, hi] (a grid of candidates) that the batteries can
+    hold; with fixed_rows, the candidate applies only where fixed_rows is NaN
+    (a window) and fixed_rows elsewhere. Returns (cap, battery kW per row if
+    want_power, + discharge)."""
+    idx = _blocks(net_rows.size, step_s)
+    net = np.maximum.reduceat(net_rows, idx)
+    dt_h = (idx[1] - idx[0] if idx.size > 1 else 1) * step_s / 3600.0
+    cand = np.linspace(lo, max(hi, lo), _CANDIDATES)
+    if fixed_rows is None:
+        cap = np.broadcast_to(cand[:, None], (cand.size, idx.size))
+    else:
+        free = np.logical_or.reduceat(np.isnan(fixed_rows), idx)
+        fixed = np.minimum.reduceat(np.nan_to_num(fixed_rows, nan=math.inf), idx)
+        cap = np.where(free[None, :], np.minimum(cand[:, None], fixed[None, :]), fixed[None, :])
+    ok, _ = _greedy(net, np.ascontiguousarray(cap), bats, dt_h)
+    k = int(np.argmax(ok)) if ok.any() else cand.size - 1
+    if not want_power:
+        return float(cand[k]), np.zeros_like(net_rows)
+    _, power = _greedy(net, np.ascontiguousarray(cap[k : k + 1]), bats, dt_h, want_power=True)
+    return float(cand[k]), np.repeat(power[0], np.diff(np.append(idx, net_rows.size)))
+
+
+def _ceil5(x: float) -> int:
+    return int(5 * math.ceil(x / 5.0 - 1e-9))
+
+
+def _floor5(x: float) -> int:
+    return int(5 * math.floor(x / 5.0 + 1e-9))
+
+
+def _hhmm_s(text: str) -> float:
+    hh, mm = text.split(":")
+    return int(hh) * 3600.0 + int(mm) * 60.0
+
+
+def _window_mask(hour: Arr, window: tuple[str, str]) -> BoolArr:
+    """Rows whose local time lies in [start, end) (wrapping midnight if start > end)."""
+    sod = np.mod(hour * 3600.0, 86400.0)
+    s, e = _hhmm_s(window[0]), _hhmm_s(window[1])
+    mask: BoolArr = (sod >= s) & (sod < e) if s <= e else (sod >= s) | (sod < e)
+    return mask
+
+
+def _export_cap(rng: np.random.Generator, net: Arr, room_kwh: float, pv_peak_kw: float, step_s: int) -> int:
+    surplus = float(np.max(-net))
+    if surplus < 20.0:
+        return _ceil5(max(surplus, 0.3 * pv_peak_kw, 20.0) * 1.1)
+    if room_kwh <= 0:
+        return max(5, _floor5(float(rng.uniform(0.5, 0.85)) * surplus))
+    cand = np.linspace(0.3, 0.8, 51) * surplus
+    over_kwh = np.clip(-net[None, :] - cand[:, None], 0.0, None).sum(axis=1) * step_s / 3600.0
+    target = float(rng.uniform(0.6, 1.6)) * room_kwh
+    c = float(cand[int(np.argmin(np.abs(over_kwh - target)))])
+    return max(5, _floor5(c))
+
+
+# ---------------------------------------------------------------- the generator
+@dataclass(slots=True)
+class _Company:
+    cid: str
+    kind: str
+    peak_kw: float
+    load: Arr
+    pv: Arr
+    pv_peak_kw: int = 0
+    battery: dict[str, Any] | None = None
+    import_limit_kw: int | None = None
+    export_limit_kw: int | None = None
+
+
+def _kinds(rng: np.random.Generator, n: int) -> list[str]:
+    first = [str(k) for k in rng.permutation(np.array(ARCHETYPES))[: min(n, len(ARCHETYPES))]]
+    extra = rng.choice(len(ARCHETYPES), size=max(0, n - len(ARCHETYPES)), p=np.array(_EXTRA_WEIGHTS))
+    return first + [ARCHETYPES[int(i)] for i in extra]
+
+
+def _battery(rng: np.random.Generator) -> dict[str, Any]:
+    capacity = int(10 * round(float(rng.uniform(100.0, 1000.0)) / 10))
+    power = int(5 * round(capacity * float(rng.uniform(0.5, 1.0)) / 5))
+    return {
+        "capacity_kwh": capacity,
+        "max_charge_kw": power,
+        "max_discharge_kw": power,
+        "soc_pct": int(rng.integers(20, 81)),
+        "min_soc_pct": 5,
+        "max_soc_pct": 95,
+        "efficiency": round(float(rng.uniform(0.92, 0.96)), 3),
+        "ramp_pct_per_s": 50,
+    }
+
+
+def _round(x: Arr) -> Arr:
+    return np.maximum(np.round(x, 2), 0.0) + 0.0
+
+
+def _own_caps(rng: np.random.Generator, c: _Company, step_s: int) -> Arr:
+    """Give c its own caps; return its grid power (kW per row) as the park check sees it."""
+    net = c.load - c.pv
+    peak = float(np.max(net))
+    bat_rows = np.zeros_like(net)
+    if c.battery is not None:
+        bats = _Batteries.of([c.battery])
+        target = float(rng.uniform(0.85, 0.95)) * peak
+        cap, bat_rows = _lowest_feasible(net, target, peak, bats, step_s, want_power=True)
+        c.import_limit_kw = _ceil5(cap)
+    else:
+        c.import_limit_kw = _ceil5(float(rng.uniform(1.0, 1.05)) * peak)
+    surplus = float(np.max(-net))
+    if surplus >= 10.0:
+        c.export_limit_kw = max(5, _floor5(float(rng.uniform(0.5, 0.9)) * surplus))
+    else:
+        c.export_limit_kw = _ceil5(max(10.0, 0.25 * c.peak_kw, 1.1 * surplus))
+    return np.maximum(net - bat_rows, -float(c.export_limit_kw))
+
+
+def _sharing(rng: np.random.Generator, key: str, ids: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": key, "interval_s": 900}
+    if key == "static":
+        raw = rng.dirichlet(np.full(len(ids), 2.0)) * float(rng.uniform(0.85, 1.0))
+        floored = np.floor(raw * 100.0) / 100.0
+        out["shares"] = {cid: round(float(s), 2) for cid, s in zip(ids, floored, strict=True) if s > 0}
+    elif key == "priority":
+        order = [ids[int(i)] for i in rng.permutation(len(ids))]
+        out["order"] = order[: max(1, math.ceil(2 * len(ids) / 3))]
+    return out
+
+
+def generate(opts: GenOptions) -> tuple[dict[str, Any], list[str], Arr]:
+    """One synthetic park day: (scenario.yaml as a dict, profiles.csv header, rows)."""
+    clock = _day_clock(opts.date, opts.step_s)
+    prev = opts.date - dt.timedelta(days=1)
+    day = _Day(clock=clock, weekday=opts.date.weekday(), prev_weekday=prev.weekday(), summer=opts.is_summer)
+    layout = np.random.default_rng([opts.seed, 0])
+    weather = np.random.default_rng([opts.seed, 1])
+    caps_rng = np.random.default_rng([opts.seed, 2])
+
+    kinds = _kinds(layout, opts.companies)
+    n_bat = round(opts.battery_share * opts.companies)
+    has_bat = set(layout.permutation(opts.companies)[:n_bat].tolist())
+    counters: dict[str, int] = {}
+    elev, az = solar_position(clock.utc_s)
+    sky_clouds = _clouds(weather, clock) if opts.sky == "broken" else None
+    overcast = None
+    if opts.sky == "overcast":
+        u = _slow_noise(weather, clock.t, float(weather.uniform(1200.0, 2400.0)), 1.0)
+        overcast = 0.15 + 0.25 * _smoothstep(u, -1.5, 1.5)
+    companies: list[_Company] = []
+    for i, kind in enumerate(kinds):
+        counters[kind] = counters.get(kind, 0) + 1
+        rng = np.random.default_rng([opts.seed, 100 + i])
+        lo, hi = _SIZE_KW[kind]
+        peak = float(rng.uniform(lo, hi))
+        load = _round(_LOAD[kind](np.random.default_rng([opts.seed, 1000 + i]), day, peak))
+        c = _Company(
+            cid=f"{kind}-{counters[kind]}", kind=kind, peak_kw=peak, load=load, pv=np.zeros_like(load)
+        )
+        has_pv = rng.random() < 0.9 or i == 0
+        pv_base = min(500.0, float(rng.uniform(1.0, 2.5)) * peak)
+        c.pv_peak_kw = round(pv_base * opts.pv_share) if has_pv else 0
+        clear = _pv_clear_pu(rng, elev, az)
+        if c.pv_peak_kw >= 1:
+            sky_rng = np.random.default_rng([opts.seed, 2000 + i])
+            if sky_clouds is not None:
+                trans = _broken_transmission(sky_rng, clock.t, sky_clouds)
+            elif overcast is not None:
+                trans = overcast * (1.0 + _slow_noise(sky_rng, clock.t, 600.0, 0.02))
+            else:
+                trans = np.clip(1.0 - np.abs(_slow_noise(sky_rng, clock.t, 1800.0, 0.01)), 0.95, 1.0)
+            jitter = 1.0 + sky_rng.normal(0.0, 0.003, clock.t.size)
+            c.pv = _round(np.clip(c.pv_peak_kw * clear * trans * jitter, 0.0, c.pv_peak_kw))
+        else:
+            c.pv_peak_kw = 0
+        if i in has_bat:
+            c.battery = _battery(rng)
+        companies.append(c)
+
+    park = _park_caps(caps_rng, opts, clock, companies)
+    ids = [c.cid for c in companies]
+    scenario: dict[str, Any] = {
+        "name": opts.default_name,
+        "start": clock.start.isoformat(),
+        "timezone": TIMEZONE,
+        "location": {"lat": LAT_DEG, "lon": LON_DEG},
+        "duration_s": clock.duration_s,
+        "step_s": 1,
+        "profiles": "profiles.csv",
+        "measurement_delay_s": 1,
+        "park": park,
+        "companies": [_company_yaml(c) for c in companies],
+        "sharing": _sharing(layout, opts.sharing_key, ids),
+    }
+    header = ["t_s"] + [f"{cid}.{col}" for cid in ids for col in ("load_kw", "pv_kw")]
+    rows = np.column_stack([clock.t] + [a for c in companies for a in (c.load, c.pv)])
+    return scenario, header, rows
+
+
+def _park_caps(
+    rng: np.random.Generator, opts: GenOptions, clock: _Clock, companies: list[_Company]
+) -> dict[str, Any]:
+    raw_net = np.sum([c.load - c.pv for c in companies], axis=0)
+    own: set[int] = set()
+    if opts.company_caps:
+        with_bat = [i for i, c in enumerate(companies) if c.battery is not None]
+        first = [int(rng.choice(with_bat))] if with_bat else []
+        rest = [i for i in range(len(companies)) if i not in first]
+        pick = first + [int(i) for i in rng.permutation(np.array(rest, dtype=np.int64))]
+        own = set(pick[:2])
+    net = np.zeros_like(raw_net)
+    park_bats: list[dict[str, Any]] = []
+    for i, c in enumerate(companies):
+        if i in own:
+            net += _own_caps(rng, c, opts.step_s)
+        else:
+            net += c.load - c.pv
+            if c.battery is not None:
+                park_bats.append(c.battery)
+    bats = _Batteries.of(park_bats)
+    peak = float(np.max(raw_net))
+    target = float(rng.uniform(0.85, 0.95)) * peak
+    top = max(peak, float(np.max(net)))
+    base, _ = _lowest_feasible(net, target, top, bats, opts.step_s)
+    import_cap = _ceil5(max(base, 1.0))
+    room = sum(
+        (b["max_soc_pct"] - b["soc_pct"]) / 100.0 * b["capacity_kwh"]
+        for b in (c.battery for c in companies)
+        if b is not None
+    )
+    export_cap = _export_cap(rng, raw_net, room, float(sum(c.pv_peak_kw for c in companies)), opts.step_s)
+    park: dict[str, Any] = {"import_limit_kw": import_cap, "export_limit_kw": export_cap}
+    if opts.import_window is not None:
+        mask = _window_mask(clock.hour, opts.import_window)
+        fixed = np.where(mask, np.nan, float(import_cap))
+        low, _ = _lowest_feasible(net, 0.2 * import_cap, float(import_cap), bats, opts.step_s, fixed)
+        start, end = opts.import_window
+        window_cap = min(import_cap, _ceil5(low))
+        park["windows"] = [{"start": start, "end": end, "import_limit_kw": window_cap}]
+    return park
+
+
+def _company_yaml(c: _Company) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": c.cid}
+    if c.import_limit_kw is not None:
+        out["import_limit_kw"] = c.import_limit_kw
+    if c.export_limit_kw is not None:
+        out["export_limit_kw"] = c.export_limit_kw
+    if c.pv_peak_kw > 0:
+        out["pv"] = {"peak_kw": c.pv_peak_kw, "ramp_pct_per_s": 10}
+    if c.battery is not None:
+        out["battery"] = dict(c.battery)
+    return out
+
+
+def write_scenario(opts: GenOptions, directory: Path, name: str | None = None) -> Path:
+    """Write scenario.yaml and profiles.csv into directory (created if needed);
+    name replaces the generated scenario name. Returns the path of scenario.yaml."""
+    scenario, header, rows = generate(opts)
+    if name is not None:
+        scenario["name"] = name
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    yaml_path = directory / "scenario.yaml"
+    yaml_path.write_text(yaml.safe_dump(scenario, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    fmt = ["%d"] + ["%.2f"] * (len(header) - 1)
+    np.savetxt(
+        directory / scenario["profiles"], rows, fmt=fmt, delimiter=",", header=",".join(header), comments=""
+    )
+    return yaml_path

@@ -1,0 +1,335 @@
+"""Tests for simulators.scenario_gen: determinism, the SCENARIOS.md contract, DST days, caps, realism.
+
+The written files are read back with the contract's own reader (`tools/score.py`
+in the shared folder, skipped when missing), and one day's caps are checked
+for feasibility with score.py's perfect-foresight LP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.util
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import yaml
+
+from simulators.scenario_gen import ARCHETYPES, GenOptions, generate, solar_position, write_scenario
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+SHARED = Path(os.environ.get("HUBCTL_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+SLUG = re.compile(r"^[a-z0-9-]+$")
+SUMMER_WEEKDAY = dt.date(2026, 6, 23)  # a Tuesday
+WINTER_WEEKDAY = dt.date(2026, 12, 15)
+SATURDAY = dt.date(2026, 6, 27)
+WINDOW = ("16:00", "20:00")
+
+
+@functools.cache
+def gen(opts: GenOptions) -> tuple[dict[str, Any], list[str], npt.NDArray[np.float64]]:
+    """generate(), once per options (the results are not mutated by the tests)."""
+    return generate(opts)
+
+
+def column(header: list[str], rows: npt.NDArray[np.float64], name: str) -> npt.NDArray[np.float64]:
+    return rows[:, header.index(name)]
+
+
+def park_net(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Uncontrolled park grid power: sum of loads minus available PV."""
+    return np.asarray(rows[:, 1::2].sum(axis=1) - rows[:, 2::2].sum(axis=1), dtype=np.float64)
+
+
+def local_hours(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Local hour of day per row, on days without a DST change."""
+    return np.asarray(rows[:, 0] / 3600.0, dtype=np.float64)
+
+
+def load_score() -> Any:
+    path = SHARED / "tools" / "score.py"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    spec = importlib.util.spec_from_file_location("hubctl_test_score_gen", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------- sun
+@pytest.mark.parametrize(
+    ("date", "max_elevation"), [(dt.date(2026, 6, 21), 61.35), (dt.date(2026, 12, 21), 14.47)]
+)
+def test_solar_noon_elevation_at_utrecht(date: dt.date, max_elevation: float) -> None:
+    t0 = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC).timestamp()
+    utc = t0 + np.arange(0.0, 86400.0, 10.0)
+    elev, az = solar_position(utc)
+    k = int(np.argmax(elev))
+    assert elev[k] == pytest.approx(max_elevation, abs=0.1)
+    assert az[k] == pytest.approx(180.0, abs=1.0)
+    noon_utc_min = (utc[k] - t0) / 60.0
+    assert 11 * 60 + 30 <= noon_utc_min <= 11 * 60 + 50  # lon 5.12 E: about 20 min before 12:00 UTC
+    assert az[int(np.argmin(np.abs(utc - t0 - 6 * 3600)))] < 120.0  # morning sun in the east
+
+
+# ----------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_output() -> None:
+    opts = GenOptions(seed=7, date=SUMMER_WEEKDAY, import_window=WINDOW, company_caps=True, sky="broken")
+    a, b = generate(opts), generate(opts)
+    assert a[0] == b[0]
+    assert a[1] == b[1]
+    assert np.array_equal(a[2], b[2])
+    other = generate(GenOptions(seed=8, date=SUMMER_WEEKDAY, import_window=WINDOW, company_caps=True))
+    assert not np.array_equal(a[2], other[2])
+
+
+def test_sky_changes_only_pv_and_caps() -> None:
+    """The weather has its own random stream: companies, loads and PV fields stay."""
+    clear = gen(GenOptions(seed=4, date=SUMMER_WEEKDAY))
+    for sky in ("broken", "overcast"):
+        other = gen(GenOptions(seed=4, date=SUMMER_WEEKDAY, sky=sky))
+        assert other[1] == clear[1]
+        assert np.array_equal(other[2][:, 1::2], clear[2][:, 1::2])  # t_s and loads
+        assert [c.get("pv") for c in other[0]["companies"]] == [c.get("pv") for c in clear[0]["companies"]]
+
+
+# ----------------------------------------------------------------- the contract
+CONTRACT_CASES = [
+    GenOptions(seed=1, date=SUMMER_WEEKDAY),
+    GenOptions(seed=2, date=WINTER_WEEKDAY, companies=9, sharing_key="static", import_window=WINDOW),
+    GenOptions(seed=3, date=SATURDAY, companies=4, sharing_key="priority", company_caps=True, sky="broken"),
+    GenOptions(seed=5, date=SUMMER_WEEKDAY, companies=2, pv_share=0.0, battery_share=0.0, step_s=60),
+]
+
+
+@pytest.mark.parametrize("opts", CONTRACT_CASES, ids=lambda o: o.default_name)
+def test_contract_shape(opts: GenOptions) -> None:
+    sc, header, rows = gen(opts)
+    assert list(sc) == [
+        "name",
+        "start",
+        "timezone",
+        "location",
+        "duration_s",
+        "step_s",
+        "profiles",
+        "measurement_delay_s",
+        "park",
+        "companies",
+        "sharing",
+    ]
+    start = dt.datetime.fromisoformat(sc["start"])
+    assert start.utcoffset() is not None
+    assert (start.date(), start.time()) == (opts.date, dt.time(0))
+    assert sc["timezone"] == "Europe/Amsterdam"
+    assert (sc["step_s"], sc["measurement_delay_s"], sc["profiles"]) == (1, 1, "profiles.csv")
+    assert sc["duration_s"] == 86400
+    ids = [c["id"] for c in sc["companies"]]
+    assert len(ids) == opts.companies
+    assert len(set(ids)) == len(ids)
+    assert all(SLUG.match(i) for i in ids)
+    assert header == ["t_s"] + [f"{i}.{col}" for i in ids for col in ("load_kw", "pv_kw")]
+    # rows every step_s from 0 to duration_s inclusive, 2 decimals, loads and PV >= 0
+    assert rows.shape == (sc["duration_s"] // opts.step_s + 1, len(header))
+    assert rows[0, 0] == 0
+    assert rows[-1, 0] == sc["duration_s"]
+    assert np.all(np.diff(rows[:, 0]) == opts.step_s)
+    assert np.array_equal(np.round(rows, 2), rows)
+    assert np.all(rows[:, 1:] >= 0)
+    park = sc["park"]
+    assert park["import_limit_kw"] > 0
+    assert park["export_limit_kw"] > 0
+    for c in sc["companies"]:
+        pv = column(header, rows, c["id"] + ".pv_kw")
+        if "pv" in c:
+            assert c["pv"]["ramp_pct_per_s"] == 10
+            assert 1 <= c["pv"]["peak_kw"] <= 500 * opts.pv_share
+            assert pv.max() <= c["pv"]["peak_kw"]
+        else:
+            assert not pv.any()
+        if "battery" in c:
+            b = c["battery"]
+            assert 100 <= b["capacity_kwh"] <= 1000
+            assert 0.5 * b["capacity_kwh"] - 5 <= b["max_charge_kw"] == b["max_discharge_kw"]
+            assert b["max_discharge_kw"] <= b["capacity_kwh"] + 5
+            assert 20 <= b["soc_pct"] <= 80
+            assert (b["min_soc_pct"], b["max_soc_pct"], b["ramp_pct_per_s"]) == (5, 95, 50)
+            assert 0.92 <= b["efficiency"] <= 0.96
+    assert sum("battery" in c for c in sc["companies"]) == round(opts.battery_share * opts.companies)
+    sharing = sc["sharing"]
+    assert sharing["key"] == opts.sharing_key
+    assert sharing["interval_s"] == 900
+    if opts.sharing_key == "static":
+        assert set(sharing["shares"]) <= set(ids)
+        assert all(s > 0 for s in sharing["shares"].values())
+        assert sum(sharing["shares"].values()) <= 1.0 + 1e-9
+    if opts.sharing_key == "priority":
+        assert set(sharing["order"]) <= set(ids)
+        assert len(set(sharing["order"])) == len(sharing["order"])
+
+
+@pytest.mark.parametrize(
+    ("date", "duration_s", "offset_h"), [(dt.date(2026, 3, 29), 82800, 1), (dt.date(2026, 10, 25), 90000, 2)]
+)
+def test_dst_days_run_from_local_midnight_to_local_midnight(
+    date: dt.date, duration_s: int, offset_h: int
+) -> None:
+    sc, _, rows = generate(GenOptions(seed=1, date=date, companies=2, step_s=300))
+    assert sc["duration_s"] == duration_s
+    start = dt.datetime.fromisoformat(sc["start"])
+    assert start.utcoffset() == dt.timedelta(hours=offset_h)
+    assert rows[-1, 0] == duration_s
+    assert rows.shape[0] == duration_s // 300 + 1
+
+
+def test_invalid_options_are_rejected() -> None:
+    day = SUMMER_WEEKDAY
+    for bad in (
+        {"companies": 0},
+        {"companies": 51},
+        {"sky": "rain"},
+        {"season": "spring"},
+        {"sharing_key": "lottery"},
+        {"battery_share": 1.5},
+        {"step_s": 7},
+        {"import_window": ("16:00", "16:00")},
+        {"import_window": ("4pm", "20:00")},
+    ):
+        with pytest.raises(ValueError):
+            GenOptions(seed=1, date=day, **bad)
+
+
+# ----------------------------------------------------------------- caps
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_summer_default_day_has_export_congestion(seed: int) -> None:
+    sc, _, rows = gen(GenOptions(seed=seed, date=SUMMER_WEEKDAY))
+    net = park_net(rows)
+    hours = local_hours(rows)
+    midday = (hours >= 11) & (hours <= 15)
+    assert -net[midday].min() > sc["park"]["export_limit_kw"]
+    # the import cap bites too: 85-95 % of the uncontrolled peak, or higher only if the batteries need it
+    assert sc["park"]["import_limit_kw"] < net.max()
+
+
+def test_import_window_gets_a_lower_cap() -> None:
+    sc, _, rows = gen(
+        GenOptions(seed=2, date=WINTER_WEEKDAY, companies=9, sharing_key="static", import_window=WINDOW)
+    )
+    park = sc["park"]
+    (window,) = park["windows"]
+    assert (window["start"], window["end"]) == WINDOW
+    assert window["import_limit_kw"] < park["import_limit_kw"]
+    hours = local_hours(rows)
+    in_window = (hours >= 16) & (hours < 20)
+    assert park_net(rows)[in_window].max() > window["import_limit_kw"]  # the batteries must cover it
+
+
+def test_company_caps_sit_near_their_own_peaks() -> None:
+    sc, header, rows = gen(
+        GenOptions(
+            seed=3, date=SATURDAY, companies=4, sharing_key="priority", company_caps=True, sky="broken"
+        )
+    )
+    capped = [c for c in sc["companies"] if "import_limit_kw" in c]
+    assert len(capped) == 2
+    assert any("battery" in c for c in capped)  # one with its own battery where there is one
+    for c in capped:
+        net = column(header, rows, c["id"] + ".load_kw") - column(header, rows, c["id"] + ".pv_kw")
+        assert 0.8 * net.max() <= c["import_limit_kw"] <= 1.1 * net.max() + 5
+        if "battery" not in c:
+            assert c["import_limit_kw"] >= net.max()
+        assert c["export_limit_kw"] > 0
+
+
+# ----------------------------------------------------------------- realism
+def test_archetypes_have_their_daily_shapes() -> None:
+    sc, header, rows = gen(GenOptions(seed=1, date=SUMMER_WEEKDAY))
+    _, _, saturday = gen(GenOptions(seed=1, date=SATURDAY))
+    ids = [c["id"] for c in sc["companies"]]
+    assert sorted(i.rsplit("-", 1)[0] for i in ids) == sorted(ARCHETYPES)
+    h = local_hours(rows)
+
+    def mean(kind: str, lo: float, hi: float, data: npt.NDArray[np.float64] = rows) -> float:
+        return float(column(header, data, f"{kind}-1.load_kw")[(h >= lo) & (h < hi)].mean())
+
+    assert mean("office", 9, 12) > 4 * mean("office", 1, 5)
+    assert mean("office", 12.2, 12.8) < mean("office", 10, 11.5)  # lunch dip
+    assert mean("office", 19, 23) < 0.5 * mean("office", 14, 16)  # evening drop
+    assert mean("bakery", 3.5, 9.5) > 2 * mean("bakery", 17, 24)
+    assert mean("supermarket", 10, 19) > 1.3 * mean("supermarket", 0, 5)
+    assert mean("logistics", 19, 24) > 1.2 * mean("logistics", 10, 16)  # the EV fleet charges
+    assert mean("metal-workshop", 8, 20) > 4 * mean("metal-workshop", 0, 5)
+    for kind in ("office", "metal-workshop"):  # mostly off at weekends
+        assert mean(kind, 8, 17, saturday) < 0.5 * mean(kind, 8, 17)
+    shop = column(header, rows, "metal-workshop-1.load_kw")
+    assert np.abs(np.diff(shop)).max() >= 20  # machines switch between rows
+    cold = column(header, rows, "cold-store-1.load_kw")
+    assert np.sum(np.abs(np.diff(cold)) > 0.1 * cold.max()) >= 2 * 20  # compressors cycle all day
+
+
+def test_sky_models() -> None:
+    opts = GenOptions(seed=4, date=SUMMER_WEEKDAY)
+    sc, header, clear_rows = gen(opts)
+    h = local_hours(clear_rows)
+    for c in (c for c in sc["companies"] if "pv" in c):
+        clear = column(header, clear_rows, c["id"] + ".pv_kw")
+        day = (clear > 0.3 * c["pv"]["peak_kw"]) & (h > 10) & (h < 16)
+        overcast = column(
+            header, gen(GenOptions(seed=4, date=SUMMER_WEEKDAY, sky="overcast"))[2], c["id"] + ".pv_kw"
+        )
+        ratio = overcast[day] / clear[day]
+        assert ratio.min() >= 0.14
+        assert ratio.max() <= 0.42
+        assert np.abs(np.diff(overcast[day])).max() < 0.05 * c["pv"]["peak_kw"]  # slow variation
+        broken = column(
+            header, gen(GenOptions(seed=4, date=SUMMER_WEEKDAY, sky="broken"))[2], c["id"] + ".pv_kw"
+        )
+        ratio = broken / np.where(clear > 0, clear, 1.0)
+        shaded = day & (ratio < 0.45)
+        assert ratio[day].min() >= 0.18
+        assert 0.05 < shaded.mean() / day.mean() < 0.95
+        # cloud edges: from sun to shade within one row
+        drops = day[1:] & day[:-1] & (ratio[:-1] > 0.9) & (ratio[1:] < 0.45)
+        assert drops.sum() >= 5
+
+
+# ----------------------------------------------------------------- score.py reads it
+def test_score_reads_the_written_files(tmp_path: Path) -> None:
+    score = load_score()
+    opts = GenOptions(
+        seed=11, date=dt.date(2026, 10, 25), companies=5, import_window=WINDOW, sharing_key="static"
+    )
+    path = write_scenario(opts, tmp_path / "day", name="autumn-dst")
+    assert path == tmp_path / "day" / "scenario.yaml"
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sc_dict, header, rows = generate(opts)
+    assert written == {**sc_dict, "name": "autumn-dst"}
+    sc = score.load_scenario(str(path))
+    assert sc["duration_s"] == 90000
+    assert [c["id"] for c in sc["companies"]] == [c["id"] for c in sc_dict["companies"]]
+    t, cols = score.read_profiles(sc)
+    assert list(cols) == header
+    assert np.array_equal(t, rows[:, 0])
+    assert np.allclose(np.column_stack([cols[k] for k in header]), rows)
+    sod, _ = score.clock(sc, np.array([16.5 * 3600 + 3600]))  # 16:30 local: an hour is repeated at night
+    imp, _ = score.limits_in_force(sc["park"], sod)
+    assert imp[0] == sc_dict["park"]["windows"][0]["import_limit_kw"]
+
+
+def test_caps_are_feasible_for_a_perfect_schedule(tmp_path: Path) -> None:
+    """score.py's perfect-foresight LP keeps every cap (on 5-minute means) on a hard day."""
+    score = load_score()
+    pytest.importorskip("scipy")
+    opts = GenOptions(seed=3, date=WINTER_WEEKDAY, companies=5, import_window=WINDOW, company_caps=True)
+    sc = score.load_scenario(str(write_scenario(opts, tmp_path)))
+    lp = score.lp_bound(sc, score.read_profiles(sc), res_s=300, stages=("viol",))
+    assert math.isclose(lp["lp_violation_kwh"], 0.0, abs_tol=1e-6)
