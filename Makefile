@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 # Debian packages the tests and the demo need; installed only when missing.
-APT_PACKAGES := python3-venv
-SCENARIO ?= $(SHARED)/scenarios/summer-small/scenario.yaml
+# mosquitto: the real broker the MQTT tests start on a free loopback port.
+APT_PACKAGES := python3-venv mosquitto
+SCENARIO ?= configs/scenarios/demo-park/scenario.yaml
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test lint typecheck pytest bench clean system-packages
@@ -40,6 +41,7 @@ test: lint typecheck pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/sim_speed.py
+	$(BIN)/python bench/poll.py
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache .hypothesis

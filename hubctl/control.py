@@ -486,7 +486,18 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     # 6. own caps of companies, then the park total again over the others
     if comp_lim:
         _hold_own_caps(params, comp_lim, net, avail, dis_cap, ch_cap, bat, curt)
-        _rebalance_park(comps, comp_lim, net, avail, dis_cap, ch_cap, bat, curt, imp_cap, exp_cap)
+        _rebalance_park(
+            comps,
+            comp_lim,
+            net,
+            avail,
+            dis_cap,
+            ch_cap,
+            bat,
+            curt,
+            imp_cap - (net_hi - park_net),
+            exp_cap + (net_lo - park_net),
+        )
     pv_limits = _pv_limits(comps, avail, curt, curtailed)
 
     setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))
@@ -569,7 +580,9 @@ def _rebalance_park(
     imp_cap: float,
     exp_cap: float,
 ) -> None:
-    """After own-cap corrections, hold the park caps with the companies that have no own caps (in place)."""
+    """After own-cap corrections, hold the park caps with the companies that have no own caps (in place).
+
+    The caps passed in are already narrowed by the trend the park's net is following."""
     n = len(comps)
     free = [c.id not in comp_lim for c in comps]
     g_park = sum(net[i] + curt[i] - bat[i] for i in range(n))

@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hubctl.forecast import Forecast
 
-_CHARGE_CREDIT = 0.5
+_CHARGE_CREDIT = 0.5  # of the headroom a cap leaves: a forecast, so counted at half
 _DISCHARGE_CREDIT = 0.5
+_POWER_CREDIT = 0.9  # of the batteries' rated power: known, so counted almost whole
 _BLIND_LEAD_S = 2 * 3600.0  # without history, import needs at normal caps are planned this far ahead
 
 
@@ -121,12 +122,16 @@ def make_plan(
         if need > 0 or net_hi == -math.inf:
             charge = 0.0
         else:
-            charge = min(pool.charge_kw, max(0.0, imp - net_hi)) * _CHARGE_CREDIT
+            charge = min(pool.charge_kw * _POWER_CREDIT, max(0.0, imp - net_hi) * _CHARGE_CREDIT)
         f = floor[j + 1] + need / eta * h - charge * eta * h
         floor[j] = min(pool.e_max_kwh, max(pool.e_min_kwh, f))
         net_lo = fc.load_low_kw[j] - fc.pv_clear_kw[j]
         absorb = min(pool.charge_kw, max(0.0, -net_lo - exp))
-        discharge = 0.0 if absorb > 0 else min(pool.discharge_kw, max(0.0, net_lo + exp)) * _DISCHARGE_CREDIT
+        discharge = (
+            0.0
+            if absorb > 0
+            else min(pool.discharge_kw * _POWER_CREDIT, max(0.0, net_lo + exp) * _DISCHARGE_CREDIT)
+        )
         room[j] = min(span, max(0.0, room[j + 1] + absorb * eta * h - discharge / eta * h))
     ceiling = [pool.e_max_kwh - r for r in room[:steps]]
     reserve_used = fc.coverage < reserve_coverage and pool.reserve_kwh > pool.e_min_kwh

@@ -1,1 +1,1 @@
-"""Device and park simulators: the physics model and (later) Modbus/MQTT device servers."""
+"""Park physics, Modbus/SunSpec/MQTT device simulators driven by it, and synthetic park days."""

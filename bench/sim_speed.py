@@ -1,0 +1,67 @@
+"""Wall time of one simulated day for a 15-company park: the physics and the controller at a 1 s step.
+
+    .venv/bin/python bench/sim_speed.py [--companies 15] [--runs 3] [--seed 7]
+
+Generates a synthetic summer weekday (simulators.scenario_gen, seeded) with an
+evening import window, runs `hubctl sim` on it `--runs` times in this process and
+reports the fastest and median wall times: the simulation loop alone, and the
+whole run including writing timeseries.csv (86,400 rows). Target (issue #2):
+<= 60 s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+from hubctl.scenario import load_scenario
+from hubctl.sim import run
+from simulators.scenario_gen import GenOptions, write_scenario
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--companies", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = GenOptions(
+            seed=args.seed,
+            date=dt.date(2026, 6, 16),
+            companies=args.companies,
+            battery_share=0.5,
+            import_window=("16:00", "20:00"),
+        )
+        scenario = load_scenario(write_scenario(opts, Path(tmp) / "park"))
+        loop, total = [], []
+        for k in range(args.runs):
+            summary = run(scenario, Path(tmp) / f"out{k}")
+            loop.append(float(str(summary["sim_wall_s"])))
+            total.append(float(str(summary["wall_s"])))
+        steps = scenario.steps
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"park: {args.companies} companies, {steps} steps of 1 s (one day), {args.runs} runs")
+    print(f"{'':24s} {'fastest':>9s} {'median':>9s}")
+    print(f"{'simulation loop (s)':24s} {min(loop):9.1f} {statistics.median(loop):9.1f}")
+    print(f"{'whole run incl. CSV (s)':24s} {min(total):9.1f} {statistics.median(total):9.1f}")
+    print(f"{'per step (us)':24s} {min(loop) / steps * 1e6:9.0f} {statistics.median(loop) / steps * 1e6:9.0f}")
+
+
+if __name__ == "__main__":
+    main()
