@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 _CHARGE_CREDIT = 0.5  # of the headroom a cap leaves: a forecast, so counted at half
 _DISCHARGE_CREDIT = 0.5
+_EXCESS_CREDIT = 0.5  # of the forecast clear-sky excess above the export cap: it fills the batteries anyway
 _POWER_CREDIT = 0.9  # of the batteries' rated power: known, so counted almost whole
 _BLIND_LEAD_S = 2 * 3600.0  # without history, import needs at normal caps are planned this far ahead
 
@@ -119,14 +120,15 @@ def make_plan(
         elif blind:
             net_hi = -math.inf  # unknown load: neither a need nor a chance to charge; the reserve covers it
         need = min(pool.discharge_kw, max(0.0, net_hi - imp))
-        if need > 0 or net_hi == -math.inf:
-            charge = 0.0
-        else:
-            charge = min(pool.charge_kw * _POWER_CREDIT, max(0.0, imp - net_hi) * _CHARGE_CREDIT)
-        f = floor[j + 1] + need / eta * h - charge * eta * h
-        floor[j] = min(pool.e_max_kwh, max(pool.e_min_kwh, f))
+        # the solar excess above the export cap charges the batteries whatever else happens
         net_lo = fc.load_low_kw[j] - fc.pv_clear_kw[j]
         absorb = min(pool.charge_kw, max(0.0, -net_lo - exp))
+        charge = absorb * _EXCESS_CREDIT
+        if need == 0 and net_hi > -math.inf:
+            charge = max(charge, max(0.0, imp - net_hi) * _CHARGE_CREDIT)
+        charge = 0.0 if need > 0 else min(pool.charge_kw * _POWER_CREDIT, charge)
+        f = floor[j + 1] + need / eta * h - charge * eta * h
+        floor[j] = min(pool.e_max_kwh, max(pool.e_min_kwh, f))
         discharge = (
             0.0
             if absorb > 0
