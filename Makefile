@@ -17,8 +17,8 @@ DEMO_OUT ?= out/demo
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt.sh $(APT_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 system-packages:

@@ -60,7 +60,9 @@ def main() -> None:
     print(f"{'':24s} {'fastest':>9s} {'median':>9s}")
     print(f"{'simulation loop (s)':24s} {min(loop):9.1f} {statistics.median(loop):9.1f}")
     print(f"{'whole run incl. CSV (s)':24s} {min(total):9.1f} {statistics.median(total):9.1f}")
-    print(f"{'per step (us)':24s} {min(loop) / steps * 1e6:9.0f} {statistics.median(loop) / steps * 1e6:9.0f}")
+    print(
+        f"{'per step (us)':24s} {min(loop) / steps * 1e6:9.0f} {statistics.median(loop) / steps * 1e6:9.0f}"
+    )
 
 
 if __name__ == "__main__":

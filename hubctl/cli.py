@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
+from hubctl import cli_devices, cli_simulate
 from hubctl.config import ConfigError, SiteConfig, load_config
 
 if TYPE_CHECKING:
@@ -19,9 +22,23 @@ if TYPE_CHECKING:
 EX_CONFIG = 78
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
+def _looks_like_scenario(path: Path) -> bool:
     try:
-        cfg = load_config(Path(args.file))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "duration_s" in data and "start" in data
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        if _looks_like_scenario(path):  # a scenario (SCENARIOS.md) carries a site config too
+            from hubctl.scenario import load_scenario
+
+            cfg = load_scenario(path).config
+        else:
+            cfg = load_config(path)
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for line in exc.problems:
@@ -109,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_config)
     p = sub.add_parser("schema", help="print the site config JSON schema")
     p.set_defaults(func=_cmd_schema)
+    cli_simulate.register(sub)
+    cli_devices.register(sub)
     return ap
 
 

@@ -1,0 +1,268 @@
+"""The park, live: the physics model stepped in (scaled) real time, driven by what devices were told.
+
+`Park` wraps `ParkPhysics` (the reference semantics of SCENARIOS.md) for the
+device simulators: it holds the latest `StepRecord` (the values every device
+reports until the next step), energy counters per company, and asks each
+company's controllable devices for the PV limit and battery setpoint in force
+before every step. `ParkClock` advances it at `speed` times real time.
+
+`Setpoint` is what a device remembers of a written setpoint or limit: its
+value, when it was written (in simulated seconds) and its revert time. A
+setpoint not re-written within its revert time lapses, and the device falls
+back to its configured fallback (PV: no limit unless a fallback limit is
+configured; battery: the fallback power, 0 kW by default) until the next
+write. A device can also have a communication-loss timeout: no request at all
+for that long and it falls back the same way (`CommWatchdog`).
+
+Decisions:
+- Time is simulated seconds everywhere below the clock, and "now" for a device
+  is the start of the current step (`Park.t_s`): a write during step k counts
+  as written at t_k, and a revert time of r s lapses at the first step that
+  starts r s or more after it. Deterministic, and exact to one step.
+- Before `start_s` the park is fast-forwarded with no commands (batteries
+  idle, PV unlimited), so a simulation can start at noon without a controller
+  having run the morning.
+- Energy counters start at `energy_base_kwh` (default 1000 kWh), not 0: a
+  SunSpec accumulator that reads 0 means "not implemented".
+- Devices push nothing into the park; the park pulls each company's PV limit
+  and battery setpoint from the callables registered for it (at most one of
+  each per company: two devices commanding the same battery is a set-up error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from simulators.physics import CompanySpec, ParkPhysics, Profiles, StepRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from simulators.physics import BatterySpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyInfo:
+    index: int
+    id: str
+    pv_peak_kw: float | None
+    battery: BatterySpec | None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Energy counters of one company, in kWh, increasing only."""
+
+    import_kwh: float
+    export_kwh: float
+    pv_kwh: float
+    charge_kwh: float
+    discharge_kwh: float
+
+
+@dataclass(slots=True)
+class Setpoint:
+    """A setpoint or limit as a device holds it: value, time written, revert time, lapsed or not."""
+
+    value: float | None = None
+    written_s: float = 0.0
+    revert_s: float | None = None
+    lapsed: bool = False
+
+    def write(self, value: float, now_s: float, revert_s: float | None) -> None:
+        """A client wrote `value`; `revert_s` None or 0: it never lapses."""
+        self.value = value
+        self.written_s = now_s
+        self.revert_s = revert_s or None
+        self.lapsed = False
+
+    def refresh(self, now_s: float) -> None:
+        """A write that re-arms the timer without changing the value (e.g. SunSpec's enable point)."""
+        if self.value is not None:
+            self.written_s = now_s
+
+    def cancel(self) -> None:
+        """The client switched the control off: no setpoint, and not lapsed either."""
+        self.value = None
+        self.lapsed = False
+
+    def update(self, now_s: float) -> None:
+        if self.value is not None and self.revert_s is not None and now_s - self.written_s >= self.revert_s:
+            self.value = None
+            self.lapsed = True
+
+    def remaining_s(self, now_s: float) -> float:
+        """Seconds until the setpoint lapses (0 when none is active or it never lapses)."""
+        self.update(now_s)
+        if self.value is None or self.revert_s is None:
+            return 0.0
+        return max(self.revert_s - (now_s - self.written_s), 0.0)
+
+    def effective(self, now_s: float, fallback: float | None) -> float | None:
+        """The value in force: the setpoint, the fallback once it lapsed, None when never set or cancelled."""
+        self.update(now_s)
+        if self.value is not None:
+            return self.value
+        return fallback if self.lapsed else None
+
+
+@dataclass(slots=True)
+class CommWatchdog:
+    """Communication-loss timer: `timeout_s` None disables it."""
+
+    timeout_s: float | None = None
+    last_seen_s: float = 0.0
+
+    def seen(self, now_s: float) -> None:
+        self.last_seen_s = now_s
+
+    def expired(self, now_s: float) -> bool:
+        return self.timeout_s is not None and now_s - self.last_seen_s > self.timeout_s
+
+
+class Park:
+    """The park's physics with device commands and energy counters; stepped by `step()` or a `ParkClock`."""
+
+    def __init__(
+        self,
+        specs: Sequence[CompanySpec],
+        profiles: Profiles,
+        step_s: float = 1.0,
+        *,
+        start_s: float = 0.0,
+        energy_base_kwh: float = 1000.0,
+    ) -> None:
+        if not (math.isfinite(start_s) and start_s >= 0):
+            raise ValueError(f"start_s must be finite and >= 0, got {start_s}")
+        self._physics = ParkPhysics(specs, profiles, step_s)
+        self._step_s = step_s
+        self.companies = tuple(
+            CompanyInfo(j, c.id, None if c.pv is None else c.pv.peak_kw, c.battery)
+            for j, c in enumerate(specs)
+        )
+        self._index = {c.id: c.index for c in self.companies}
+        n = len(specs)
+        self._pv_controls: list[Callable[[float], float | None] | None] = [None] * n
+        self._battery_controls: list[Callable[[float], float | None] | None] = [None] * n
+        self.counters = [
+            Counters(energy_base_kwh, energy_base_kwh, energy_base_kwh, energy_base_kwh, energy_base_kwh)
+            for _ in specs
+        ]
+        self.park_counters = Counters(energy_base_kwh, energy_base_kwh, 0.0, 0.0, 0.0)
+        self._next_t_s = 0.0
+        self._steps = 0
+        nones: list[float | None] = [None] * n
+        self.record = self._physics.step(0.0, nones, nones)
+        self._advance_time()
+        while self._next_t_s <= start_s + 1e-9 * step_s:
+            self._count(self.record)
+            self.record = self._physics.step(self._next_t_s, nones, nones)
+            self._advance_time()
+
+    def _advance_time(self) -> None:
+        self._steps += 1
+        self._next_t_s = self._steps * self._step_s
+
+    @property
+    def step_s(self) -> float:
+        return self._step_s
+
+    @property
+    def t_s(self) -> float:
+        """Start of the current step: "now" for every device."""
+        return self.record.t_s
+
+    def company(self, company_id: str) -> CompanyInfo:
+        try:
+            return self.companies[self._index[company_id]]
+        except KeyError:
+            raise ValueError(f"no company {company_id!r} in this park") from None
+
+    def control_pv(self, company_id: str, limit_kw: Callable[[float], float | None]) -> None:
+        """Register the callable giving this company's PV limit (kW, None = no limit) at a time."""
+        j = self.company(company_id).index
+        if self._pv_controls[j] is not None:
+            raise ValueError(f"{company_id}: its PV already has a controlling device")
+        self._pv_controls[j] = limit_kw
+
+    def control_battery(self, company_id: str, setpoint_kw: Callable[[float], float | None]) -> None:
+        """Register the callable giving this company's battery setpoint (kW, + discharge; None = 0 kW)."""
+        j = self.company(company_id).index
+        if self._battery_controls[j] is not None:
+            raise ValueError(f"{company_id}: its battery already has a controlling device")
+        self._battery_controls[j] = setpoint_kw
+
+    def _count(self, r: StepRecord) -> None:
+        h = self._step_s / 3600.0
+        for c, grid, pv, bat in zip(
+            self.counters, r.grid_kw.tolist(), r.pv_kw.tolist(), r.battery_kw.tolist(), strict=True
+        ):
+            c.import_kwh += max(grid, 0.0) * h
+            c.export_kwh += max(-grid, 0.0) * h
+            c.pv_kwh += pv * h
+            c.charge_kwh += max(-bat, 0.0) * h
+            c.discharge_kwh += max(bat, 0.0) * h
+        park = r.park_grid_kw
+        self.park_counters.import_kwh += max(park, 0.0) * h
+        self.park_counters.export_kwh += max(-park, 0.0) * h
+
+    def step(self) -> StepRecord:
+        """Advance one step with the commands in force at its start."""
+        t = self._next_t_s
+        limits = [None if f is None else f(t) for f in self._pv_controls]
+        setpoints = [None if f is None else f(t) for f in self._battery_controls]
+        self._count(self.record)
+        self.record = self._physics.step(t, setpoints, limits)
+        self._advance_time()
+        return self.record
+
+    def advance(self, seconds: float) -> StepRecord:
+        """Step until `seconds` more simulated time has passed (tests drive the park this way)."""
+        end = self.t_s + seconds
+        while self._next_t_s <= end + 1e-9 * self._step_s:
+            self.step()
+        return self.record
+
+
+class ParkClock:
+    """Steps a `Park` at `speed` times real time until cancelled."""
+
+    max_steps_per_tick = 2000  # then yield, so that devices keep answering while the clock catches up
+
+    def __init__(self, park: Park, speed: float = 1.0) -> None:
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be finite and > 0, got {speed}")
+        self._park = park
+        self._speed = speed
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        park = self._park
+        t0 = loop.time()
+        sim0 = park.t_s
+        lagging = False
+        while True:
+            target = sim0 + (loop.time() - t0) * self._speed
+            n = 0
+            while park.t_s + park.step_s <= target and n < self.max_steps_per_tick:
+                park.step()
+                n += 1
+            if n == self.max_steps_per_tick:
+                if not lagging:
+                    log.warning("the park clock cannot keep up with speed %gx; it runs slower", self._speed)
+                    lagging = True
+                t0, sim0 = loop.time(), park.t_s  # drop the backlog instead of racing through it
+                await asyncio.sleep(0)
+                continue
+            due = t0 + (park.t_s + park.step_s - sim0) / self._speed
+            await asyncio.sleep(max(due - loop.time(), 0.0))

@@ -1,0 +1,611 @@
+"""Simulated SunSpec devices: a PV inverter, two kinds of storage, and a meter, on pysunspec2's models.
+
+Model chains (from 40000, ending 0xFFFF):
+
+- `inverter`: 1 common, 103 three-phase inverter, 120 nameplate, 121 settings,
+  123 immediate controls. The PV limit is `WMaxLimPct` (percent of `WMax`,
+  which is the scenario's `peak_kw`) while `WMaxLim_Ena` = 1. A write of
+  `WMaxLimPct`, `WMaxLimPct_RvrtTms` or `WMaxLim_Ena` (re)arms the revert timer
+  `WMaxLimPct_RvrtTms` (seconds, 0 = never); when it runs out `WMaxLim_Ena`
+  reads 0 again and the output follows the fallback (no limit, or the
+  configured fallback limit). `Conn` = 0 disconnects (0 kW).
+  `WMaxLimPct_WinTms` and `_RmpTms` are accepted and stored but not applied:
+  the scenario's PV ramp is the ramp.
+- `storage-124`: 1, 103 (W: + discharge), 120, 121, 124 basic storage
+  controls. `StorCtl_Mod` bit 0 bounds charging to `InWRte` % of `WChaMax`,
+  bit 1 bounds discharging to `OutWRte` % of `MaxDisChaRte`; a negative rate
+  forces the other direction (the reading of 124 that Fronius and evcc use).
+  The battery then runs at the power nearest to 0 kW inside those bounds.
+  `InOutWRte_RvrtTms` reverts `StorCtl_Mod` to 0 (and the battery to the
+  fallback power); `ChaState` is the state of charge.
+- `storage-802`: 1, 103, 120, 121, 802 battery (SoC, W: + discharge), 704
+  DER AC controls: `WSetEna`, `WSetMod` (1 = watts, 0 = percent of WMax),
+  `WSet` / `WSetPct` (+ discharge), `WSetRvrtTms` with `WSetEnaRvrt`,
+  `WSetRvrt` / `WSetPctRvrt` as the reversion power (else the device's
+  fallback power), `WSetRvrtRem` counting down.
+- `meter`: 1, 203 wye meter for a company's connection or the park's:
+  `W` is + import / - export (SunSpec meters report power flowing from the grid
+  into the site as positive), `TotWhImp` / `TotWhExp` accumulate.
+
+Decisions:
+- Scale factors are chosen per device from its rating so that the largest
+  value fits an int16 (W_SF = 2 for a 420 kW inverter: 100 W steps), as real
+  devices do; a client must apply them, never assume 0.
+- Only the points listed in `_writable` take writes; any other register in a
+  write answers exception 2, a value outside its bounds exception 3 (SunSpec
+  percentages 0..100 for WMaxLimPct, -100..100 for rates, powers within the
+  rating). Points the simulator does not fill read "not implemented".
+- Baseline without commands: batteries idle (0 kW), PV unlimited, as in the
+  physics (SCENARIOS.md), not a vendor's self-consumption mode.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pymodbus.constants import ExcCodes
+
+from hubctl.registers import Function
+from simulators.live_park import Setpoint
+from simulators.modbus_sim import ModbusUnit, write_span
+from simulators.sunspec_image import BASE_ADDRESS, SunSpecImage, SunSpecPoint, scale_exponent
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from simulators.live_park import CompanyInfo, Park
+    from simulators.modbus_sim import DeviceOptions
+
+_PHASE_KV = 0.23
+_BATTERY_V = 51.2
+_ST_SLEEPING, _ST_MPPT, _ST_THROTTLED, _ST_STANDBY = 2, 4, 5, 8
+_CHA_EMPTY, _CHA_DISCHARGING, _CHA_CHARGING, _CHA_FULL, _CHA_HOLDING = 2, 3, 4, 5, 6
+_U16_MAX = 65534  # 0xFFFF is "not implemented"
+_U32_MAX = 2**32 - 2
+
+
+class SunSpecKind(StrEnum):
+    INVERTER = "inverter"
+    STORAGE_124 = "storage-124"
+    STORAGE_802 = "storage-802"
+    METER = "meter"
+
+
+MODELS: dict[SunSpecKind, tuple[int, ...]] = {
+    SunSpecKind.INVERTER: (1, 103, 120, 121, 123),
+    SunSpecKind.STORAGE_124: (1, 103, 120, 121, 124),
+    SunSpecKind.STORAGE_802: (1, 103, 120, 121, 802, 704),
+    SunSpecKind.METER: (1, 203),
+}
+ROLE_OF_KIND = {
+    SunSpecKind.INVERTER: "pv",
+    SunSpecKind.STORAGE_124: "battery",
+    SunSpecKind.STORAGE_802: "battery",
+    SunSpecKind.METER: "grid_meter",
+}
+
+Key = tuple[int, str]
+
+
+class SunSpecUnit(ModbusUnit):
+    """A SunSpec device: a register image from 40000, refreshed from the park on every read."""
+
+    kind: SunSpecKind
+
+    def __init__(
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str | None,
+        options: DeviceOptions | None = None,
+    ) -> None:
+        super().__init__(device_id, unit_id, park, options)
+        self.company = None if company is None else park.company(company)
+        self.image = SunSpecImage(MODELS[self.kind])
+        self._writable: dict[Key, tuple[float, float]] = {}
+        self._write_order: list[SunSpecPoint] = []
+        self._common()
+
+    # -- layout and the ModbusUnit contract
+    def segments(self, function: Function) -> list[tuple[int, int]]:
+        return [(BASE_ADDRESS, len(self.image.words))] if function is Function.HOLDING else []
+
+    def render(self, function: Function) -> Iterable[tuple[int, list[int]]]:
+        if function is Function.HOLDING:
+            self.update()
+            yield BASE_ADDRESS, list(self.image.words)
+
+    def write(self, address: int, words: list[int]) -> ExcCodes | None:
+        span = write_span([(p.address, p.words) for p in self._write_order], address, len(words))
+        if isinstance(span, ExcCodes):
+            return span
+        updates: dict[Key, float] = {}
+        at = 0
+        for i in span:
+            p = self._write_order[i]
+            value = self.image.decode_value(p, words[at : at + p.words])
+            at += p.words
+            low, high = self._writable[(p.model_id, p.name)]
+            if value is None or not low <= value <= high:
+                return ExcCodes.ILLEGAL_VALUE
+            updates[(p.model_id, p.name)] = value
+        for (mid, name), value in updates.items():
+            self.image.set_value(mid, name, value)
+        self.on_write(updates)
+        return None
+
+    def _owner(self) -> CompanyInfo:
+        if self.company is None:
+            raise ValueError(f"{self.device_id}: a {self.kind.value} belongs to a company")
+        return self.company
+
+    # -- what a kind defines
+    def update(self) -> None:
+        """Refresh the dynamic points from the park."""
+
+    def on_write(self, updates: dict[Key, float]) -> None:
+        """Apply accepted writes (already stored in the image)."""
+
+    # -- helpers
+    def allow_write(self, model_id: int, name: str, low: float, high: float) -> None:
+        if not self.image.point(model_id, name).writable:
+            raise ValueError(f"{model_id}.{name} is read-only in the SunSpec model")
+        self._writable[(model_id, name)] = (low, high)
+        self._write_order = sorted(
+            (self.image.point(m, n) for m, n in self._writable), key=lambda q: q.address
+        )
+
+    def _common(self) -> None:
+        img = self.image
+        img.set_string(1, "Mn", "hubctl")
+        img.set_string(1, "Md", f"simulated {self.kind.value}")
+        img.set_string(1, "Opt", "sim")
+        img.set_string(1, "Vr", "0.1.0")
+        img.set_string(1, "SN", self.device_id)
+        img.set_raw(1, "DA", self.unit_id)
+        img.set_raw(1, "Pad", 0)
+
+    def _scale_factors(self, model_id: int, exponents: dict[str, int]) -> None:
+        for name, exponent in exponents.items():
+            self.image.set_raw(model_id, name, exponent)
+
+    def _inverter_ac(self, rating_w: float) -> None:
+        """Static part of model 103: scale factors and the points that do not move."""
+        img = self.image
+        self._scale_factors(
+            103,
+            {
+                "A_SF": scale_exponent(rating_w / 230.0, signed=False, minimum=-1),
+                "V_SF": -1,
+                "W_SF": scale_exponent(rating_w, signed=True),
+                "Hz_SF": -2,
+                "VA_SF": scale_exponent(rating_w, signed=True),
+                "VAr_SF": scale_exponent(rating_w, signed=True),
+                "PF_SF": 0,
+                "WH_SF": 0,
+                "Tmp_SF": -1,
+            },
+        )
+        for name in ("PhVphA", "PhVphB", "PhVphC"):
+            img.set_value(103, name, 230.0)
+        for name in ("PPVphAB", "PPVphBC", "PPVphCA"):
+            img.set_value(103, name, 398.4)
+        img.set_value(103, "Hz", 50.0)
+        img.set_value(103, "VAr", 0.0)
+        img.set_value(103, "TmpCab", 35.0)
+        img.set_raw(103, "Evt1", 0)
+        img.set_raw(103, "Evt2", 0)
+
+    def _inverter_live(self, power_kw: float, energy_kwh: float, status: int) -> None:
+        img = self.image
+        w = power_kw * 1000.0
+        amps = abs(power_kw) / _PHASE_KV / 3
+        img.set_value(103, "W", w)
+        img.set_value(103, "VA", abs(w))
+        img.set_value(103, "PF", 100.0 if w >= 0 else -100.0)
+        img.set_value(103, "A", 3 * amps)
+        for name in ("AphA", "AphB", "AphC"):
+            img.set_value(103, name, amps)
+        img.set_value(103, "WH", energy_kwh * 1000.0)
+        img.set_raw(103, "St", status)
+
+    def _nameplate(self, *, der_type: int, rating_w: float, settings_w: float) -> None:
+        img = self.image
+        self._scale_factors(
+            120,
+            {
+                "WRtg_SF": scale_exponent(rating_w, signed=False),
+                "VARtg_SF": scale_exponent(rating_w, signed=False),
+                "VArRtg_SF": scale_exponent(rating_w, signed=True),
+                "ARtg_SF": scale_exponent(rating_w / 230.0, signed=False, minimum=-1),
+                "PFRtg_SF": -2,
+            },
+        )
+        img.set_raw(120, "DERTyp", der_type)
+        img.set_value(120, "WRtg", rating_w)
+        img.set_value(120, "VARtg", rating_w)
+        for name, sign in (("VArRtgQ1", 1), ("VArRtgQ2", 1), ("VArRtgQ3", -1), ("VArRtgQ4", -1)):
+            img.set_value(120, name, sign * 0.44 * rating_w)
+        img.set_value(120, "ARtg", rating_w / 230.0 / 3)
+        for name, pf in (("PFRtgQ1", 0.9), ("PFRtgQ2", -0.9), ("PFRtgQ3", -0.9), ("PFRtgQ4", 0.9)):
+            img.set_value(120, name, pf)
+        img.set_raw(120, "Pad", 0)
+        self._scale_factors(
+            121, {"WMax_SF": scale_exponent(settings_w, signed=False), "VRef_SF": 0, "VRefOfs_SF": 0}
+        )
+        img.set_value(121, "WMax", settings_w)
+        img.set_value(121, "VRef", 230.0)
+        img.set_value(121, "VRefOfs", 0.0)
+
+
+class SunSpecInverter(SunSpecUnit):
+    """PV inverter with model 123's WMaxLimPct (see the module docstring)."""
+
+    kind = SunSpecKind.INVERTER
+
+    def __init__(
+        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options)
+        self.owner = self._owner()
+        peak_kw = self.owner.pv_peak_kw
+        if peak_kw is None:
+            raise ValueError(f"{device_id}: company {company} has no PV")
+        self.peak_kw = peak_kw
+        self.limit_pct = Setpoint()
+        img = self.image
+        self._inverter_ac(peak_kw * 1000.0)
+        self._nameplate(der_type=4, rating_w=peak_kw * 1000.0, settings_w=peak_kw * 1000.0)
+        self._scale_factors(123, {"WMaxLimPct_SF": -2, "OutPFSet_SF": -3})
+        for name, value in (
+            ("Conn", 1),
+            ("WMaxLimPct", 100.0),
+            ("WMaxLimPct_WinTms", 0),
+            ("WMaxLimPct_RvrtTms", 0),
+            ("WMaxLimPct_RmpTms", 0),
+            ("WMaxLim_Ena", 0),
+            ("OutPFSet", 1.0),
+            ("OutPFSet_Ena", 0),
+            ("VArPct_Ena", 0),
+        ):
+            img.set_value(123, name, value)
+        self.allow_write(123, "Conn", 0, 1)
+        self.allow_write(123, "WMaxLimPct", 0, 100)
+        for name in ("WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms"):
+            self.allow_write(123, name, 0, _U16_MAX)
+        self.allow_write(123, "WMaxLim_Ena", 0, 1)
+        park.control_pv(self.owner.id, self.pv_limit_kw)
+
+    def on_write(self, updates: dict[Key, float]) -> None:
+        if {(123, "WMaxLimPct"), (123, "WMaxLimPct_RvrtTms"), (123, "WMaxLim_Ena")} & updates.keys():
+            img = self.image
+            if img.get_raw(123, "WMaxLim_Ena") == 1:
+                pct = img.get_value(123, "WMaxLimPct") or 0.0
+                self.limit_pct.write(pct, self.now_s, img.get_raw(123, "WMaxLimPct_RvrtTms"))
+            else:
+                self.limit_pct.cancel()
+
+    def pv_limit_kw(self, now_s: float) -> float | None:
+        if self.image.get_raw(123, "Conn") == 0:
+            return 0.0
+        fallback_pct = self.options.pv_fallback_limit_pct
+        pct = fallback_pct if self.comm_lost() else self.limit_pct.effective(now_s, fallback_pct)
+        return None if pct is None else pct / 100.0 * self.peak_kw
+
+    def update(self) -> None:
+        r = self.park.record
+        j = self.owner.index
+        pv = float(r.pv_kw[j])
+        avail = float(r.pv_available_kw[j])
+        status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else _ST_MPPT
+        self._inverter_live(pv, self.park.counters[j].pv_kwh, status)
+        self.limit_pct.update(self.now_s)
+        self.image.set_raw(123, "WMaxLim_Ena", 0 if self.limit_pct.value is None else 1)
+
+
+class _Storage(SunSpecUnit):
+    """What both storage kinds share: ratings, 103 as the AC side, the setpoint plumbing."""
+
+    def __init__(
+        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options)
+        self.owner = self._owner()
+        battery = self.owner.battery
+        if battery is None:
+            raise ValueError(f"{device_id}: company {company} has no battery")
+        self.battery = battery
+        self.setpoint = Setpoint()
+        rating_w = 1000.0 * max(battery.max_charge_kw, battery.max_discharge_kw)
+        self._inverter_ac(rating_w)
+        self._nameplate(der_type=82, rating_w=rating_w, settings_w=1000.0 * battery.max_discharge_kw)
+        img = self.image
+        capacity_wh = battery.capacity_kwh * 1000.0
+        self._scale_factors(
+            120,
+            {
+                "WHRtg_SF": scale_exponent(capacity_wh, signed=False),
+                "AhrRtg_SF": scale_exponent(capacity_wh / _BATTERY_V, signed=False),
+                "MaxChaRte_SF": scale_exponent(rating_w, signed=False),
+                "MaxDisChaRte_SF": scale_exponent(rating_w, signed=False),
+            },
+        )
+        img.set_value(120, "WHRtg", capacity_wh)
+        img.set_value(120, "AhrRtg", capacity_wh / _BATTERY_V)
+        img.set_value(120, "MaxChaRte", 1000.0 * battery.max_charge_kw)
+        img.set_value(120, "MaxDisChaRte", 1000.0 * battery.max_discharge_kw)
+        park.control_battery(self.owner.id, self.battery_setpoint_kw)
+
+    def battery_setpoint_kw(self, now_s: float) -> float | None:
+        fallback = self.reversion_kw()
+        if self.comm_lost():
+            return fallback
+        return self.setpoint.effective(now_s, fallback)
+
+    def reversion_kw(self) -> float:
+        return self.options.battery_fallback_kw
+
+    def live(self) -> tuple[float, float]:
+        """(battery_kw, soc_pct) now, and model 103 refreshed."""
+        r = self.park.record
+        j = self.owner.index
+        p = float(r.battery_kw[j])
+        c = self.park.counters[j]
+        self._inverter_live(p, c.discharge_kwh, _ST_MPPT if p else _ST_STANDBY)
+        self.setpoint.update(self.now_s)
+        return p, float(r.soc_pct[j])
+
+    def charge_status(self, p: float, soc: float) -> int:
+        b = self.battery
+        if soc <= b.min_soc_pct + 1e-6 and p >= 0:
+            return _CHA_EMPTY
+        if soc >= b.max_soc_pct - 1e-6 and p <= 0:
+            return _CHA_FULL
+        return _CHA_CHARGING if p < 0 else _CHA_DISCHARGING if p > 0 else _CHA_HOLDING
+
+
+class SunSpecStorage124(_Storage):
+    """Storage with model 124 (InWRte / OutWRte under StorCtl_Mod)."""
+
+    kind = SunSpecKind.STORAGE_124
+
+    def __init__(
+        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options)
+        b = self.battery
+        img = self.image
+        self._scale_factors(
+            124,
+            {
+                "WChaMax_SF": scale_exponent(1000.0 * b.max_charge_kw, signed=False),
+                "WChaDisChaGra_SF": 0,
+                "MinRsvPct_SF": -1,
+                "ChaState_SF": -1,
+                "InBatV_SF": -1,
+                "InOutWRte_SF": -2,
+            },
+        )
+        for name, value in (
+            ("WChaMax", 1000.0 * b.max_charge_kw),
+            ("WChaGra", b.ramp_pct_per_s),
+            ("WDisChaGra", b.ramp_pct_per_s),
+            ("StorCtl_Mod", 0),
+            ("MinRsvPct", b.min_soc_pct),
+            ("InBatV", _BATTERY_V),
+            ("OutWRte", 100.0),
+            ("InWRte", 100.0),
+            ("InOutWRte_WinTms", 0),
+            ("InOutWRte_RvrtTms", 0),
+            ("InOutWRte_RmpTms", 0),
+            ("ChaGriSet", 1),
+        ):
+            img.set_value(124, name, value)
+        self.allow_write(124, "WChaMax", 0, 1000.0 * b.max_charge_kw)
+        self.allow_write(124, "StorCtl_Mod", 0, 3)
+        self.allow_write(124, "OutWRte", -100, 100)
+        self.allow_write(124, "InWRte", -100, 100)
+        for name in ("InOutWRte_WinTms", "InOutWRte_RvrtTms", "InOutWRte_RmpTms"):
+            self.allow_write(124, name, 0, _U16_MAX)
+
+    def on_write(self, updates: dict[Key, float]) -> None:
+        names = {n for m, n in updates if m == 124}
+        if not names & {"StorCtl_Mod", "OutWRte", "InWRte", "WChaMax", "InOutWRte_RvrtTms"}:
+            return
+        img = self.image
+        mode = img.get_raw(124, "StorCtl_Mod") or 0
+        if mode == 0:
+            self.setpoint.cancel()
+            return
+        b = self.battery
+        low, high = -b.max_charge_kw, b.max_discharge_kw
+        if mode & 1:
+            low = (
+                -(img.get_value(124, "InWRte") or 0.0)
+                / 100.0
+                * (img.get_value(124, "WChaMax") or 0.0)
+                / 1000.0
+            )
+        if mode & 2:
+            high = (img.get_value(124, "OutWRte") or 0.0) / 100.0 * b.max_discharge_kw
+        target = min(max(0.0, low), high)
+        self.setpoint.write(target, self.now_s, img.get_raw(124, "InOutWRte_RvrtTms"))
+
+    def update(self) -> None:
+        p, soc = self.live()
+        img = self.image
+        img.set_value(124, "ChaState", soc)
+        img.set_raw(124, "ChaSt", self.charge_status(p, soc))
+        if self.setpoint.value is None:
+            img.set_raw(124, "StorCtl_Mod", 0)
+
+
+class SunSpecStorage802(_Storage):
+    """Storage with model 802 (battery) and 704's active power setpoint WSet."""
+
+    kind = SunSpecKind.STORAGE_802
+
+    def __init__(
+        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options)
+        b = self.battery
+        img = self.image
+        rating_w = 1000.0 * max(b.max_charge_kw, b.max_discharge_kw)
+        capacity_wh = b.capacity_kwh * 1000.0
+        self._scale_factors(
+            802,
+            {
+                "AHRtg_SF": scale_exponent(capacity_wh / _BATTERY_V, signed=False),
+                "WHRtg_SF": scale_exponent(capacity_wh, signed=False),
+                "WChaDisChaMax_SF": scale_exponent(rating_w, signed=False),
+                "SoC_SF": -1,
+                "SoH_SF": 0,
+                "V_SF": -1,
+                "CellV_SF": -3,
+                "A_SF": scale_exponent(rating_w / _BATTERY_V, signed=True),
+                "AMax_SF": scale_exponent(rating_w / _BATTERY_V, signed=False),
+                "W_SF": scale_exponent(rating_w, signed=True),
+            },
+        )
+        for name, value in (
+            ("AHRtg", capacity_wh / _BATTERY_V),
+            ("WHRtg", capacity_wh),
+            ("WChaRteMax", 1000.0 * b.max_charge_kw),
+            ("WDisChaRteMax", 1000.0 * b.max_discharge_kw),
+            ("SoCMax", b.max_soc_pct),
+            ("SoCMin", b.min_soc_pct),
+            ("SoH", 100),
+            ("LocRemCtl", 0),
+            ("AlmRst", 0),
+            ("Typ", 4),
+            ("State", 3),
+            ("Evt1", 0),
+            ("Evt2", 0),
+            ("EvtVnd1", 0),
+            ("EvtVnd2", 0),
+            ("V", _BATTERY_V),
+            ("SetOp", 1),
+            ("SetInvState", 1),
+        ):
+            img.set_value(802, name, value)
+        self._scale_factors(704, {"WSet_SF": 0, "WSetPct_SF": -2})
+        for name, value in (
+            ("WSetEna", 0),
+            ("WSetMod", 1),
+            ("WSet", 0),
+            ("WSetRvrt", 0),
+            ("WSetPct", 0),
+            ("WSetPctRvrt", 0),
+            ("WSetEnaRvrt", 0),
+            ("WSetRvrtTms", 0),
+            ("WSetRvrtRem", 0),
+        ):
+            img.set_value(704, name, value)
+        for name in ("WSetEna", "WSetMod", "WSetEnaRvrt"):
+            self.allow_write(704, name, 0, 1)
+        for name in ("WSet", "WSetRvrt"):
+            self.allow_write(704, name, -1000.0 * b.max_charge_kw, 1000.0 * b.max_discharge_kw)
+        for name in ("WSetPct", "WSetPctRvrt"):
+            self.allow_write(704, name, -100, 100)
+        self.allow_write(704, "WSetRvrtTms", 0, _U32_MAX)
+
+    def _target_kw(self, watts: str, pct: str) -> float:
+        img = self.image
+        if img.get_raw(704, "WSetMod") == 1:
+            return (img.get_value(704, watts) or 0.0) / 1000.0
+        return (img.get_value(704, pct) or 0.0) / 100.0 * self.battery.max_discharge_kw
+
+    def on_write(self, updates: dict[Key, float]) -> None:
+        names = {n for m, n in updates if m == 704}
+        if not names & {"WSetEna", "WSetMod", "WSet", "WSetPct", "WSetRvrtTms"}:
+            return
+        img = self.image
+        if img.get_raw(704, "WSetEna") == 1:
+            self.setpoint.write(
+                self._target_kw("WSet", "WSetPct"), self.now_s, img.get_raw(704, "WSetRvrtTms")
+            )
+        else:
+            self.setpoint.cancel()
+
+    def reversion_kw(self) -> float:
+        if self.image.get_raw(704, "WSetEnaRvrt") == 1:
+            return self._target_kw("WSetRvrt", "WSetPctRvrt")
+        return self.options.battery_fallback_kw
+
+    def update(self) -> None:
+        p, soc = self.live()
+        img = self.image
+        w = p * 1000.0
+        img.set_value(802, "SoC", soc)
+        img.set_value(802, "W", w)
+        img.set_value(802, "A", w / _BATTERY_V)
+        img.set_raw(802, "ChaSt", self.charge_status(p, soc))
+        img.set_raw(704, "WSetEna", 0 if self.setpoint.value is None else 1)
+        img.set_value(704, "WSetRvrtRem", math.ceil(self.setpoint.remaining_s(self.now_s)))
+
+
+class SunSpecMeter(SunSpecUnit):
+    """Model 203 wye meter at a company's connection (company given) or the park's (company None)."""
+
+    kind = SunSpecKind.METER
+
+    def __init__(
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str | None,
+        range_kw: float,
+        options: DeviceOptions | None = None,
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options)
+        img = self.image
+        range_w = 1000.0 * range_kw
+        self._scale_factors(
+            203,
+            {
+                "A_SF": scale_exponent(range_w / 230.0, signed=True, minimum=-1),
+                "V_SF": -1,
+                "Hz_SF": -2,
+                "W_SF": scale_exponent(range_w, signed=True),
+                "VA_SF": scale_exponent(range_w, signed=True),
+                "VAR_SF": scale_exponent(range_w, signed=True),
+                "PF_SF": 0,
+                "TotWh_SF": 0,
+            },
+        )
+        for name in ("PhV", "PhVphA", "PhVphB", "PhVphC"):
+            img.set_value(203, name, 230.0)
+        for name in ("PPV", "PhVphAB", "PhVphBC", "PhVphCA"):
+            img.set_value(203, name, 398.4)
+        img.set_value(203, "Hz", 50.0)
+        for name in ("VAR", "VARphA", "VARphB", "VARphC"):
+            img.set_value(203, name, 0.0)
+        img.set_raw(203, "Evt", 0)
+
+    def update(self) -> None:
+        if self.company is None:
+            grid = self.park.record.park_grid_kw
+            counters = self.park.park_counters
+        else:
+            grid = float(self.park.record.grid_kw[self.company.index])
+            counters = self.park.counters[self.company.index]
+        img = self.image
+        w = grid * 1000.0
+        amps = abs(grid) / _PHASE_KV / 3
+        img.set_value(203, "W", w)
+        img.set_value(203, "VA", abs(w))
+        img.set_value(203, "A", 3 * amps)
+        pf = 100.0 if w >= 0 else -100.0
+        img.set_value(203, "PF", pf)
+        for phase in ("A", "B", "C"):
+            img.set_value(203, f"Aph{phase}", amps)
+            img.set_value(203, f"Wph{phase}", w / 3)
+            img.set_value(203, f"VAph{phase}", abs(w) / 3)
+            img.set_value(203, f"PFph{phase}", pf)
+        img.set_value(203, "TotWhImp", counters.import_kwh * 1000.0)
+        img.set_value(203, "TotWhExp", counters.export_kwh * 1000.0)

@@ -1,0 +1,319 @@
+"""`hubctl simulate` as a subprocess, and the driver plan behind it.
+
+The subprocess test starts a park of four companies (with an MQTT meter when
+mosquitto is installed), waits for `ready`, checks that the written config
+validates and points at devices that answer, injects a fault over the control
+port, and stops it with SIGTERM (exit 0, ports closed). An autouse fixture
+fails a test that leaves a socket open or a child process running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from hubctl.config import load_config
+from hubctl.registers import decode_reads, role_values
+from hubctl.scenario import load_scenario
+from simulators.faults import control_request
+from simulators.modbus_sim import load_driver
+from simulators.park_sim import SimulatedPark, plan_devices
+from simulators.physics import Profiles
+from simulators.sunspec_image import BASE_ADDRESS, MARKER
+from simulators.sunspec_sim import SunSpecKind
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None  # sbin is not on every PATH
+)
+
+SCENARIO = """\
+name: sim-devices-cli
+start: "2026-06-22T12:00:00+02:00"
+timezone: Europe/Amsterdam
+duration_s: 3600
+step_s: 1
+profiles: profiles.csv
+park: {import_limit_kw: 400, export_limit_kw: 200}
+companies:
+  - id: alpha
+    pv: {peak_kw: 100, ramp_pct_per_s: 10}
+    battery: {capacity_kwh: 200, max_charge_kw: 50, max_discharge_kw: 50, soc_pct: 50, ramp_pct_per_s: 20}
+  - id: beta
+    pv: {peak_kw: 60, ramp_pct_per_s: 10}
+    battery: {capacity_kwh: 60, max_charge_kw: 30, max_discharge_kw: 30, soc_pct: 60}
+  - id: gamma
+    battery: {capacity_kwh: 40, max_charge_kw: 20, max_discharge_kw: 20, soc_pct: 70}
+  - id: delta
+    pv: {peak_kw: 40}
+sharing: {key: pro_rata, interval_s: 900}
+"""
+PROFILES = """\
+t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw,delta.load_kw,delta.pv_kw
+0,40,80,30,50,15,0,20,30
+3600,60,70,30,40,15,0,25,35
+"""
+
+
+def _open_sockets() -> set[str]:
+    out = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:"):
+                out.add(target)
+    return out
+
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves sockets open or a child process running (and kill the child)."""
+    before = _open_sockets()
+    yield
+    running = [p for p in _CHILDREN if p.poll() is None]
+    for p in running:
+        p.kill()
+        p.wait(timeout=5)
+    _CHILDREN.clear()
+    assert not running, f"child processes left running: {[p.args for p in running]}"
+    deadline = time.monotonic() + 2.0
+    while (leaked := _open_sockets() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked, f"sockets left open: {sorted(leaked)}"
+
+
+@pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    (tmp_path / "profiles.csv").write_text(PROFILES, encoding="utf-8")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def broker() -> Iterator[int | None]:
+    if MOSQUITTO is None:
+        yield None
+        return
+    port = _free_port()
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def _start(*args: str) -> subprocess.Popen[bytes]:
+    # unbuffered: a buffered reader could hold "ready" while select() sees an empty pipe
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubctl.cli", "simulate", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    _CHILDREN.append(proc)
+    return proc
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.decode().rstrip("\n"))
+            if lines[-1] == marker:
+                return lines
+    stderr = proc.stderr.read().decode() if proc.stderr is not None and proc.poll() is not None else ""
+    pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}; stderr {stderr}")
+
+
+async def _one_mqtt_message(port: int, topic: str) -> dict[str, Any]:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topic)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                payload = json.loads(bytes(message.payload))
+                assert isinstance(payload, dict)
+                return payload
+    raise AssertionError("unreachable")
+
+
+async def _check_devices(control_port: int, driver: str, port: int, unit_id: int, inverter_port: int) -> None:
+    """A meter behind the gateway answers with its map; the clock runs; a fault over the control port."""
+    register_map = load_driver(driver)
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0, reconnect_delay=0)
+    try:
+        assert await client.connect()
+        answered = []
+        for block in register_map.read_plan():
+            rr = await client.read_input_registers(block.address, count=block.count, device_id=unit_id)
+            answered.append((block, rr.registers))
+        power = role_values(register_map, "grid_meter", decode_reads(answered))["power_kw"]
+        assert power == pytest.approx(-40.0, abs=1.0)  # alpha: 40 kW load, 80 kW PV, battery idle
+
+        t0 = (await control_request("127.0.0.1", control_port, {"op": "status"}))["t_s"]
+        await asyncio.sleep(0.3)
+        status = await control_request("127.0.0.1", control_port, {"op": "status"})
+        assert status["t_s"] - t0 >= 3  # 0.3 s x 20
+        assert status["endpoints"]["gateway"]["port"] == port
+
+        inject = {"op": "inject", "device": "alpha-grid", "fault": "busy"}
+        assert (await control_request("127.0.0.1", control_port, inject))["ok"]
+        rr = await client.read_input_registers(52, count=2, device_id=unit_id)
+        assert rr.isError()
+        assert rr.exception_code == 6
+        assert (await control_request("127.0.0.1", control_port, {"op": "clear", "device": "alpha-grid"}))[
+            "ok"
+        ]
+    finally:
+        client.close()
+    client = AsyncModbusTcpClient("127.0.0.1", port=inverter_port, timeout=2, retries=0, reconnect_delay=0)
+    try:
+        assert await client.connect()
+        rr = await client.read_holding_registers(BASE_ADDRESS, count=2, device_id=1)
+        assert list(rr.registers) == list(MARKER)
+    finally:
+        client.close()
+
+
+def test_simulate_serves_writes_a_valid_config_and_stops_on_sigterm(
+    scenario_file: Path, tmp_path: Path, broker: int | None
+) -> None:
+    config_path = tmp_path / "out" / "site.yaml"
+    args = ["--scenario", str(scenario_file), "--speed", "20", "--write-config", str(config_path)]
+    if broker is not None:
+        args += ["--mqtt-url", f"mqtt://127.0.0.1:{broker}"]
+    proc = _start(*args)
+    lines = _read_until(proc, "ready", 20)
+    control_port = int(
+        next(line for line in lines if line.startswith("control")).split()[1].rsplit(":", 1)[1]
+    )
+
+    config = load_config(config_path)  # the same validation as `hubctl check-config`
+    devices = {d.id: d for d in config.devices}
+    assert {c.id for c in config.companies} == {"alpha", "beta", "gamma", "delta"}
+    assert {(d.role.value, d.driver) for d in devices.values()} >= {
+        ("grid_meter", "eastron-sdm630"),
+        ("grid_meter", "janitza-umg96rm"),
+        ("grid_meter", "carlo-gavazzi-em24"),
+        ("pv", "sunspec"),
+        ("pv", "huawei-sun2000"),
+        ("battery", "sunspec"),
+        ("battery", "victron-gx-ess"),
+    }
+    gateway_ports = {
+        d.modbus.port for d in devices.values() if d.modbus is not None and d.role.value == "grid_meter"
+    }
+    assert len(gateway_ports) == 1  # the RS485 meters share one gateway port
+
+    meter = devices["alpha-grid"]
+    inverter = devices["alpha-pv"]
+    assert meter.modbus is not None
+    assert inverter.modbus is not None
+    asyncio.run(
+        _check_devices(
+            control_port, meter.driver, meter.modbus.port, meter.modbus.unit_id, inverter.modbus.port
+        )
+    )
+
+    if broker is not None:
+        mqtt_device = devices["delta-grid"]
+        assert mqtt_device.driver == "mqtt"
+        assert mqtt_device.mqtt is not None
+        payload = asyncio.run(_one_mqtt_message(broker, mqtt_device.mqtt.points["power_kw"].topic))
+        assert payload["ENERGY"]["Power"] == pytest.approx(-10_000, abs=1_000)  # delta: 20 kW load, 30 kW PV
+
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert b"stopping" in out
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", meter.modbus.port)) != 0  # the ports are closed
+
+
+def test_simulate_rejects_a_bad_scenario_with_exit_78(tmp_path: Path) -> None:
+    bad = tmp_path / "scenario.yaml"
+    bad.write_text("name: x\nstart: 2026-06-22T12:00:00\nduration_s: -1\ncompanies: []\n", encoding="utf-8")
+    proc = _start("--scenario", str(bad))
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 78
+    assert b"duration_s" in err
+
+
+def test_plan_rotates_models_and_skips_registers_too_small(scenario_file: Path) -> None:
+    scenario = load_scenario(scenario_file)
+    profiles = Profiles.from_csv(scenario.profiles_path, [c.id for c in scenario.config.companies])
+    plans = {p.device_id: p for p in plan_devices(scenario, profiles, park_meter=True)}
+    assert plans["alpha-pv"].sunspec_kind is SunSpecKind.INVERTER
+    assert plans["beta-pv"].driver == "huawei-sun2000"
+    assert plans["alpha-battery"].sunspec_kind is SunSpecKind.STORAGE_124
+    assert plans["beta-battery"].sunspec_kind is SunSpecKind.STORAGE_802
+    assert plans["gamma-battery"].driver == "victron-gx-ess"  # 20 kW fits its int16 W register
+    assert plans["delta-grid"].sunspec_kind is SunSpecKind.METER
+    assert [plans[f"{c}-grid"].unit_id for c in ("alpha", "beta", "gamma")] == [1, 2, 3]
+    assert all(plans[f"{c}-grid"].gateway for c in ("alpha", "beta", "gamma"))
+    assert plans["park-meter"].role == "park_meter"
+
+    big = scenario_file.read_text(encoding="utf-8").replace(
+        "capacity_kwh: 40, max_charge_kw: 20, max_discharge_kw: 20",
+        "capacity_kwh: 400, max_charge_kw: 200, max_discharge_kw: 200",
+    )
+    scenario_file.write_text(big, encoding="utf-8")
+    scenario = load_scenario(scenario_file)
+    plans = {p.device_id: p for p in plan_devices(scenario, profiles)}
+    assert plans["gamma-battery"].driver == "huawei-sun2000"  # 200 kW would saturate the Victron's int16 W
+
+
+def test_site_config_of_a_park_in_process_validates(scenario_file: Path) -> None:
+    scenario = load_scenario(scenario_file)
+
+    async def main() -> dict[str, Any]:
+        async with SimulatedPark(scenario, speed=50, park_meter=True) as sim:
+            return sim.site_config_data()
+
+    data = asyncio.run(main())
+    assert [d["id"] for d in data["devices"]][-1] == "park-meter"
+    assert all(d["modbus"]["port"] > 0 for d in data["devices"])
