@@ -219,6 +219,12 @@ async def _check_devices(control_port: int, driver: str, port: int, unit_id: int
         client.close()
 
 
+def _hubctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hubctl.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_simulate_serves_writes_a_valid_config_and_stops_on_sigterm(
     scenario_file: Path, tmp_path: Path, broker: int | None
 ) -> None:
@@ -266,12 +272,32 @@ def test_simulate_serves_writes_a_valid_config_and_stops_on_sigterm(
         payload = asyncio.run(_one_mqtt_message(broker, mqtt_device.mqtt.points["power_kw"].topic))
         assert payload["ENERGY"]["Power"] == pytest.approx(-10_000, abs=1_000)  # delta: 20 kW load, 30 kW PV
 
+    # commissioning: `hubctl read` against the written config reads every device
+    read_args = ["read", "--config", str(config_path), "--json"]
+    if broker is not None:
+        read_args += ["--mqtt-url", f"mqtt://127.0.0.1:{broker}"]
+    read = _hubctl(*read_args)
+    assert read.returncode == 0, read.stderr
+    report = json.loads(read.stdout)["devices"]
+    assert set(report) == set(devices)
+    for device_id, entry in report.items():
+        assert entry["ok"], (device_id, entry)
+        assert entry["values"]["power_kw"]["value"] is not None
+        assert entry["values"]["power_kw"]["unit"] == "kW"
+    assert report["alpha-battery"]["values"]["soc_pct"]["value"] == pytest.approx(50, abs=5)
+
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err.decode()
     assert b"stopping" in out
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", meter.modbus.port)) != 0  # the ports are closed
+
+    # the park is gone: a clear error per device, and a non-zero exit
+    dead = _hubctl("read", "--config", str(config_path), "--device", "alpha-grid", "--device", "alpha-pv")
+    assert dead.returncode != 0
+    assert "alpha-grid" in dead.stdout + dead.stderr
+    assert "2 of 2 device(s) failed" in dead.stderr
 
 
 def test_simulate_rejects_a_bad_scenario_with_exit_78(tmp_path: Path) -> None:
