@@ -43,14 +43,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from hubctl.forecast import LoadHistory, PvIndex, forecast
-from hubctl.limits import LimitClock, LimitsInForce
+from hubctl.limits import NO_LIMITS, LimitClock, LimitsInForce, with_operator
 from hubctl.plan import BatteryPool, Plan, make_plan
 from hubctl.solar import clear_sky_shape_minute
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from hubctl.config import SiteConfig
 
 _HYSTERESIS_FRAC = 0.01  # of the pool's energy span, around floor and ceiling
@@ -155,10 +158,42 @@ class CompanyReading:
     grid_age_s: float = 0.0
 
 
+class BatteryMode(StrEnum):
+    AUTO = "auto"
+    HOLD = "hold"
+    CHARGE = "charge"
+    DISCHARGE = "discharge"
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryOverride:
+    """An operator's manual battery mode. The caps still win: a manual charge that would take the
+    park or the company over an import cap is reduced, a manual discharge over an export cap too."""
+
+    mode: BatteryMode
+    power_kw: float = 0.0  # >= 0, for charge and discharge
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What operators set (over MQTT), already validated and not expired. Limits may only lower a cap."""
+
+    park_import_kw: float | None = None
+    park_export_kw: float | None = None
+    company_import_kw: Mapping[str, float] = field(default_factory=dict)
+    company_export_kw: Mapping[str, float] = field(default_factory=dict)
+    battery: Mapping[str, BatteryOverride] = field(default_factory=dict)  # by company id
+    reserve_soc_pct: Mapping[str, float] = field(default_factory=dict)  # by company id
+
+
+NO_OVERRIDES = Overrides()
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     ts_utc: float  # wall-clock time of the cycle (limits, sun, quarter-hours)
     companies: tuple[CompanyReading, ...]  # in config order
+    overrides: Overrides = NO_OVERRIDES
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,16 +264,30 @@ def _cap(v: float | None, params: Params) -> float:
     return math.inf if v is None else max(0.0, v - params.margin(v))
 
 
-def _renew_plan(ts: float, state: State, params: Params) -> Plan:
+def _limits_now(params: Params, ts: float, ov: Overrides) -> tuple[LimitsInForce, dict[str, LimitsInForce]]:
+    """Limits in force: the configured ones, lowered (never raised) by operator limits."""
+    park_lim, comp_lim = params.limits.at(ts)
+    if ov.park_import_kw is not None or ov.park_export_kw is not None:
+        park_lim = with_operator(park_lim, ov.park_import_kw, ov.park_export_kw)
+    if ov.company_import_kw or ov.company_export_kw:
+        comp_lim = dict(comp_lim)
+        for cid in set(ov.company_import_kw) | set(ov.company_export_kw):
+            comp_lim[cid] = with_operator(
+                comp_lim.get(cid, NO_LIMITS), ov.company_import_kw.get(cid), ov.company_export_kw.get(cid)
+            )
+    return park_lim, comp_lim
+
+
+def _renew_plan(ts: float, state: State, params: Params, ov: Overrides = NO_OVERRIDES) -> Plan:
     steps = max(1, int(params.horizon_h * 3600 / params.plan_step_s))
     peaks = tuple(c.pv_peak_kw for c in params.companies)
     fc = forecast(ts, steps, params.plan_step_s, state.history, state.pv_index, peaks, params.lat, params.lon)
     imp, exp, reduced = [], [], []
     for j in range(steps):
-        park, _ = params.limits.at(ts + (j + 0.5) * params.plan_step_s)
+        park, _ = _limits_now(params, ts + (j + 0.5) * params.plan_step_s, ov)  # operator limits held
         imp.append(_cap(park.import_kw, params))
         exp.append(_cap(park.export_kw, params))
-        reduced.append(park.import_source not in {"contract", "none"})
+        reduced.append(park.import_source not in {"contract", "none", "operator"})
     contract = params.contract_import_kw
     return make_plan(
         ts,
@@ -314,7 +363,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     ts = snap.ts_utc
     comps = params.companies
     n = len(comps)
-    park_lim, comp_lim = params.limits.at(ts)
+    park_lim, comp_lim = _limits_now(params, ts, snap.overrides)
     dt_s = 1.0 if state.last_ts is None else max(1e-3, min(ts - state.last_ts, 60.0))
 
     # 2. stale or missing grid meters: unsafe
@@ -372,7 +421,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     # 3. the plan
     plan = state.plan
     if plan is None or ts - plan.ts_utc >= params.plan_every_s:
-        plan = _renew_plan(ts, replace(state, history=history, pv_index=pv_index), params)
+        plan = _renew_plan(ts, replace(state, history=history, pv_index=pv_index), params, snap.overrides)
     floor_kwh, ceiling_kwh = plan.band_at(ts)
 
     # 4. predicted uncontrolled net for the next step
@@ -426,7 +475,15 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         hours = max(dt_s, 1.0) / 3600.0
         dis_cap[i] = max(0.0, min(b.max_discharge_kw, (e - b.e_min_kwh) * b.efficiency / hours))
         ch_cap[i] = max(0.0, min(b.max_charge_kw, (b.e_max_kwh - e) / b.efficiency / hours))
+    # an operator's reserve: discharge below it only when a cap calls for it
+    dis_free = list(dis_cap)
+    for i, c in enumerate(comps):
+        res_pct = snap.overrides.reserve_soc_pct.get(c.id)
+        if res_pct is not None and c.battery is not None:
+            above = energy[i] - c.battery.capacity_kwh * res_pct / 100.0
+            dis_free[i] = max(0.0, min(dis_cap[i], above * c.battery.efficiency * 3600.0 / max(dt_s, 1.0)))
     total_dis, total_ch = sum(dis_cap), sum(ch_cap)
+    total_dis_free = sum(dis_free)
     stored = sum(energy)
     pool_span = sum(span)
     hyst = _HYSTERESIS_FRAC * pool_span
@@ -463,6 +520,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         if pref < 0 and stored >= ceiling_kwh:
             pref = 0.0
         reason = "self-consumption"
+    pref = min(pref, total_dis_free)
     prev_total = sum(state.battery_kw)
     flip = _FLIP_FRAC * max(total_dis + total_ch, 1e-9) / 2
     if prev_total * pref < 0 and abs(pref) < flip:
@@ -477,7 +535,11 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     total = min(max(total, -total_ch), total_dis)
 
     # 7. spread over batteries, SoC-fair; 5. curtail what the batteries cannot absorb
-    bat = _spread(total, comps, energy, dis_cap, ch_cap)
+    bat = _spread(min(total, total_dis_free), comps, energy, dis_free, ch_cap)
+    if total > total_dis_free:  # a cap calls for energy below operators' reserves
+        below = [d - f for d, f in zip(dis_cap, dis_free, strict=True)]
+        for i, x in enumerate(_split(total - total_dis_free, below, below)):
+            bat[i] += x
     curt = [0.0] * n
     export_over = -(net_lo - total) - exp_cap
     if export_over > 1e-6:
@@ -498,6 +560,24 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
             imp_cap - (net_hi - park_net),
             exp_cap + (net_lo - park_net),
         )
+    if snap.overrides.battery:
+        manual = _apply_manual_modes(params, snap.overrides, comp_lim, net, dis_cap, ch_cap, bat, curt)
+        if manual:
+            reason += "; manual battery mode: " + ", ".join(manual)
+        _rebalance_park(
+            comps,
+            comp_lim,
+            net,
+            avail,
+            dis_cap,
+            ch_cap,
+            bat,
+            curt,
+            imp_cap - (net_hi - park_net),
+            exp_cap + (net_lo - park_net),
+            fixed=frozenset(manual),
+        )
+        _yield_manual_to_caps(comps, manual, net, bat, curt, imp_cap - (net_hi - park_net))
     pv_limits = _pv_limits(comps, avail, curt, curtailed)
 
     setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))
@@ -579,12 +659,13 @@ def _rebalance_park(
     curt: list[float],
     imp_cap: float,
     exp_cap: float,
+    fixed: frozenset[str] = frozenset(),
 ) -> None:
     """After own-cap corrections, hold the park caps with the companies that have no own caps (in place).
 
     The caps passed in are already narrowed by the trend the park's net is following."""
     n = len(comps)
-    free = [c.id not in comp_lim for c in comps]
+    free = [c.id not in comp_lim and c.id not in fixed for c in comps]
     g_park = sum(net[i] + curt[i] - bat[i] for i in range(n))
     if g_park > imp_cap + 1e-6:
         room = [max(0.0, dis_cap[i] - bat[i]) if free[i] else 0.0 for i in range(n)]
@@ -620,3 +701,58 @@ def _pv_limits(
         else:
             out.append(None)
     return out
+
+
+def _apply_manual_modes(
+    params: Params,
+    ov: Overrides,
+    comp_lim: dict[str, LimitsInForce],
+    net: list[float],
+    dis_cap: list[float],
+    ch_cap: list[float],
+    bat: list[float],
+    curt: list[float],
+) -> list[str]:
+    """Set batteries in a manual mode (in place), within what the device and its company's own caps allow.
+    Returns the ids of the companies whose battery is in a manual mode."""
+    manual = []
+    for i, c in enumerate(params.companies):
+        mode = ov.battery.get(c.id)
+        if c.battery is None or mode is None or mode.mode is BatteryMode.AUTO:
+            continue
+        want = {
+            BatteryMode.HOLD: 0.0,
+            BatteryMode.CHARGE: -mode.power_kw,
+            BatteryMode.DISCHARGE: mode.power_kw,
+        }[mode.mode]
+        want = min(max(want, -ch_cap[i]), dis_cap[i])
+        own = comp_lim.get(c.id)
+        if own is not None:  # the company's own connection stays within its caps
+            g = net[i] + curt[i] - want
+            imp, exp = _cap(own.import_kw, params), _cap(own.export_kw, params)
+            if g > imp:
+                want = min(dis_cap[i], want + (g - imp))
+            elif g < -exp:
+                want = max(-ch_cap[i], want - (-exp - g))
+        bat[i] = want
+        manual.append(c.id)
+    return manual
+
+
+def _yield_manual_to_caps(
+    comps: tuple[CompanyParams, ...],
+    manual: list[str],
+    net: list[float],
+    bat: list[float],
+    curt: list[float],
+    imp_cap: float,
+) -> None:
+    """If the park still imports over its cap, manual charging gives way (in place): the cap wins."""
+    over = sum(net[i] + curt[i] - bat[i] for i in range(len(comps))) - imp_cap
+    for i, c in enumerate(comps):
+        if over <= 1e-6:
+            break
+        if c.id in manual and bat[i] < 0:
+            back = min(-bat[i], over)
+            bat[i] += back
+            over -= back

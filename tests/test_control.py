@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubctl.config import parse_config
-from hubctl.control import CompanyReading, Decision, Params, Snapshot, State, step
+from hubctl.control import (
+    BatteryMode,
+    BatteryOverride,
+    CompanyReading,
+    Decision,
+    Overrides,
+    Params,
+    Snapshot,
+    State,
+    step,
+)
 
 NOON = dt.datetime(2026, 6, 22, 10, 0, tzinfo=dt.UTC).timestamp()  # 12:00 in Amsterdam, sun high
 NIGHT = dt.datetime(2026, 6, 22, 0, 0, tzinfo=dt.UTC).timestamp()
@@ -258,3 +268,55 @@ def test_properties_of_one_decision(comps: list[dict[str, Any]], imp: float, exp
     if net - imp <= dis_room * 0.99:
         assert g <= imp + 1e-6
     assert g >= -exp - 1e-6  # export can always be held: curtailment
+
+
+def test_operator_limit_lowers_the_cap_and_names_its_source() -> None:
+    p = park()
+    snap = Snapshot(NIGHT, (reading(300), reading(350, soc=60)), Overrides(park_import_kw=600))
+    d, _ = decide(p, snap)
+    assert (d.park_limits.import_kw, d.park_limits.import_source) == (500, "contract")  # 600 > 500: ignored
+    snap = Snapshot(NIGHT, (reading(300), reading(100, soc=60)), Overrides(park_import_kw=300))
+    d, _ = decide(p, snap)
+    assert (d.park_limits.import_kw, d.park_limits.import_source) == (300, "operator")
+    assert d.battery_setpoint_kw[1] == pytest.approx(100, abs=0.5)
+    assert expected_grid(snap, d) <= 300 + 1e-6
+
+
+def test_operator_company_limit_applies_to_a_company_without_own_caps() -> None:
+    p = park(exp=1000)
+    ov = Overrides(company_export_kw={"solar": 50})
+    d, _ = decide(p, Snapshot(NOON, (reading(50, pv=300), reading(100, soc=50)), ov))
+    assert d.company_limits["solar"].export_kw == 50
+    assert d.company_limits["solar"].export_source == "operator"
+    assert d.pv_limit_kw[0] == pytest.approx(100, abs=1e-6)  # 50 load + 50 export
+
+
+def test_manual_hold_leaves_the_battery_idle() -> None:
+    p = park()
+    ov = Overrides(battery={"store": BatteryOverride(BatteryMode.HOLD)})
+    d, _ = decide(p, Snapshot(NIGHT, (reading(100), reading(150, soc=80)), ov))
+    assert d.battery_setpoint_kw[1] == 0.0
+    assert "manual battery mode: store" in d.reason
+
+
+def test_manual_charge_gives_way_to_the_import_cap() -> None:
+    p = park()
+    ov = Overrides(battery={"store": BatteryOverride(BatteryMode.CHARGE, 150)})
+    d, _ = decide(p, Snapshot(NIGHT, (reading(100), reading(100, soc=50)), ov))
+    assert d.battery_setpoint_kw[1] == pytest.approx(-150)  # 350 import: within the cap
+    snap = Snapshot(NIGHT, (reading(300), reading(100, soc=50)), ov)
+    d, _ = decide(p, snap)
+    sp = d.battery_setpoint_kw[1]
+    assert sp is not None
+    assert -150 < sp < 0
+    assert expected_grid(snap, d) <= 500 + 1e-6  # only 100 of the 150 kW fit under the cap
+
+
+def test_operator_reserve_stops_self_consumption_but_not_the_cap() -> None:
+    p = park()
+    ov = Overrides(reserve_soc_pct={"store": 70})
+    d, _ = decide(p, Snapshot(NIGHT, (reading(100), reading(100, soc=70)), ov))
+    assert d.battery_setpoint_kw[1] == pytest.approx(0.0)  # 200 import under the cap: keep the reserve
+    snap = Snapshot(NIGHT, (reading(400), reading(200, soc=70)), ov)
+    d, _ = decide(p, snap)
+    assert d.battery_setpoint_kw[1] == pytest.approx(100, abs=0.5)  # the cap wins over the reserve
