@@ -545,39 +545,22 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     if export_over > 1e-6:
         curt = _split(export_over, avail, avail)
         reason = "curtailing PV: export cap with batteries full or at full power"
-    # 6. own caps of companies, then the park total again over the others
+    # 6. own caps of companies and manual battery modes, then the park total again over the others
+    trend_imp_cap = imp_cap - (net_hi - park_net)  # the caps narrowed by where the net is heading
+    trend_exp_cap = exp_cap + (net_lo - park_net)
+    manual: list[str] = []
     if comp_lim:
         _hold_own_caps(params, comp_lim, net, avail, dis_cap, ch_cap, bat, curt)
-        _rebalance_park(
-            comps,
-            comp_lim,
-            net,
-            avail,
-            dis_cap,
-            ch_cap,
-            bat,
-            curt,
-            imp_cap - (net_hi - park_net),
-            exp_cap + (net_lo - park_net),
-        )
     if snap.overrides.battery:
         manual = _apply_manual_modes(params, snap.overrides, comp_lim, net, dis_cap, ch_cap, bat, curt)
         if manual:
             reason += "; manual battery mode: " + ", ".join(manual)
+    if comp_lim or manual:
+        fixed = frozenset(manual)
         _rebalance_park(
-            comps,
-            comp_lim,
-            net,
-            avail,
-            dis_cap,
-            ch_cap,
-            bat,
-            curt,
-            imp_cap - (net_hi - park_net),
-            exp_cap + (net_lo - park_net),
-            fixed=frozenset(manual),
+            comps, comp_lim, net, avail, dis_cap, ch_cap, bat, curt, trend_imp_cap, trend_exp_cap, fixed
         )
-        _yield_manual_to_caps(comps, manual, net, bat, curt, imp_cap - (net_hi - park_net))
+        _yield_manual_to_caps(comps, manual, net, bat, curt, trend_imp_cap)
     pv_limits = _pv_limits(comps, avail, curt, curtailed)
 
     setpoints = tuple(bat[i] if comps[i].battery else None for i in range(n))

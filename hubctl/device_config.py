@@ -15,15 +15,12 @@ Roles (sign convention of SCENARIOS.md after the driver's `sign`):
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", min_length=1, max_length=64)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from hubctl.basemodel import FrozenModel as _Model
+from hubctl.basemodel import Slug
 
 
 class DeviceRole(StrEnum):
