@@ -7,8 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 # Debian packages the tests and the demo need; installed only when missing.
-# mosquitto: the real broker the MQTT tests start on a free loopback port.
-APT_PACKAGES := python3-venv mosquitto
+# mosquitto: the real broker the MQTT tests start on a free loopback port;
+# victoria-metrics: the InfluxDB-v2-write-API server the time-series tests start;
+# systemd: systemd-analyze, to verify the unit file and score its hardening.
+APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd
 SCENARIO ?= configs/scenarios/demo-park/scenario.yaml
 DEMO_OUT ?= out/demo
 
@@ -42,6 +44,7 @@ test: lint typecheck pytest
 bench: $(BIN)/.installed
 	$(BIN)/python bench/sim_speed.py
 	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/influx.py
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from hubctl import cli_devices, cli_simulate
+from hubctl import cli_data, cli_devices, cli_service, cli_simulate
 from hubctl.config import ConfigError, SiteConfig, load_config
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_schema)
     cli_simulate.register(sub)
     cli_devices.register(sub)
+    cli_data.register(sub)
+    cli_service.register(sub)
     return ap
 
 

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from hubctl.basemodel import FrozenModel as _Model
+from hubctl.basemodel import Slug
 from hubctl.device_config import Device
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-SLUG = r"^[a-z0-9][a-z0-9-]*$"
-Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=64)]
 PowerKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 
@@ -49,10 +49,6 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def hhmm_to_s(text: str) -> int:
@@ -239,6 +235,103 @@ class Site(_Model):
         return value
 
 
+class Service(_Model):
+    """The gateway service (`hubctl run`): see docs/failsafe.md and deploy/README.md.
+
+    Secrets never sit here: the broker credentials come from the environment
+    (`HUBCTL_MQTT_USERNAME`, `HUBCTL_MQTT_PASSWORD`, set by the unit's EnvironmentFile).
+    """
+
+    mqtt_url: str | None = Field(
+        default=None, description="mqtt://HOST[:PORT]; --mqtt-url or $HUBCTL_MQTT_URL override it"
+    )
+    influx_url: str | None = Field(default=None, description="--influx-url or $HUBCTL_INFLUX_URL override it")
+    state_dir: str | None = Field(
+        default=None, description="where the service keeps its state; default $STATE_DIRECTORY"
+    )
+    revert_s: float = Field(
+        default=60.0,
+        ge=10,
+        le=3600,
+        description="revert timer written with every setpoint: a device whose controller died falls back "
+        "to its own fallback power after this long",
+    )
+    fail_after: int = Field(default=3, ge=1, description="failed polls in a row: a device is down")
+    recover_after: int = Field(default=2, ge=1, description="good polls in a row: a device is up again")
+    ready_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="READY is sent after the first cycle with every grid meter fresh, or after this long "
+        "in fail-safe (the service then holds the fail-safe rather than restart)",
+    )
+
+
+class InfluxTarget(_Model):
+    """Where the spool forwards to: any server of the InfluxDB v2 write API (docs/influxdb.md)."""
+
+    url: str | None = Field(
+        default=None,
+        description="http://HOST:8086 (InfluxDB) or :8428 (VictoriaMetrics); default service.influx_url",
+    )
+    bucket: str = Field(default="hubctl", min_length=1, description="InfluxDB 1.8: database/retention-policy")
+    org: str = Field(default="-", description="InfluxDB 2.x organisation; '-' for 1.8 and VictoriaMetrics")
+    token_env: str = Field(
+        default="HUBCTL_INFLUX_TOKEN",
+        description="environment variable holding the token (1.8: user:password)",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    batch_points: int = Field(default=5000, ge=1, le=100_000)
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class Storage(_Model):
+    """The local spool and ledger (hubctl.spool, hubctl.ledger); without `influx` the spool is the store."""
+
+    dir: str | None = Field(default=None, description="default: service.state_dir, else /var/lib/hubctl")
+    influx: InfluxTarget | None = None
+    spool_max_mb: float = Field(default=512.0, gt=0, description="stored (compressed) size of the spool")
+    spool_max_points: int | None = Field(default=None, gt=0)
+    spool_max_age_days: float | None = Field(default=30.0, gt=0, description="older points are dropped")
+    drop_policy: str = Field(
+        default="oldest", pattern="^(oldest|newest)$", description="when full: drop the oldest or refuse new"
+    )
+
+
+class Report(_Model):
+    """Internal settlement prices and report factors (docs/reports.md)."""
+
+    shared_in_ct_per_kwh: float = Field(
+        default=12.0, ge=0, description="a consumer pays per shared kWh received"
+    )
+    shared_out_ct_per_kwh: float = Field(
+        default=10.0, ge=0, description="a producer is paid per shared kWh given"
+    )
+    co2_kg_per_kwh: float = Field(default=0.374, ge=0, description="grid emission factor (NL ~0.374)")
+
+
+class MqttApi(_Model):
+    """The operator MQTT API (`hubctl.operator_api`, docs/mqtt.md). Secrets come from the environment."""
+
+    url: str | None = Field(
+        default=None, description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); default service.mqtt_url"
+    )
+    username_env: str = Field(default="HUBCTL_MQTT_USERNAME", description="environment variable: user name")
+    password_env: str = Field(default="HUBCTL_MQTT_PASSWORD", description="environment variable: password")
+    ca_file: str | None = Field(default=None, description="CA certificate (PEM); enables TLS")
+    cert_file: str | None = Field(default=None, description="client certificate (PEM), optional")
+    key_file: str | None = Field(default=None, description="client key (PEM), with cert_file")
+    topic_prefix: str = Field(default="hubctl", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    discovery_prefix: str | None = Field(
+        default="homeassistant", description="Home Assistant MQTT discovery; null: none"
+    )
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class SiteConfig(_Model):
     """The whole site: `hubctl check-config` validates a YAML file against this model."""
 
@@ -248,6 +341,10 @@ class SiteConfig(_Model):
     sharing: Sharing = Field(default_factory=Sharing)
     control: Control = Field(default_factory=Control)
     devices: list[Device] = Field(default_factory=list, description="empty in simulation")
+    service: Service = Field(default_factory=Service)
+    storage: Storage = Field(default_factory=Storage)
+    report: Report = Field(default_factory=Report)
+    mqtt: MqttApi | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:

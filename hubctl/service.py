@@ -1,0 +1,821 @@
+"""The gateway service, `hubctl run`: pollers, the control loop, setpoint writes, fail-safe and shutdown.
+
+One asyncio `TaskGroup` holds
+
+- one **poller per connection** (one per Modbus host:port, one for all MQTT
+  devices): it reads its devices every `poll_s` into the `ReadingStore` and
+  reports each result to the debounced `Health`;
+- the **control loop**, on the monotonic clock every `control.cycle_s`:
+  snapshot the store, call `hubctl.control.step` (the very function `hubctl
+  sim` runs), write the setpoints that changed and re-write those whose
+  revert timers are due, then ping the systemd watchdog.
+
+APScheduler (`AsyncIOScheduler`, explicit `misfire_grace_time`, `coalesce`,
+`max_instances`: its default grace of 1 s would skip a late job silently)
+runs the wall-clock jobs: the quarter-hour close (evidence: the mean, the cap
+in force and its source, per quarter), the limit-change log at window
+boundaries, and the daily summary. The control loop is not a scheduler job.
+
+Fail-safe (docs/failsafe.md): the core itself answers a stale or missing grid
+meter with batteries at 0 kW and PV limited so that export cannot pass the
+cap. A device that is down is skipped by the writer (its setpoint is
+re-written when it answers again); it never stops the cycle for the others.
+Every write carries the device's revert timer (`service.revert_s`), so after
+a SIGKILL each device falls back on its own. SIGTERM/SIGINT: write the
+fail-safe setpoints, publish `offline`, exit 0, all within 5 s.
+
+Accelerated clock (`--speed`, `--start-utc`; for `hubctl demo` and the tests
+against `hubctl simulate --speed`): the service's monotonic clock and wall
+clock both run `speed` times faster from `start-utc`, so cycles, poll
+intervals, staleness, revert timers and quarter-hours are all in simulated
+seconds. The scheduler needs the real wall clock, so in accelerated mode the
+control loop closes quarters itself.
+
+Telemetry (`TelemetrySink`) is the extension point for InfluxDB and the
+ledger (issue #6): a sink gets every cycle and every closed quarter and must
+only enqueue (never block the cycle). `--trace FILE` is one such sink (JSON
+lines), used by the demo and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hubctl.config import ConfigError
+from hubctl.control import CompanyReading, Decision, Params, Snapshot, State, step
+from hubctl.device_config import DeviceRole
+from hubctl.devices import DeviceConfigError, build_device
+from hubctl.health import Health
+from hubctl.health import State as HealthState
+from hubctl.modbus import CommandRejectedError, ConnectionPool, DeviceError
+from hubctl.notify import Notifier
+from hubctl.store import Layout, ReadingStore
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+    from pathlib import Path
+
+    from hubctl.config import SiteConfig
+    from hubctl.devices import Device
+    from hubctl.mqtt_devices import MqttHub
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_CONFIG = 78
+SHUTDOWN_BUDGET_S = 4.0  # fail-safe writes + offline within this; systemd's TimeoutStopSec is 5 s
+QUARTER_S = 900.0
+
+
+# --- Clock -------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Monotonic and wall-clock time, optionally accelerated (`speed`) from `start_utc`."""
+
+    def __init__(self, speed: float = 1.0, start_utc: float | None = None) -> None:
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = speed
+        self._m0 = time.monotonic()
+        self._u0 = start_utc
+        self.accelerated = speed != 1.0 or start_utc is not None
+
+    def mono(self) -> float:
+        """Seconds on the service's monotonic clock (simulated seconds when accelerated)."""
+        return self._m0 + (time.monotonic() - self._m0) * self.speed
+
+    def utc(self) -> float:
+        if self._u0 is None and self.speed == 1.0:
+            return time.time()
+        start = time.time() if self._u0 is None else self._u0
+        return start + (time.monotonic() - self._m0) * self.speed
+
+    def real_s(self, seconds: float) -> float:
+        """Real seconds for `seconds` on this clock."""
+        return seconds / self.speed
+
+
+# --- Records and sinks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord:
+    """What one control cycle saw and did (the trace, the demo's view, the future Influx points)."""
+
+    ts_utc: float
+    mode: str
+    reason: str
+    park_grid_kw: float | None
+    import_cap_kw: float | None
+    export_cap_kw: float | None
+    cap_source: str
+    grid_kw: tuple[float | None, ...]
+    pv_kw: tuple[float | None, ...]
+    battery_kw: tuple[float | None, ...]
+    soc_pct: tuple[float | None, ...]
+    setpoint_kw: tuple[float | None, ...]
+    pv_limit_kw: tuple[float | None, ...]
+    latency_ms: float
+    writes: int
+    failed_writes: int
+    down: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterRecord:
+    """One closed quarter-hour of the park connection: the evidence a grid operator asks for."""
+
+    start_utc: float
+    mean_kw: float  # + import
+    import_cap_kw: float | None
+    export_cap_kw: float | None
+    import_source: str
+    export_source: str
+    coverage: float  # share of the quarter with a park reading
+    over: bool
+
+
+class TelemetrySink(Protocol):
+    """Receives cycles and quarters. Must not block: enqueue, and forward elsewhere (issue #6)."""
+
+    def cycle(self, record: CycleRecord) -> None: ...
+
+    def quarter(self, record: QuarterRecord) -> None: ...
+
+    def event(self, name: str, **data: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """Every record as one JSON line (`--trace FILE`); flushed per line so that a reader can follow it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def _write(self, kind: str, data: dict[str, Any]) -> None:
+        self._file.write(json.dumps({"kind": kind, **data}, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def cycle(self, record: CycleRecord) -> None:
+        self._write("cycle", asdict(record))
+
+    def quarter(self, record: QuarterRecord) -> None:
+        self._write("quarter", asdict(record))
+
+    def event(self, name: str, **data: Any) -> None:
+        self._write("event", {"event": name, **data})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def influx_sink(url: str) -> TelemetrySink | None:
+    """The InfluxDB forwarder for `--influx-url`: the extension point for issue #6.
+
+    The spool and forwarder (hubctl.spool / hubctl.influx) are another piece of
+    work; until they exist this returns None and the service says so once. Wire
+    them here: build a spool in the state directory, return a sink that
+    enqueues into it, and let the forwarder drain it in its own task (so that
+    a database that is down never touches the control cycle).
+    """
+    log.warning("InfluxDB forwarding is not part of this build yet (issue #6): %s is not written to", url)
+    return None
+
+
+# --- Quarter-hours -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Quarter:
+    index: int
+    energy_kws: float = 0.0
+    seen_s: float = 0.0
+    import_cap_kw: float | None = None
+    export_cap_kw: float | None = None
+    import_source: str = "none"
+    export_source: str = "none"
+
+
+class QuarterMeter:
+    """Integrates the park's grid power per quarter-hour (UTC quarters, as the core counts them)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, _Quarter] = {}
+        self.closed: list[QuarterRecord] = []
+
+    def add(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
+        index = int(ts_utc // QUARTER_S)
+        q = self._open.get(index)
+        if q is None:
+            q = self._open[index] = _Quarter(index)
+        lim = decision.park_limits
+        # the lowest cap seen in the quarter is the one the quarter is judged against
+        if lim.import_kw is not None and (q.import_cap_kw is None or lim.import_kw < q.import_cap_kw):
+            q.import_cap_kw, q.import_source = lim.import_kw, lim.import_source
+        if lim.export_kw is not None and (q.export_cap_kw is None or lim.export_kw < q.export_cap_kw):
+            q.export_cap_kw, q.export_source = lim.export_kw, lim.export_source
+        if park_kw is not None:
+            q.energy_kws += park_kw * dt_s
+            q.seen_s += dt_s
+
+    def close_before(self, ts_utc: float) -> list[QuarterRecord]:
+        """Close every quarter that ended before `ts_utc`."""
+        current = int(ts_utc // QUARTER_S)
+        out = []
+        for index in sorted(i for i in self._open if i < current):
+            q = self._open.pop(index)
+            mean = q.energy_kws / q.seen_s if q.seen_s > 0 else math.nan
+            over = bool(
+                (q.import_cap_kw is not None and mean > q.import_cap_kw)
+                or (q.export_cap_kw is not None and -mean > q.export_cap_kw)
+            )
+            out.append(
+                QuarterRecord(
+                    index * QUARTER_S,
+                    mean,
+                    q.import_cap_kw,
+                    q.export_cap_kw,
+                    q.import_source,
+                    q.export_source,
+                    min(1.0, q.seen_s / QUARTER_S),
+                    over,
+                )
+            )
+        self.closed.extend(out)
+        return out
+
+
+# --- Options -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    mqtt_url: str | None = None
+    influx_url: str | None = None
+    speed: float = 1.0
+    start_utc: float | None = None
+    trace: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# --- Setpoint writer ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Target:
+    device: Device
+    kind: str  # "battery" | "pv_limit"
+    deadband_kw: float
+    written_kw: float | None = None  # the last value confirmed; None: nothing held
+    held: bool = False
+
+
+class SetpointWriter:
+    """Writes a decision to the devices: only what changed (or whose revert timer is due), all at once."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        devices: dict[str, Device],
+        health: Health,
+        clock: Clock,
+        uncontrollable: set[str] | None = None,
+    ) -> None:
+        self.health = health
+        self.uncontrollable = set() if uncontrollable is None else uncontrollable
+        self.clock = clock
+        self.batteries: list[list[_Target]] = []
+        self.inverters: list[list[_Target]] = []
+        for c in cfg.companies:
+            bats = [devices[d.id] for d in cfg.devices if d.company == c.id and d.role is DeviceRole.BATTERY]
+            pvs = [devices[d.id] for d in cfg.devices if d.company == c.id and d.role is DeviceRole.PV]
+            bat_kw = max(c.battery.max_charge_kw, c.battery.max_discharge_kw) if c.battery else 1.0
+            peak = c.pv.peak_kw if c.pv else 1.0
+            self.batteries.append([_Target(d, "battery", max(0.01 * bat_kw, 0.05)) for d in bats])
+            self.inverters.append([_Target(d, "pv_limit", max(0.01 * peak, 0.05)) for d in pvs])
+        self._inflight: dict[str, asyncio.Task[bool]] = {}
+
+    def targets(self) -> list[_Target]:
+        return [t for group in (*self.batteries, *self.inverters) for t in group]
+
+    async def apply(
+        self, decision: Decision, *, budget_s: float | None = None, force: bool = False
+    ) -> tuple[int, int]:
+        """Write `decision`; returns (writes finished, writes failed) within `budget_s` (real seconds).
+
+        A write still running after the budget goes on in the background and
+        its device is skipped until it finishes: one slow device (a Huawei
+        dongle's pauses between requests) never holds up the cycle of the
+        others. `force`: every device, whatever it holds (the shutdown).
+        """
+        jobs: list[asyncio.Task[bool]] = []
+        now = self.clock.mono()
+        for groups, values in (
+            (self.batteries, decision.battery_setpoint_kw),
+            (self.inverters, decision.pv_limit_kw),
+        ):
+            for group, value in zip(groups, values, strict=True):
+                if not group:
+                    continue
+                share = None if value is None else value / len(group)
+                for target in group:
+                    device_id = target.device.id
+                    if device_id in self.uncontrollable:
+                        continue
+                    running = self._inflight.get(device_id)
+                    if running is not None and not running.done():
+                        continue
+                    if not force and self.health.state(device_id) is HealthState.DOWN:
+                        target.written_kw, target.held = None, False  # re-written when it answers again
+                        continue
+                    job = self._job(target, share, now, force=force)
+                    if job is not None:
+                        task = asyncio.get_running_loop().create_task(job, name=f"write {device_id}")
+                        self._inflight[device_id] = task
+                        jobs.append(task)
+        if not jobs:
+            return 0, 0
+        done, _ = await asyncio.wait(jobs, timeout=budget_s)
+        return len(done), sum(1 for t in done if t.cancelled() or t.exception() or not t.result())
+
+    def pending(self) -> list[str]:
+        """Devices with a write still running."""
+        return sorted(d for d, t in self._inflight.items() if not t.done())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the writes still running (shutdown), at most `timeout_s`."""
+        running = [t for t in self._inflight.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
+
+    def _job(
+        self, target: _Target, kw: float | None, now: float, *, force: bool
+    ) -> Coroutine[Any, Any, bool] | None:
+        if kw is None:
+            if target.kind == "battery":
+                kw = 0.0
+            elif target.held or force:
+                return self._release(target)
+            else:
+                return None
+        changed = target.written_kw is None or abs(kw - target.written_kw) >= target.deadband_kw
+        if force or changed:
+            return self._write(target, kw)
+        if target.device.refresh_due(now):
+            return self._refresh(target, now)
+        return None
+
+    async def _write(self, target: _Target, kw: float) -> bool:
+        device = target.device
+        try:
+            if target.kind == "battery":
+                result = await device.set_battery_kw(kw)
+            else:
+                result = await device.set_pv_limit_kw(kw)
+        except CommandRejectedError as exc:
+            # the device cannot take this kind of setpoint at all: stop counting on it
+            log.warning("%s: %s; hubctl no longer dispatches it", device.id, exc)
+            self.uncontrollable.add(device.id)
+            return False
+        except DeviceError as exc:
+            target.written_kw, target.held = None, False
+            self.health.failed(device.id, exc, self.clock.mono())
+            return False
+        target.written_kw, target.held = result.requested_kw, True
+        return True
+
+    async def _refresh(self, target: _Target, now: float) -> bool:
+        try:
+            await target.device.refresh(now)
+        except DeviceError as exc:
+            target.written_kw, target.held = None, False
+            self.health.failed(target.device.id, exc, self.clock.mono())
+            return False
+        return True
+
+    async def _release(self, target: _Target) -> bool:
+        try:
+            await target.device.release()
+        except DeviceError as exc:
+            self.health.failed(target.device.id, exc, self.clock.mono())
+            return False
+        target.written_kw, target.held = None, False
+        return True
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    Python 3.11's `asyncio.wait_for` (which pymodbus uses for every request)
+    returns the result instead of raising when the answer and the cancellation
+    arrive in the same loop iteration; the task then stays "cancelling" but
+    runs on, and the TaskGroup waits for it forever. Pollers and the control
+    loop call this after every device call.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+# --- The service -------------------------------------------------------------------------------------------
+
+
+def _failsafe_snapshot(ts_utc: float, n: int) -> Snapshot:
+    return Snapshot(ts_utc, tuple(CompanyReading(grid_kw=None) for _ in range(n)))
+
+
+def _cap_source(decision: Decision) -> str:
+    lim = decision.park_limits
+    return f"import {lim.import_source}, export {lim.export_source}"
+
+
+class Gateway:
+    """`hubctl run`: build the devices of a site config, control them until told to stop."""
+
+    def __init__(self, cfg: SiteConfig, options: Options, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.options = options
+        self.notifier = notifier or Notifier(None)
+        self.clock = Clock(options.speed, options.start_utc)
+        self.params = Params.from_config(cfg)
+        self.layout = Layout.from_config(cfg)
+        self.store = ReadingStore(self.layout, cfg.control.stale_after_s)
+        self.health = Health(
+            [d.id for d in cfg.devices],
+            fail_after=cfg.service.fail_after,
+            recover_after=cfg.service.recover_after,
+        )
+        self.quarters = QuarterMeter()
+        self.sinks: list[TelemetrySink] = []
+        self.state = State.initial(self.params)
+        self.last_decision: Decision | None = None
+        self.cycles = 0
+        self.ready = False
+        self._mode = "starting"
+        self._stop = asyncio.Event()
+        self._first_pass: list[asyncio.Event] = []
+        self._limits_seen: tuple[float | None, float | None, str, str] | None = None
+
+    # -- set-up
+    def _mqtt_url(self) -> str | None:
+        return self.options.mqtt_url or self.options.env.get("HUBCTL_MQTT_URL") or self.cfg.service.mqtt_url
+
+    def _influx_url(self) -> str | None:
+        return (
+            self.options.influx_url
+            or self.options.env.get("HUBCTL_INFLUX_URL")
+            or self.cfg.service.influx_url
+        )
+
+    def _build(self, pool: ConnectionPool, hub: MqttHub | None) -> dict[str, Device]:
+        peak = {c.id: c.pv.peak_kw for c in self.cfg.companies if c.pv is not None}
+        devices: dict[str, Device] = {}
+        problems = []
+        for config in self.cfg.devices:
+            try:
+                devices[config.id] = build_device(
+                    config,
+                    pool=pool,
+                    mqtt=hub,
+                    rated_kw=peak.get(config.company or ""),
+                    revert_s=self.cfg.service.revert_s,
+                    clock=self.clock.mono,
+                )
+            except DeviceConfigError as exc:
+                problems.append(f"devices.{config.id}: {exc}")
+        if problems:
+            raise ConfigError("site config", problems)
+        return devices
+
+    def _groups(self, devices: dict[str, Device]) -> dict[str, list[Device]]:
+        """Pollers: one per Modbus host:port, one for every MQTT device."""
+        groups: dict[str, list[Device]] = {}
+        for config in self.cfg.devices:
+            key = "mqtt" if config.modbus is None else f"{config.modbus.host}:{config.modbus.port}"
+            groups.setdefault(key, []).append(devices[config.id])
+        return groups
+
+    # -- run
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or `stop()`); returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self.options.trace is not None:
+            self.sinks.append(JsonLinesSink(self.options.trace))
+        influx = self._influx_url()
+        if influx:
+            sink = influx_sink(influx)
+            if sink is not None:
+                self.sinks.append(sink)
+        unmetered = self.layout.unmetered()
+        if unmetered:
+            log.warning("no grid meter for %s: the controller stays in fail-safe", ", ".join(unmetered))
+        hub = self._make_hub()
+        code = EX_OK
+        try:
+            async with ConnectionPool() as pool:
+                devices = self._build(pool, hub)
+                writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store.uncontrollable)
+                if hub is not None:
+                    await hub.start()  # no wait: a broker that is down must not hold the cap hostage
+                scheduler = self._scheduler()
+                try:
+                    code = await self._supervise(devices, writer)
+                finally:
+                    if scheduler is not None:
+                        scheduler.shutdown(wait=False)
+                    await self._shutdown(writer, hub)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            for sink in self.sinks:
+                sink.close()
+            self.notifier.close()
+        return code
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _make_hub(self) -> MqttHub | None:
+        url = self._mqtt_url()
+        needs = any(d.driver == "mqtt" for d in self.cfg.devices)
+        if url is None:
+            if needs:
+                raise ConfigError(
+                    "site config", ["devices: MQTT devices need service.mqtt_url or --mqtt-url"]
+                )
+            log.info("no MQTT broker configured: running without MQTT")
+            return None
+        from hubctl.mqtt_devices import MqttHub  # noqa: PLC0415 - only with a broker
+
+        env = self.options.env
+        return MqttHub.from_url(
+            url,
+            identifier=f"hubctl-{self.cfg.site.id}",
+            username=env.get("HUBCTL_MQTT_USERNAME") or None,
+            password=env.get("HUBCTL_MQTT_PASSWORD") or None,
+            status_topic=f"hubctl/{self.cfg.site.id}/status",
+        )
+
+    async def _supervise(self, devices: dict[str, Device], writer: SetpointWriter) -> int:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = []
+                for label, group in self._groups(devices).items():
+                    done = asyncio.Event()
+                    self._first_pass.append(done)
+                    tasks.append(tg.create_task(self._poll(group, done), name=f"poll {label}"))
+                tasks.append(tg.create_task(self._control(writer), name="control"))
+                stop = tg.create_task(self._stop.wait(), name="stop")
+                await stop
+                for task in tasks:
+                    task.cancel()
+        except* Exception as group:
+            for exc in group.exceptions:
+                log.exception("the service failed: %r; writing the fail-safe setpoints", exc, exc_info=exc)
+            failed = True
+        else:
+            failed = False
+        return EX_FAILURE if failed else EX_OK
+
+    # -- pollers
+    async def _poll(self, devices: Sequence[Device], first_pass: asyncio.Event) -> None:
+        due = dict.fromkeys((d.id for d in devices), 0.0)
+        while True:
+            for device in devices:
+                now = self.clock.mono()
+                if now < due[device.id]:
+                    continue
+                due[device.id] = max(due[device.id] + device.config.poll_s, now)
+                try:
+                    reading = await device.read()
+                except DeviceError as exc:
+                    _raise_if_cancelled()
+                    self.health.failed(device.id, exc, self.clock.mono())
+                else:
+                    _raise_if_cancelled()
+                    self.store.put(reading)
+                    self.health.ok(device.id, reading.read_at_s)
+            first_pass.set()
+            wait = min(due.values()) - self.clock.mono()
+            await asyncio.sleep(max(self.clock.real_s(wait), 0.0))
+
+    # -- the control loop
+    async def _control(self, writer: SetpointWriter) -> None:
+        cycle_s = self.cfg.control.cycle_s
+        # the first decision waits for one round of polls (or until a reading would be stale anyway)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.clock.real_s(self.cfg.control.stale_after_s)):
+                await asyncio.gather(*(e.wait() for e in self._first_pass))
+        started = self.clock.mono()
+        next_t = started
+        last_ts: float | None = None
+        late = False
+        while True:
+            t0 = time.perf_counter()
+            now = self.clock.mono()
+            ts = self.clock.utc()
+            snap = self.store.snapshot(ts, now)
+            decision, self.state = step(snap, self.state, self.params)
+            writes, failed = await writer.apply(decision, budget_s=self.clock.real_s(0.8 * cycle_s))
+            _raise_if_cancelled()
+            latency_ms = (time.perf_counter() - t0) * 1000
+            self.last_decision = decision
+            self.cycles += 1
+            self._after_cycle(snap, decision, ts, last_ts, writes, failed, latency_ms, started)
+            last_ts = ts
+            next_t += cycle_s
+            now = self.clock.mono()
+            if next_t < now:
+                if not late:
+                    log.warning("control cycle overran by %.0f ms; skipping to now", (now - next_t) * 1000)
+                late = True
+                next_t = now
+            else:
+                late = False
+            await asyncio.sleep(self.clock.real_s(next_t - now))
+
+    def _after_cycle(
+        self,
+        snap: Snapshot,
+        decision: Decision,
+        ts: float,
+        last_ts: float | None,
+        writes: int,
+        failed: int,
+        latency_ms: float,
+        started: float,
+    ) -> None:
+        grids = [r.grid_kw for r in snap.companies]
+        park = None if any(g is None for g in grids) else math.fsum(g for g in grids if g is not None)
+        dt_s = self.cfg.control.cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
+        self.quarters.add(ts, park, dt_s, decision)
+        if self.clock.accelerated:
+            self._close_quarters(ts)
+            self._check_limits(ts)
+        if decision.mode != self._mode:
+            if decision.mode == "failsafe":
+                log.warning("fail-safe: %s", decision.reason)
+            elif self._mode == "failsafe":
+                log.info("control resumed: every grid meter reads again")
+            self.notifier.status(f"{decision.mode}: {decision.reason}")
+            for sink in self.sinks:
+                sink.event("mode", mode=decision.mode, reason=decision.reason, ts_utc=ts)
+            self._mode = decision.mode
+        if not self.ready and (
+            decision.mode == "normal" or self.clock.mono() - started >= self.cfg.service.ready_grace_s
+        ):
+            self.ready = True
+            status = "controlling" if decision.mode == "normal" else f"fail-safe: {decision.reason}"
+            self.notifier.ready(status)
+            log.info(
+                "ready: %s (%d companies, %d devices)", status, len(snap.companies), len(self.cfg.devices)
+            )
+            for sink in self.sinks:
+                sink.event("ready", mode=decision.mode, ts_utc=ts)
+        self.notifier.watchdog()
+        if self.sinks:
+            lim = decision.park_limits
+            record = CycleRecord(
+                ts_utc=ts,
+                mode=decision.mode,
+                reason=decision.reason,
+                park_grid_kw=park,
+                import_cap_kw=lim.import_kw,
+                export_cap_kw=lim.export_kw,
+                cap_source=_cap_source(decision),
+                grid_kw=tuple(grids),
+                pv_kw=tuple(r.pv_kw for r in snap.companies),
+                battery_kw=tuple(r.battery_kw for r in snap.companies),
+                soc_pct=tuple(r.soc_pct for r in snap.companies),
+                setpoint_kw=decision.battery_setpoint_kw,
+                pv_limit_kw=decision.pv_limit_kw,
+                latency_ms=latency_ms,
+                writes=writes,
+                failed_writes=failed,
+                down=tuple(self.health.down()),
+            )
+            for sink in self.sinks:
+                sink.cycle(record)
+
+    # -- wall-clock jobs
+    def _scheduler(self) -> Any:
+        """APScheduler for the wall-clock jobs; None in accelerated mode (the control loop does them)."""
+        if self.clock.accelerated:
+            return None
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415 - heavy import
+
+        scheduler = AsyncIOScheduler(
+            timezone=self.cfg.tz,
+            job_defaults={"misfire_grace_time": 120, "coalesce": True, "max_instances": 1},
+        )
+        scheduler.add_job(self._quarter_job, "cron", minute="0,15,30,45", second=2, id="quarter-close")
+        scheduler.add_job(self._limits_job, "cron", second=1, id="limits")
+        scheduler.add_job(self._daily_job, "cron", hour=0, minute=0, second=30, id="daily")
+        scheduler.start()
+        return scheduler
+
+    async def _quarter_job(self) -> None:
+        self._close_quarters(self.clock.utc())
+
+    async def _limits_job(self) -> None:
+        self._check_limits(self.clock.utc())
+
+    async def _daily_job(self) -> None:
+        quarters = self.quarters.closed
+        if not quarters:
+            return
+        peak = max((q.mean_kw for q in quarters if math.isfinite(q.mean_kw)), default=math.nan)
+        over = sum(q.over for q in quarters)
+        log.info(
+            "day closed: %d quarter-hours, highest mean %.1f kW, %d over a cap", len(quarters), peak, over
+        )
+        for sink in self.sinks:
+            sink.event("day", quarters=len(quarters), kwmax=peak, over=over)
+        self.quarters.closed = []
+
+    def _close_quarters(self, ts: float) -> None:
+        for q in self.quarters.close_before(ts):
+            level = logging.WARNING if q.over else logging.INFO
+            log.log(
+                level,
+                "quarter %s: mean %.1f kW, import cap %s (%s), export cap %s (%s), coverage %.0f %%%s",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(q.start_utc)),
+                q.mean_kw,
+                "-" if q.import_cap_kw is None else f"{q.import_cap_kw:g} kW",
+                q.import_source,
+                "-" if q.export_cap_kw is None else f"{q.export_cap_kw:g} kW",
+                q.export_source,
+                q.coverage * 100,
+                ": OVER THE CAP" if q.over else "",
+            )
+            for sink in self.sinks:
+                sink.quarter(q)
+
+    def _check_limits(self, ts: float) -> None:
+        park, _ = self.params.limits.at(ts)
+        seen = (park.import_kw, park.export_kw, park.import_source, park.export_source)
+        if seen != self._limits_seen:
+            if self._limits_seen is not None:
+                log.info(
+                    "park caps now: import %s (%s), export %s (%s)",
+                    park.import_kw,
+                    park.import_source,
+                    park.export_kw,
+                    park.export_source,
+                )
+            self._limits_seen = seen
+
+    # -- shutdown
+    async def _shutdown(self, writer: SetpointWriter, hub: MqttHub | None) -> None:
+        """Fail-safe setpoints to every device, then `offline`, within SHUTDOWN_BUDGET_S."""
+        self.notifier.stopping()
+        t0 = time.perf_counter()
+        decision, _ = step(
+            _failsafe_snapshot(self.clock.utc(), len(self.cfg.companies)), self.state, self.params
+        )
+        writes = failed = 0
+        await writer.drain(1.0)
+        writes, failed = await writer.apply(decision, budget_s=SHUTDOWN_BUDGET_S - 2.0, force=True)
+        pending = writer.pending()
+        if pending:
+            log.warning(
+                "fail-safe writes to %s did not finish in time; they fall back by their revert timers",
+                ", ".join(pending),
+            )
+        log.info(
+            "stopped: fail-safe setpoints written to %d device(s), %d failed, in %.0f ms",
+            writes,
+            failed,
+            (time.perf_counter() - t0) * 1000,
+        )
+        for sink in self.sinks:
+            sink.event("shutdown", writes=writes, failed=failed, ts_utc=self.clock.utc())
+        if hub is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await hub.stop()
+
+
+def run_service(cfg: SiteConfig, options: Options) -> int:
+    """Entry point used by `hubctl run`: the exit code (0, 1, or 78 for a config the devices cannot use)."""
+    notifier = Notifier.from_env(options.env or dict(os.environ))
+    try:
+        return asyncio.run(Gateway(cfg, options, notifier).run())
+    except ConfigError as exc:
+        log.error("%s: %s", exc.source, "; ".join(exc.problems))  # noqa: TRY400 - the problems are the message
+        return EX_CONFIG

@@ -1,0 +1,435 @@
+"""`hubctl run` against `hubctl simulate`, both as subprocesses, over real Modbus TCP on loopback.
+
+Both run accelerated (the simulator's `--speed`, the service's hidden `--speed`/`--start-utc`),
+so a quarter-hour passes in about half a minute. The service writes a JSON-lines trace of every
+cycle (`--trace`), which is what these tests read, besides the devices themselves.
+
+Run A, one park through a whole quarter-hour: the broker and the database are absent at start
+(control runs; the broker is started later and the service connects, publishing `online`); READY
+and WATCHDOG arrive on a test NOTIFY_SOCKET; a load step (the quarter's mean stays under the cap,
+the instant cap holds again within 3 cycles); a battery's Modbus server is killed and restarted
+(control goes on with the other battery, the device recovers); a frozen grid meter (fail-safe as
+soon as its reading counts as stale); SIGTERM (fail-safe written, the batteries stop, `offline`,
+exit 0 within 5 s).
+
+Run B: SIGKILL while a PV limit is active; the simulated SunSpec inverter reverts it by itself
+within the revert time hubctl wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+import pytest
+import yaml
+
+from hubctl.config import load_config
+from hubctl.devices import build_device
+from hubctl.modbus import ConnectionPool, ModbusConnection
+from simulators.faults import control_request
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+
+SCENARIO = """\
+name: gateway-e2e
+start: "2026-06-22T12:14:55+02:00"
+timezone: Europe/Amsterdam
+duration_s: 7200
+step_s: 1
+profiles: profiles.csv
+park: {{import_limit_kw: 150, export_limit_kw: 40}}
+companies:
+  - id: alpha
+    pv: {{peak_kw: 100, ramp_pct_per_s: 10}}
+    battery: {{capacity_kwh: 200, max_charge_kw: {alpha_kw}, max_discharge_kw: {alpha_kw},
+               soc_pct: {soc}, ramp_pct_per_s: 50}}
+  - id: beta
+    pv: {{peak_kw: 60, ramp_pct_per_s: 10}}
+    battery: {{capacity_kwh: 80, max_charge_kw: {beta_kw}, max_discharge_kw: {beta_kw},
+               soc_pct: {soc}, ramp_pct_per_s: 50}}
+  - id: gamma
+sharing: {{key: pro_rata, interval_s: 900}}
+"""
+# a load step at t = 60 s: gamma 30 -> 230 kW, the park would import 170 kW against a 150 kW cap;
+# the rows wobble by a few kW so that every meter's reading keeps changing, as real meters' do
+STEP_PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n" + "".join(
+    f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < 60 else 230) + (t // 5) % 2},0\n"
+    for t in [*range(0, 60, 5), 59, *range(60, 7200, 5)]
+)
+# run B: little load, small batteries: the export cap needs the PV limited
+SUNNY_PROFILES = (
+    "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n"
+    + "".join(
+        f"{t},{10 + (t // 7) % 3},100,{10 + (t // 11) % 2},60,{10 + (t // 5) % 2},0\n"
+        for t in range(0, 7200, 5)
+    )
+)
+SPEED = 30.0
+IMPORT_CAP_KW = 150.0
+
+
+def _open_sockets() -> set[str]:
+    out = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:"):
+                out.add(target)
+    return out
+
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a child process running, a socket open or a Modbus connection."""
+    before = _open_sockets()
+    yield
+    running = [p for p in _CHILDREN if p.poll() is None]
+    for p in running:
+        p.kill()
+        p.wait(timeout=5)
+    _CHILDREN.clear()
+    assert not running, f"child processes left running: {[p.args for p in running]}"
+    assert not ModbusConnection.open_connections()
+    deadline = time.monotonic() + 2.0
+    while (leaked := _open_sockets() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked, f"sockets left open: {sorted(leaked)}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubctl.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        env=env,
+    )
+    _CHILDREN.append(proc)
+    return proc
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.decode().rstrip("\n"))
+            if lines[-1] == marker:
+                return lines
+    pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}")
+
+
+class Park:
+    """A running `hubctl simulate` and the site config it wrote (with the service's test settings)."""
+
+    def __init__(self, tmp: Path, profiles: str, battery_kw: tuple[float, float]) -> None:
+        (tmp / "profiles.csv").write_text(profiles, encoding="utf-8")
+        scenario = tmp / "scenario.yaml"
+        scenario.write_text(
+            SCENARIO.format(soc=60, alpha_kw=battery_kw[0], beta_kw=battery_kw[1]), encoding="utf-8"
+        )
+        self.config_path = tmp / "site.yaml"
+        self.proc = _spawn(
+            "simulate", "--scenario", str(scenario), "--speed", str(SPEED),
+            "--write-config", str(self.config_path),
+        )  # fmt: skip
+        lines = _read_until(self.proc, "ready", 30)
+        control = next(line for line in lines if line.startswith("control"))
+        self.control_port = int(control.split()[1].rsplit(":", 1)[1])
+        data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        data["service"] = {"revert_s": 10.0, "ready_grace_s": 60.0}
+        self.config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        self.config = load_config(self.config_path)
+
+    def request(self, **request: Any) -> dict[str, Any]:
+        answer = asyncio.run(control_request("127.0.0.1", self.control_port, request))
+        assert answer["ok"], answer
+        return answer
+
+    def now_utc(self) -> float:
+        """The park's wall-clock time: the scenario start plus its simulated seconds."""
+        t_s = float(self.request(op="status")["t_s"])
+        return 1782123295.0 + t_s  # 2026-06-22T12:14:55+02:00
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=10)
+        assert self.proc.returncode == 0
+
+
+class Service:
+    """A running `hubctl run` against a park, with its trace and a notify socket."""
+
+    def __init__(self, tmp: Path, park: Park, *extra: str) -> None:
+        self.trace = tmp / "trace.jsonl"
+        self.notify_path = tmp / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)  # noqa: FBT003
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "WATCHDOG_USEC": "10000000"}
+        start = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(park.now_utc()))
+        self.proc = _spawn(
+            "run", "--config", str(park.config_path), "--speed", str(SPEED), "--start-utc", start,
+            "--trace", str(self.trace), *extra, env=env,
+        )  # fmt: skip
+        self.records: list[dict[str, Any]] = []
+        self._offset = 0
+        self.messages: list[str] = []
+
+    def poll(self) -> list[dict[str, Any]]:
+        """New trace records since the last call (also collected in `records`)."""
+        if not self.trace.exists():
+            return []
+        with self.trace.open(encoding="utf-8") as f:
+            f.seek(self._offset)
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]
+        self._offset += len(complete.encode())
+        new = [json.loads(line) for line in complete.splitlines() if line]
+        self.records.extend(new)
+        while True:
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        return new
+
+    def wait_for(self, what: str, predicate: Any, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for record in self.poll():
+                if predicate(record):
+                    return record
+            if self.proc.poll() is not None:
+                _, err = self.proc.communicate()
+                pytest.fail(f"hubctl run exited {self.proc.returncode} waiting for {what}: {err.decode()}")
+            time.sleep(0.02)
+        pytest.fail(f"no {what} within {timeout_s} s")
+
+    def cycles(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == "cycle"]
+
+    def close(self) -> None:
+        self.notify.close()
+
+
+def _cycle(record: dict[str, Any]) -> bool:
+    return bool(record["kind"] == "cycle")
+
+
+async def _read_points(config_path: Path, device_id: str) -> dict[str, float | None]:
+    cfg = load_config(config_path)
+    config = next(d for d in cfg.devices if d.id == device_id)
+    async with ConnectionPool() as pool:
+        reading = await build_device(config, pool=pool).read()
+        return {**reading.point_values, **{f"role.{k}": v for k, v in reading.values.items()}}
+
+
+async def _status_messages(port: int, topic: str, until: str, timeout_s: float) -> list[str]:
+    seen: list[str] = []
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(timeout_s):
+            async for message in client.messages:
+                seen.append(bytes(message.payload).decode())
+                if seen[-1] == until:
+                    break
+    return seen
+
+
+def _start_broker(port: int) -> subprocess.Popen[bytes]:
+    assert MOSQUITTO is not None
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _CHILDREN.append(proc)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    pytest.fail("mosquitto did not start")
+
+
+def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path) -> None:
+    park = Park(tmp_path, STEP_PROFILES, battery_kw=(100, 40))
+    mqtt_port = _free_port()  # nothing listens yet: the broker is down at start
+    db_port = _free_port()  # nor a database
+    service = Service(
+        tmp_path,
+        park,
+        "--mqtt-url",
+        f"mqtt://127.0.0.1:{mqtt_port}",
+        "--influx-url",
+        f"http://127.0.0.1:{db_port}",
+    )
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        # degraded start: control runs without broker and database; READY and WATCHDOG arrive
+        service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
+        service.wait_for("a few cycles", _cycle, 5)
+        time.sleep(0.3)
+        service.poll()
+        assert any("READY=1" in m for m in service.messages), service.messages
+        assert sum("WATCHDOG=1" in m for m in service.messages) >= 2
+        assert service.cycles()[-1]["mode"] == "normal"
+
+        # the broker comes back: the service connects and says it is online (retained)
+        if MOSQUITTO is not None:
+            broker = _start_broker(mqtt_port)
+            seen = asyncio.run(
+                _status_messages(mqtt_port, f"hubctl/{park.config.site.id}/status", "online", 40)
+            )
+            assert seen[-1] == "online"
+
+        # the load step at t = 60 s: back under the instant cap within 3 cycles
+        service.wait_for("the load step", lambda r: _cycle(r) and (r["park_grid_kw"] or 0) > 100, 20)
+        service.wait_for("120 s after the step", lambda r: _cycle(r) and r["ts_utc"] > 1782123295 + 180, 20)
+        cycles = service.cycles()
+        over = [i for i, c in enumerate(cycles) if (c["park_grid_kw"] or 0) > IMPORT_CAP_KW]
+        assert over, "the load step never showed over the cap: the test would prove nothing"
+        runs, run = [], 1
+        for a, b in itertools.pairwise(over):
+            run = run + 1 if b == a + 1 else 1
+            runs.append(run)
+        assert max([1, *runs]) <= 3, f"over the instant cap for more than 3 cycles: {over}"
+
+        # a battery's Modbus server is killed: control goes on with the other battery
+        park.request(op="inject", device="alpha-battery", fault="refuse")
+        down = service.wait_for(
+            "alpha-battery down", lambda r: _cycle(r) and "alpha-battery" in r["down"], 15
+        )
+        after = service.wait_for("10 s later", lambda r: _cycle(r) and r["ts_utc"] > down["ts_utc"] + 10, 10)
+        assert after["mode"] == "normal"
+        assert after["soc_pct"][0] is None  # alpha's battery is not seen, so not dispatched
+        assert after["setpoint_kw"][1] > 5  # beta's battery holds the cap
+        assert after["park_grid_kw"] <= IMPORT_CAP_KW
+        # ... and restarted: the device recovers
+        park.request(op="clear", device="alpha-battery")
+        back = service.wait_for(
+            "alpha-battery back", lambda r: _cycle(r) and not r["down"] and r["soc_pct"][0] is not None, 20
+        )
+        assert back["mode"] == "normal"
+
+        # the quarter 12:15-12:30 with the step in it closes under the cap
+        quarter = service.wait_for(
+            "the quarter 12:15-12:30", lambda r: r["kind"] == "quarter" and r["start_utc"] == 1782123300, 60
+        )
+        assert quarter["mean_kw"] < IMPORT_CAP_KW
+        assert not quarter["over"]
+        assert quarter["coverage"] > 0.95
+
+        # a frozen grid meter: fail-safe as soon as its reading is stale (5 s), within 3 cycles
+        frozen_at = park.now_utc()
+        park.request(op="inject", device="gamma-grid", fault="frozen")
+        failsafe = service.wait_for("fail-safe", lambda r: _cycle(r) and r["mode"] == "failsafe", 15)
+        assert "gamma" in failsafe["reason"]
+        assert failsafe["ts_utc"] - frozen_at <= park.config.control.stale_after_s + 3 + 1  # + 1: clocks
+        assert failsafe["setpoint_kw"][:2] == [0.0, 0.0]
+        park.request(op="clear", device="gamma-grid")
+        normal = service.wait_for("normal again", lambda r: _cycle(r) and r["mode"] == "normal", 15)
+        service.wait_for("discharging", lambda r: _cycle(r) and (r["battery_kw"][1] or 0) > 5, 15)
+        assert normal["mode"] == "normal"
+
+        # SIGTERM: fail-safe setpoints written, offline, exit 0 within 5 s
+        t0 = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        _, err = service.proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+        assert service.proc.returncode == 0, err.decode()
+        assert took < 5.0
+        service.poll()
+        shutdown = [r for r in service.records if r.get("event") == "shutdown"]
+        assert shutdown
+        assert shutdown[0]["writes"] >= 2
+        assert shutdown[0]["failed"] == 0
+        assert any("STOPPING=1" in m for m in service.messages)
+        # the simulator took the fail-safe writes: both batteries stop
+        time.sleep(0.5)
+        for device_id in ("alpha-battery", "beta-battery"):
+            points = asyncio.run(_read_points(park.config_path, device_id))
+            assert abs(points["role.power_kw"] or 0.0) < 1.0, (device_id, points["role.power_kw"])
+        if broker is not None:
+            seen = asyncio.run(
+                _status_messages(mqtt_port, f"hubctl/{park.config.site.id}/status", "offline", 5)
+            )
+            assert seen[-1] == "offline"  # retained: what a late subscriber sees
+        assert b"Traceback" not in err
+    finally:
+        service.close()
+        park.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(timeout=5)
+
+
+def test_after_sigkill_the_inverter_reverts_by_itself(tmp_path: Path) -> None:
+    park = Park(tmp_path, SUNNY_PROFILES, battery_kw=(10, 5))
+    service = Service(tmp_path, park)
+    try:
+        service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
+        limited = service.wait_for(
+            "a PV limit on alpha",
+            lambda r: _cycle(r) and r["mode"] == "normal" and r["pv_limit_kw"][0] is not None,
+            30,
+        )
+        assert limited["mode"] == "normal"
+        deadline = time.monotonic() + 5
+        while asyncio.run(_read_points(park.config_path, "alpha-pv"))["123.WMaxLim_Ena"] != 1:
+            assert time.monotonic() < deadline, "hubctl's PV limit never reached the inverter"
+            time.sleep(0.05)
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(timeout=5)
+        killed_at = park.now_utc()
+        revert_s = park.config.service.revert_s
+        deadline = time.monotonic() + 2 * revert_s / SPEED + 2.0
+        while time.monotonic() < deadline:
+            points = asyncio.run(_read_points(park.config_path, "alpha-pv"))
+            if points["123.WMaxLim_Ena"] == 0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the inverter kept hubctl's limit after the revert time")
+        reverted_after = park.now_utc() - killed_at
+        assert reverted_after <= revert_s + 2  # simulated seconds; + 2: one poll and one park step
+    finally:
+        service.close()
+        park.stop()
