@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd
 SCENARIO ?= configs/scenarios/demo-park/scenario.yaml
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint typecheck pytest bench clean system-packages
+.PHONY: demo demo-live test lint typecheck pytest bench clean system-packages
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt.sh $(APT_PACKAGES)
@@ -28,6 +28,10 @@ system-packages:
 
 demo: $(BIN)/.installed
 	$(BIN)/hubctl sim --scenario $(SCENARIO) --out $(DEMO_OUT) --progress
+
+# the gateway service against a simulated park over real Modbus TCP, with a live view (3 minutes)
+demo-live: $(BIN)/.installed
+	$(BIN)/hubctl demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -45,6 +49,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/sim_speed.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/influx.py
+	$(BIN)/python bench/mqtt_latency.py
+	$(BIN)/python bench/controller_days.py
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache .hypothesis

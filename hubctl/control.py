@@ -60,6 +60,8 @@ _HYSTERESIS_FRAC = 0.01  # of the pool's energy span, around floor and ceiling
 _FLIP_FRAC = 0.05  # a sign change of the park battery power needs at least this share of its power
 _CURTAILED_TOL_FRAC = 0.01  # PV within 1 % of peak of its limit counts as held by the limit
 _QUARTER_S = 900.0
+_FOLLOW_TOL_FRAC = 0.02  # a battery more than 2 % of its power (+1 kW) short of its setpoint ...
+_FOLLOW_CYCLES = 3  # ... this many cycles in a row is held to what it gives
 _CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
 
 
@@ -227,6 +229,10 @@ class State:
     band_mode: str  # "charge" | "drain" | "free"
     last_net_kw: tuple[float, ...] | None  # per company load - uncurtailed PV, last cycle (for the trend)
     last_slope_kw_per_s: float = 0.0
+    # cycles in a row a battery gave clearly less than its setpoint (charging, discharging): a device-side
+    # limit (a BMS SoC window, a derating) that the configuration does not know
+    short_charge: tuple[int, ...] = ()
+    short_discharge: tuple[int, ...] = ()
 
     @classmethod
     def initial(cls, params: Params) -> State:
@@ -475,6 +481,17 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         hours = max(dt_s, 1.0) / 3600.0
         dis_cap[i] = max(0.0, min(b.max_discharge_kw, (e - b.e_min_kwh) * b.efficiency / hours))
         ch_cap[i] = max(0.0, min(b.max_charge_kw, (b.e_max_kwh - e) / b.efficiency / hours))
+    # a battery that does not follow its setpoint is taken at what it gives (plus a probe, so that
+    # it is asked for more again): the caps are then held with the others and with PV
+    short_ch, short_dis = _follow_check(comps, state, bat_meas)
+    for i, c in enumerate(comps):
+        if c.battery is None:
+            continue
+        probe = _FOLLOW_TOL_FRAC * max(c.battery.max_charge_kw, c.battery.max_discharge_kw) + 1.0
+        if short_ch[i] >= _FOLLOW_CYCLES:
+            ch_cap[i] = min(ch_cap[i], max(0.0, -bat_meas[i]) + probe)
+        if short_dis[i] >= _FOLLOW_CYCLES:
+            dis_cap[i] = min(dis_cap[i], max(0.0, bat_meas[i]) + probe)
     # an operator's reserve: discharge below it only when a cap calls for it
     dis_free = list(dis_cap)
     for i, c in enumerate(comps):
@@ -568,7 +585,18 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         setpoints, tuple(pv_limits), "normal", park_lim, comp_lim, floor_kwh, ceiling_kwh, reason
     )
     new_state = State(
-        tuple(bat), tuple(pv_limits), history, pv_index, plan, budget, ts, mode, trend_net, slope
+        tuple(bat),
+        tuple(pv_limits),
+        history,
+        pv_index,
+        plan,
+        budget,
+        ts,
+        mode,
+        trend_net,
+        slope,
+        short_ch,
+        short_dis,
     )
     return decision, new_state
 
@@ -739,3 +767,26 @@ def _yield_manual_to_caps(
             back = min(-bat[i], over)
             bat[i] += back
             over -= back
+
+
+def _follow_check(
+    comps: tuple[CompanyParams, ...], state: State, bat_meas: list[float]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Count the cycles in a row each battery gave clearly less than asked, per direction."""
+    n = len(comps)
+    prev_ch = state.short_charge or (0,) * n
+    prev_dis = state.short_discharge or (0,) * n
+    short_ch, short_dis = [0] * n, [0] * n
+    for i, c in enumerate(comps):
+        if c.battery is None:
+            continue
+        tol = _FOLLOW_TOL_FRAC * max(c.battery.max_charge_kw, c.battery.max_discharge_kw) + 1.0
+        asked = state.battery_kw[i]
+        # once held, a battery stays held until it follows the probe above what it gave
+        gap_ch = tol / 2 if prev_ch[i] >= _FOLLOW_CYCLES else tol
+        gap_dis = tol / 2 if prev_dis[i] >= _FOLLOW_CYCLES else tol
+        if asked < -tol / 2 and bat_meas[i] > asked + gap_ch:
+            short_ch[i] = prev_ch[i] + 1
+        if asked > tol / 2 and bat_meas[i] < asked - gap_dis:
+            short_dis[i] = prev_dis[i] + 1
+    return tuple(short_ch), tuple(short_dis)

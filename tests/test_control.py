@@ -320,3 +320,40 @@ def test_operator_reserve_stops_self_consumption_but_not_the_cap() -> None:
     snap = Snapshot(NIGHT, (reading(400), reading(200, soc=70)), ov)
     d, _ = decide(p, snap)
     assert d.battery_setpoint_kw[1] == pytest.approx(100, abs=0.5)  # the cap wins over the reserve
+
+
+def test_a_battery_that_does_not_follow_is_taken_at_what_it_gives() -> None:
+    """A BMS stops charging at 90 % although the configuration says 95 %: after a few cycles the
+    controller curtails PV instead of counting on charging that does not happen."""
+    p = park()
+    state = State.initial(p)
+    ts = NOON
+    asked = 0.0
+    for _ in range(6):
+        snap = Snapshot(ts, (reading(20, pv=300), reading(30, pv=100, bat=0.0, soc=90)))  # gives 0 kW
+        d, state = decide(p, snap, state)
+        sp = d.battery_setpoint_kw[1]
+        assert sp is not None
+        asked = sp
+        ts += 1
+    assert asked > -10  # no longer counting on 150 kW of charging
+    # the cap is held with PV: 350 export without the battery, 200 allowed
+    assert sum(lim for lim in d.pv_limit_kw if lim is not None) <= 400 - 150 + 10
+    assert "curtailing" in d.reason
+
+
+def test_a_battery_that_follows_again_gets_its_power_back() -> None:
+    p = park()
+    state = State.initial(p)
+    ts = NOON
+    for _ in range(5):
+        d, state = decide(p, Snapshot(ts, (reading(20, pv=300), reading(30, pv=100, bat=0.0, soc=50))), state)
+        ts += 1
+    sp = d.battery_setpoint_kw[1]
+    assert sp is not None
+    for _ in range(5):  # now it follows whatever it is asked
+        d, state = decide(p, Snapshot(ts, (reading(20, pv=300), reading(30, pv=100, bat=sp, soc=50))), state)
+        sp = d.battery_setpoint_kw[1]
+        assert sp is not None
+        ts += 1
+    assert sp <= -149  # back to charging the whole excess
