@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING
 import yaml
 
 from hubctl import cli_data, cli_devices, cli_service, cli_simulate
-from hubctl.config import ConfigError, SiteConfig, load_config
+from hubctl.config import ConfigError, SiteConfig, load_config, report_problems
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-EX_CONFIG = 78
 
 
 def _looks_like_scenario(path: Path) -> bool:
@@ -40,10 +39,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(path)
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.source, exc.problems)
     bats = sum(1 for c in cfg.companies if c.battery)
     pvs = sum(1 for c in cfg.companies if c.pv)
     print(f"{args.file}: ok: site {cfg.site.id}, {len(cfg.companies)} companies, {pvs} PV, {bats} batteries")
@@ -90,10 +86,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(Path(args.scenario))
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.source, exc.problems)
     out = Path(args.out)
     if args.progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

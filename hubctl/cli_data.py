@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
-from hubctl.config import ConfigError, SiteConfig, load_config
+from hubctl.config import ConfigError, SiteConfig, load_config, report_problems
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
 
-EX_CONFIG = 78
 _CSV_TAGS = ("site", "company", "device")
 
 
@@ -45,10 +44,7 @@ def parse_when(text: str | None, tz: ZoneInfo, *, end: bool = False) -> float | 
 
 
 def _config_error(exc: ConfigError) -> int:
-    print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-    for line in exc.problems:
-        print(f"  {line}", file=sys.stderr)
-    return EX_CONFIG
+    return report_problems(exc.source, exc.problems)
 
 
 # --- export -------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from hubctl.sunspec import DecodedModel, ModelHeader
 
 EX_USAGE = 2
-EX_CONFIG = 78
+EX_CONFIG = 78  # as hubctl.config.ConfigError.exit_code
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 
@@ -62,15 +62,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_read(args: argparse.Namespace) -> int:
-    from hubctl.config import ConfigError, load_config  # noqa: PLC0415 - keep other subcommands fast
+    from hubctl.config import ConfigError, load_config, report_problems  # noqa: PLC0415 - keep others fast
 
     try:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.source, exc.problems)
     devices = list(cfg.devices)
     if args.device:
         known = {d.id for d in devices}

@@ -23,9 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from hubctl.config import ConfigError, load_config
-
-EX_CONFIG = 78
+from hubctl.config import ConfigError, load_config, report_problems
 
 
 def _utc(text: str) -> float:
@@ -88,10 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.source, exc.problems)
     from hubctl.service import Options, run_service  # noqa: PLC0415 - asyncio, devices: only when running
 
     options = Options(

@@ -32,13 +32,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubctl.config import ConfigError
+from hubctl.config import ConfigError, report_problems
 from hubctl.registers import RegisterMapError
 
 if TYPE_CHECKING:
     from simulators.park_sim import SimulatedPark
 
-EX_CONFIG = 78
 log = logging.getLogger("hubctl.simulate")
 
 
@@ -151,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(args))
     except (ConfigError, RegisterMapError) as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EX_CONFIG
+        return report_problems(exc.source, exc.problems)
     except (OSError, ValueError) as exc:
         print(f"hubctl simulate: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -367,6 +368,14 @@ class SiteConfig(_Model):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.site.timezone)
+
+
+def report_problems(source: str, problems: list[str]) -> int:
+    """Print a configuration's problems to stderr, one per line with its path; returns 78 (EX_CONFIG)."""
+    print(f"{source}: {len(problems)} problem(s)", file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    return ConfigError.exit_code
 
 
 def _format_errors(exc: ValidationError) -> list[str]:
