@@ -42,6 +42,10 @@ Decisions:
 - **Writes** use function 16 (write multiple registers) even for one register:
   SunSpec requires it, and Victron and Huawei accept it; function 6 is optional
   in SunSpec.
+- **Cancellation always raises.** A request whose task was cancelled while
+  it ran raises CancelledError even when pymodbus returned its answer (or its
+  error) instead: Python 3.11's `asyncio.wait_for` loses a cancellation that
+  arrives with the answer (`_request`).
 - **Logging**: transitions only (connected after failures, lost, dropped for
   silence), once each; pymodbus' own log lines are left to pymodbus' logger.
 
@@ -276,6 +280,32 @@ class ModbusConnection:
     # --- internals ---
 
     async def _request(
+        self, unit_id: int, timeout_s: float, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """One request; raises CancelledError when cancelled, even if pymodbus swallowed it.
+
+        Python 3.11's `asyncio.wait_for` (which pymodbus awaits every request
+        with) returns the answer, or raises the request's error, instead of
+        CancelledError when the answer and the cancellation arrive in the same
+        loop iteration; the task then stays "cancelling" but runs on (a
+        TaskGroup waits for it forever). A cancellation requested of this task
+        while the request ran (its `cancelling()` count grew) is raised here,
+        so that every caller gets it; an `asyncio.timeout` around the call
+        still turns it into TimeoutError, as that counts on it.
+        """
+        task = asyncio.current_task()
+        cancelling = 0 if task is None else task.cancelling()
+        try:
+            response = await self._locked_request(unit_id, timeout_s, call)
+        except DeviceError:
+            if task is not None and task.cancelling() > cancelling:
+                raise asyncio.CancelledError from None
+            raise
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
+        return response
+
+    async def _locked_request(
         self, unit_id: int, timeout_s: float, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
     ) -> ModbusPDU:
         async with self._lock:

@@ -244,8 +244,14 @@ class OperatorApi:
         env: Mapping[str, str] | None = None,
         url: str | None = None,
         audit_sink: Callable[[AuditRecord], None] | None = None,
+        identifier: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> OperatorApi:
-        """From the `mqtt:` section (URL default `service.mqtt_url`); user and password from `env`."""
+        """From the `mqtt:` section (URL default `service.mqtt_url`); user and password from `env`.
+
+        `clock`: the wall clock that TTLs and command ages are judged by (the
+        service passes its own, which runs faster under `--speed`).
+        """
         env = os.environ if env is None else env
         mq = cfg.mqtt
         url = url or (mq.url if mq else None) or cfg.service.mqtt_url
@@ -273,6 +279,8 @@ class OperatorApi:
             topic_prefix=mq.topic_prefix if mq else "hubctl",
             discovery_prefix=mq.discovery_prefix if mq else "homeassistant",
             audit_sink=audit_sink,
+            identifier=identifier,
+            clock=clock,
         )
 
     # --- what the service reads ---------------------------------------------------------------------------

@@ -31,10 +31,31 @@ intervals, staleness, revert timers and quarter-hours are all in simulated
 seconds. The scheduler needs the real wall clock, so in accelerated mode the
 control loop closes quarters itself.
 
-Telemetry (`TelemetrySink`) is the extension point for InfluxDB and the
-ledger (issue #6): a sink gets every cycle and every closed quarter and must
-only enqueue (never block the cycle). `--trace FILE` is one such sink (JSON
-lines), used by the demo and the tests.
+Telemetry (`TelemetrySink`): a sink gets every cycle and every closed
+quarter and must only enqueue (never block the cycle). `--trace FILE` is one
+such sink (JSON lines), used by the demo and the tests.
+
+Embedded components, each in its own task beside the TaskGroup (a failure
+there is logged and the task restarted after 5 s; it never stops control),
+and stopped only after the fail-safe setpoints are written:
+
+- **Operator API** (`hubctl.operator_api.OperatorApi`, client id
+  `hubctl-<site>-api`) whenever an MQTT broker is configured: every cycle's
+  `Snapshot` carries `api.current_overrides(now)`; when `api.revision` moves,
+  the params' LimitClock is rebuilt from `api.limit_clock(now)` (operator day
+  schedules) and the ledger takes the operator's sharing key; the state
+  document (`operator_api.state_document`) is offered after every cycle. The
+  API owns `hubctl/<site>/status`; the MQTT device hub then connects without
+  a status topic (and only when there are MQTT devices). Operator settings
+  persist in `<state dir>/operator.json`.
+- **Storage** when a state directory is known (`storage.dir`,
+  `service.state_dir` or `$STATE_DIRECTORY`): `SpoolSink` appends every
+  cycle's park/company/limit/setpoint points (and the API's command audit) to
+  `<state dir>/spool.sqlite` (in memory; the spool's own task commits), the
+  `Forwarder` drains it to InfluxDB when an InfluxDB URL is set, and the
+  `Ledger` (`<state dir>/ledger.sqlite`) takes every cycle with all grid
+  meters read (`add_step`) and settles its intervals from the quarter-hour
+  job (from the control loop in accelerated mode).
 """
 
 from __future__ import annotations
@@ -46,8 +67,10 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hubctl.config import ConfigError
@@ -56,17 +79,30 @@ from hubctl.device_config import DeviceRole
 from hubctl.devices import DeviceConfigError, build_device
 from hubctl.health import Health
 from hubctl.health import State as HealthState
+from hubctl.influx import (
+    Forwarder,
+    InfluxWriter,
+    command_point,
+    company_point,
+    health_point,
+    limit_point,
+    park_point,
+    setpoint_point,
+)
+from hubctl.ledger import Ledger, ParkStep, rule_from_config
 from hubctl.modbus import CommandRejectedError, ConnectionPool, DeviceError
 from hubctl.notify import Notifier
+from hubctl.spool import Spool, bounds_from_config
 from hubctl.store import Layout, ReadingStore
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
-    from pathlib import Path
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
 
     from hubctl.config import SiteConfig
     from hubctl.devices import Device
+    from hubctl.influx import Point
     from hubctl.mqtt_devices import MqttHub
+    from hubctl.operator_api import AuditRecord, OperatorApi
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +166,8 @@ class CycleRecord:
     writes: int
     failed_writes: int
     down: tuple[str, ...]
+    import_source: str = "none"
+    export_source: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,17 +220,96 @@ class JsonLinesSink:
         self._file.close()
 
 
-def influx_sink(url: str) -> TelemetrySink | None:
-    """The InfluxDB forwarder for `--influx-url`: the extension point for issue #6.
+def _total(values: Sequence[float | None]) -> float | None:
+    """The sum, or None when any part is unknown (a missing field, never a partial sum)."""
+    return None if any(v is None for v in values) else math.fsum(v for v in values if v is not None)
 
-    The spool and forwarder (hubctl.spool / hubctl.influx) are another piece of
-    work; until they exist this returns None and the service says so once. Wire
-    them here: build a spool in the state directory, return a sink that
-    enqueues into it, and let the forwarder drain it in its own task (so that
-    a database that is down never touches the control cycle).
+
+def _known(**fields: float | None) -> bool:
+    return any(v is not None and math.isfinite(v) for v in fields.values())
+
+
+class SpoolSink:
+    """Every cycle as points (docs/influxdb.md) into the durable spool: `Spool.append` only queues in memory.
+
+    Quarter-hours reach the spool through the ledger (keyed, exactly once), so
+    `quarter()` adds nothing here.
     """
-    log.warning("InfluxDB forwarding is not part of this build yet (issue #6): %s is not written to", url)
-    return None
+
+    def __init__(self, spool: Spool, cfg: SiteConfig) -> None:
+        self.spool = spool
+        self.site = cfg.site.id
+        self.companies = [c.id for c in cfg.companies]
+        self._failed = False
+
+    def append(self, points: Iterable[Point | None]) -> None:
+        try:
+            self.spool.append(p for p in points if p is not None)
+        except ValueError:
+            if not self._failed:
+                log.exception("a point could not be encoded; dropped (logged once)")
+            self._failed = True
+
+    def cycle(self, record: CycleRecord) -> None:
+        site, ts = self.site, record.ts_utc
+        points: list[Point | None] = []
+        park = {
+            "grid_kw": record.park_grid_kw,
+            "pv_kw": _total(record.pv_kw),
+            "battery_kw": _total(record.battery_kw),
+        }
+        if _known(**park):
+            points.append(park_point(site, ts, **park))
+        points.append(
+            limit_point(
+                site,
+                None,
+                ts,
+                record.import_cap_kw,
+                record.import_source,
+                record.export_cap_kw,
+                record.export_source,
+            )
+        )
+        for i, company in enumerate(self.companies):
+            fields = {
+                "grid_kw": record.grid_kw[i],
+                "pv_kw": record.pv_kw[i],
+                "battery_kw": record.battery_kw[i],
+                "soc_pct": record.soc_pct[i],
+            }
+            if _known(**fields):
+                points.append(company_point(site, company, ts, **fields))
+            points.append(
+                setpoint_point(
+                    site, company, ts, record.setpoint_kw[i], record.pv_limit_kw[i], mode=record.mode
+                )
+            )
+        self.append(points)
+
+    def quarter(self, record: QuarterRecord) -> None:
+        pass
+
+    def event(self, name: str, **data: Any) -> None:
+        if name == "mode" and isinstance(data.get("ts_utc"), float):
+            state = 1.0 if data.get("mode") == "failsafe" else 0.0
+            self.append([health_point(self.site, data["ts_utc"], "failsafe", state)])
+
+    def audit(self, record: AuditRecord) -> None:
+        """The operator API's `audit_sink`: every command, accepted or not, as a `command` point."""
+        value = record.value
+        number = (
+            float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            else None
+        )
+        result = "accepted" if record.ok else "rejected"
+        self.append(
+            [command_point(self.site, record.ts_utc, record.key, record.client_id or "mqtt", result, number)]
+        )
+
+    def close(self) -> None:
+        pass
 
 
 # --- Quarter-hours -----------------------------------------------------------------------------------------
@@ -416,6 +533,18 @@ class SetpointWriter:
         return True
 
 
+async def _guarded(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run an embedded component; if it fails, log it and start it again after 5 s (control goes on)."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed; restarting it in 5 s", name)
+            await asyncio.sleep(5.0)
+        else:
+            return
+
+
 def _raise_if_cancelled() -> None:
     """Re-raise a cancellation that a library swallowed.
 
@@ -468,17 +597,137 @@ class Gateway:
         self._stop = asyncio.Event()
         self._first_pass: list[asyncio.Event] = []
         self._limits_seen: tuple[float | None, float | None, str, str] | None = None
+        # embedded components (set up in run())
+        self.api: OperatorApi | None = None
+        self._api_revision = -1
+        self._cycle_view: tuple[float, Decision, tuple[CompanyReading, ...]] | None = None
+        self.spool: Spool | None = None
+        self.spool_sink: SpoolSink | None = None
+        self.ledger: Ledger | None = None
+        self.forwarder: Forwarder | None = None
+        self._ledger_failed = False
 
     # -- set-up
     def _mqtt_url(self) -> str | None:
         return self.options.mqtt_url or self.options.env.get("HUBCTL_MQTT_URL") or self.cfg.service.mqtt_url
 
     def _influx_url(self) -> str | None:
+        target = self.cfg.storage.influx
         return (
             self.options.influx_url
             or self.options.env.get("HUBCTL_INFLUX_URL")
+            or (target.url if target is not None else None)
             or self.cfg.service.influx_url
         )
+
+    def state_dir(self) -> Path | None:
+        """`storage.dir`, else `service.state_dir`, else `$STATE_DIRECTORY`; None: no durable state."""
+        env = self.options.env
+        for candidate in (self.cfg.storage.dir, self.cfg.service.state_dir, env.get("STATE_DIRECTORY")):
+            if candidate:
+                return Path(candidate.split(":")[0])
+        return None
+
+    def _open_storage(self) -> None:
+        """Spool, ledger and (with an InfluxDB URL) forwarder in the state directory."""
+        influx = self._influx_url()
+        directory = self.state_dir()
+        if directory is None:
+            if influx:
+                log.warning(
+                    "no state directory (storage.dir, service.state_dir or $STATE_DIRECTORY) for the spool: "
+                    "%s is not written to",
+                    influx,
+                )
+            else:
+                log.info("no state directory: no spool and no ledger")
+            return
+        try:
+            # the service's wall clock: under --start-utc the points' age is judged in simulated time
+            spool = Spool(directory / "spool.sqlite", bounds_from_config(self.cfg), clock=self.clock.utc)
+            self.ledger = Ledger.from_config(directory / "ledger.sqlite", self.cfg, spool=spool)
+        except (OSError, sqlite3.Error):
+            log.exception("cannot open the spool or the ledger in %s: running without them", directory)
+            return
+        self.spool = spool
+        self.spool_sink = SpoolSink(spool, self.cfg)
+        self.sinks.append(self.spool_sink)
+        if influx:
+            target = self.cfg.storage.influx
+            writer = InfluxWriter(
+                influx,
+                target.bucket if target else "hubctl",
+                target.org if target else "-",
+                token=self.options.env.get(target.token_env if target else "HUBCTL_INFLUX_TOKEN", ""),
+                timeout_s=target.timeout_s if target else 10.0,
+            )
+            self.forwarder = Forwarder(
+                spool,
+                writer,
+                batch_points=target.batch_points if target else 5000,
+                backoff_max_s=target.backoff_max_s if target else 30.0,
+            )
+            log.info("forwarding the spool %s to %s", spool.path, influx)
+
+    def _api_url(self) -> str | None:
+        env = self.options.env
+        mq = self.cfg.mqtt
+        return (
+            self.options.mqtt_url
+            or env.get("HUBCTL_MQTT_URL")
+            or (mq.url if mq is not None else None)
+            or self.cfg.service.mqtt_url
+        )
+
+    def _make_api(self) -> OperatorApi | None:
+        url = self._api_url()
+        if url is None:
+            return None
+        from hubctl.operator_api import OperatorApi  # noqa: PLC0415 - only with a broker
+
+        directory = self.state_dir()
+        if directory is None:
+            log.warning("no state directory: operator settings will not survive a restart")
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return OperatorApi.from_config(
+                self.cfg,
+                state_source=self._state_doc,
+                state_file=None if directory is None else directory / "operator.json",
+                env=self.options.env,
+                url=url,
+                audit_sink=None if self.spool_sink is None else self.spool_sink.audit,
+                identifier=f"hubctl-{self.cfg.site.id}-api",
+                clock=self.clock.utc,
+            )
+        except ValueError as exc:
+            raise ConfigError("site config", [f"mqtt: {exc}"]) from exc
+
+    def _state_doc(self) -> dict[str, Any] | None:
+        """The operator API's `state_source`: the state of the last cycle."""
+        from hubctl.operator_api import state_document  # noqa: PLC0415 - loaded with the API
+
+        if self._cycle_view is None:
+            return None
+        ts, decision, readings = self._cycle_view
+        devices = {d: {"health": h} for d, h in self.health.summary().items()}
+        return state_document(self.cfg, ts, decision, readings, devices)
+
+    def _sync_operator(self, api: OperatorApi, ts: float) -> None:
+        """Rebuild the LimitClock (operator schedules) and the ledger's sharing key when the API changed."""
+        if api.revision == self._api_revision:
+            return
+        try:
+            self.params = replace(self.params, limits=api.limit_clock(ts))
+            if self.ledger is not None:
+                self.ledger.rule = api.sharing(ts) or rule_from_config(self.cfg)
+        except Exception:
+            log.exception("the operator settings could not be applied; keeping the previous caps")
+        else:
+            if self._api_revision >= 0 or api.revision:
+                log.info("operator settings applied (revision %d)", api.revision)
+        self._api_revision = api.revision
 
     def _build(self, pool: ConnectionPool, hub: MqttHub | None) -> dict[str, Device]:
         peak = {c.id: c.pv.peak_kw for c in self.cfg.companies if c.pv is not None}
@@ -516,36 +765,64 @@ class Gateway:
             loop.add_signal_handler(sig, self._stop.set)
         if self.options.trace is not None:
             self.sinks.append(JsonLinesSink(self.options.trace))
-        influx = self._influx_url()
-        if influx:
-            sink = influx_sink(influx)
-            if sink is not None:
-                self.sinks.append(sink)
         unmetered = self.layout.unmetered()
         if unmetered:
             log.warning("no grid meter for %s: the controller stays in fail-safe", ", ".join(unmetered))
-        hub = self._make_hub()
         code = EX_OK
         try:
+            self._open_storage()
+            self.api = self._make_api()
+            hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
                 writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store.uncontrollable)
                 if hub is not None:
                     await hub.start()  # no wait: a broker that is down must not hold the cap hostage
-                scheduler = self._scheduler()
+                aux: dict[str, asyncio.Task[None]] = {}
+                scheduler = None
                 try:
+                    aux = self._start_aux()
+                    scheduler = self._scheduler()
                     code = await self._supervise(devices, writer)
                 finally:
                     if scheduler is not None:
                         scheduler.shutdown(wait=False)
-                    await self._shutdown(writer, hub)
+                    await self._shutdown(writer, hub, aux)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             for sink in self.sinks:
                 sink.close()
+            self._close_storage()
             self.notifier.close()
         return code
+
+    def _start_aux(self) -> dict[str, asyncio.Task[None]]:
+        """The embedded components' tasks: outside the TaskGroup, so that none of them can stop control."""
+        jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+        if self.spool is not None:
+            jobs["spool"] = self.spool.run
+        if self.forwarder is not None:
+            jobs["forwarder"] = self.forwarder.run
+        if self.api is not None:
+            jobs["operator-api"] = self.api.run
+        loop = asyncio.get_running_loop()
+        return {name: loop.create_task(_guarded(name, job), name=name) for name, job in jobs.items()}
+
+    def _close_storage(self) -> None:
+        if self.ledger is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.ledger.close()
+            self.ledger = None
+        if self.spool is not None:
+            try:
+                self.spool.close()
+            except sqlite3.Error:
+                log.exception("the spool could not be closed cleanly")
+            self.spool = None
+        if self.forwarder is not None:
+            self.forwarder.writer.close()
+            self.forwarder = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -560,6 +837,8 @@ class Gateway:
                 )
             log.info("no MQTT broker configured: running without MQTT")
             return None
+        if self.api is not None and not needs:
+            return None  # the operator API owns the connection for status and state
         from hubctl.mqtt_devices import MqttHub  # noqa: PLC0415 - only with a broker
 
         env = self.options.env
@@ -568,7 +847,8 @@ class Gateway:
             identifier=f"hubctl-{self.cfg.site.id}",
             username=env.get("HUBCTL_MQTT_USERNAME") or None,
             password=env.get("HUBCTL_MQTT_PASSWORD") or None,
-            status_topic=f"hubctl/{self.cfg.site.id}/status",
+            # one owner of the status topic: the operator API when it runs
+            status_topic=None if self.api is not None else f"hubctl/{self.cfg.site.id}/status",
         )
 
     async def _supervise(self, devices: dict[str, Device], writer: SetpointWriter) -> int:
@@ -630,6 +910,9 @@ class Gateway:
             now = self.clock.mono()
             ts = self.clock.utc()
             snap = self.store.snapshot(ts, now)
+            if self.api is not None:
+                self._sync_operator(self.api, ts)
+                snap = replace(snap, overrides=self.api.current_overrides(ts))
             decision, self.state = step(snap, self.state, self.params)
             writes, failed = await writer.apply(decision, budget_s=self.clock.real_s(0.8 * cycle_s))
             _raise_if_cancelled()
@@ -664,9 +947,13 @@ class Gateway:
         park = None if any(g is None for g in grids) else math.fsum(g for g in grids if g is not None)
         dt_s = self.cfg.control.cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
         self.quarters.add(ts, park, dt_s, decision)
+        self._ledger_step(snap, decision, ts, dt_s)
         if self.clock.accelerated:
             self._close_quarters(ts)
             self._check_limits(ts)
+        if self.api is not None:
+            self._cycle_view = (ts, decision, snap.companies)
+            self.api.notify_state()
         if decision.mode != self._mode:
             if decision.mode == "failsafe":
                 log.warning("fail-safe: %s", decision.reason)
@@ -708,9 +995,38 @@ class Gateway:
                 writes=writes,
                 failed_writes=failed,
                 down=tuple(self.health.down()),
+                import_source=lim.import_source,
+                export_source=lim.export_source,
             )
             for sink in self.sinks:
                 sink.cycle(record)
+
+    def _ledger_step(self, snap: Snapshot, decision: Decision, ts: float, dt_s: float) -> None:
+        """Feed the ledger the step just measured (only with every grid meter read: uncovered otherwise)."""
+        if self.ledger is None:
+            return
+        grids = [r.grid_kw for r in snap.companies]
+        try:
+            if all(g is not None for g in grids):
+                park = math.fsum(g for g in grids if g is not None)
+                pv = _total([r.pv_kw for r in snap.companies])
+                bat = _total([r.battery_kw for r in snap.companies])
+                lim = decision.park_limits
+                step_info = ParkStep(
+                    load_kw=None if pv is None or bat is None else park + pv + bat,
+                    pv_kw=pv,
+                    import_limit_kw=lim.import_kw,
+                    import_source=lim.import_source,
+                    export_limit_kw=lim.export_kw,
+                    export_source=lim.export_source,
+                )
+                self.ledger.add_step(ts, [g for g in grids if g is not None], dt_s, step_info)
+            if self.clock.accelerated:
+                self.ledger.close_due(ts)
+        except (ValueError, sqlite3.Error):
+            if not self._ledger_failed:
+                log.exception("the ledger could not take a step (logged once)")
+            self._ledger_failed = True
 
     # -- wall-clock jobs
     def _scheduler(self) -> Any:
@@ -730,7 +1046,13 @@ class Gateway:
         return scheduler
 
     async def _quarter_job(self) -> None:
-        self._close_quarters(self.clock.utc())
+        now = self.clock.utc()
+        self._close_quarters(now)
+        if self.ledger is not None:
+            try:
+                self.ledger.close_due(now)
+            except sqlite3.Error:
+                log.exception("the ledger could not settle its interval")
 
     async def _limits_job(self) -> None:
         self._check_limits(self.clock.utc())
@@ -781,8 +1103,10 @@ class Gateway:
             self._limits_seen = seen
 
     # -- shutdown
-    async def _shutdown(self, writer: SetpointWriter, hub: MqttHub | None) -> None:
-        """Fail-safe setpoints to every device, then `offline`, within SHUTDOWN_BUDGET_S."""
+    async def _shutdown(
+        self, writer: SetpointWriter, hub: MqttHub | None, aux: dict[str, asyncio.Task[None]]
+    ) -> None:
+        """Fail-safe setpoints to every device, then the components and `offline`, in SHUTDOWN_BUDGET_S."""
         self.notifier.stopping()
         t0 = time.perf_counter()
         decision, _ = step(
@@ -805,10 +1129,28 @@ class Gateway:
         )
         for sink in self.sinks:
             sink.event("shutdown", writes=writes, failed=failed, ts_utc=self.clock.utc())
+        await self._stop_aux(aux)
         if hub is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await hub.stop()
+
+    async def _stop_aux(self, aux: dict[str, asyncio.Task[None]]) -> None:
+        """The forwarder after its batch in flight (at most 1 s), the spool's last commit, `offline`."""
+        forwarder = aux.pop("forwarder", None)
+        if forwarder is not None and self.forwarder is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.forwarder.stop()
+        api = aux.pop("operator-api", None)
+        tasks = [t for t in (forwarder, *aux.values(), api) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # the API publishes `offline` on cancellation; the spool commits what is queued
+            _, pending = await asyncio.wait(tasks, timeout=1.5)
+            if pending:
+                log.warning("%s did not stop in time", ", ".join(t.get_name() for t in pending))
 
 
 def run_service(cfg: SiteConfig, options: Options) -> int:

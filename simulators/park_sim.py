@@ -13,7 +13,12 @@ Driver assignment (decisions):
   few companies exercises every map:
   grid meters eastron-sdm630, janitza-umg96rm, carlo-gavazzi-em24, SunSpec 203;
   PV SunSpec inverter (123), huawei-sun2000; batteries SunSpec storage 124,
-  SunSpec storage 802 + 704, victron-gx-ess, huawei-sun2000.
+  SunSpec storage 802 + 704, victron-gx-ess. Not huawei-sun2000 as a
+  battery: its map has no battery setpoint (the forcible charge/discharge
+  registers are not mapped to one), so `hubctl run` could not command it and
+  would drop it from dispatch. (victron-gx-ess has no battery setpoint
+  either: ESS regulates a grid setpoint. It stays a candidate for now and
+  only fits batteries up to 32.7 kW.)
 - A candidate is skipped when its registers cannot hold the company's range
   (a Victron GX reports battery power as int16 W: 32.7 kW at most), so the
   simulator never hands out a device that would saturate in normal operation.
@@ -69,7 +74,7 @@ log = logging.getLogger(__name__)
 
 GRID_CANDIDATES = ("eastron-sdm630", "janitza-umg96rm", "carlo-gavazzi-em24", "sunspec:meter")
 PV_CANDIDATES = ("sunspec:inverter", "huawei-sun2000")
-BATTERY_CANDIDATES = ("sunspec:storage-124", "sunspec:storage-802", "victron-gx-ess", "huawei-sun2000")
+BATTERY_CANDIDATES = ("sunspec:storage-124", "sunspec:storage-802", "victron-gx-ess")
 _MARGIN = 1.2  # headroom over the largest power the scenario can produce
 
 

@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pymodbus.client import AsyncModbusTcpClient
 from test_modbus_harness import (  # pytest puts tests/ on sys.path
     RegisterImage,
     ServerThread,
@@ -31,6 +34,9 @@ from hubctl.modbus import (
     exception_error,
 )
 from hubctl.registers import Function, Transport
+
+if TYPE_CHECKING:
+    from pymodbus.pdu import ModbusPDU
 
 HOLDING = Function.HOLDING
 
@@ -279,6 +285,55 @@ def test_unknown_unit_behind_a_gateway_is_unavailable(servers: ServerThread) -> 
             # pymodbus's simulator answers exception 4 for an unknown unit; a gateway answers 11 (both: retry)
             with pytest.raises(DeviceUnavailableError, match="Modbus exception"):
                 await connection.read(HOLDING, 0, 1, 9, timeout_s=1)
+        finally:
+            await connection.close()
+
+    run(main)
+
+
+def test_a_cancelled_request_raises_even_when_its_answer_arrives_with_the_cancellation(
+    servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for (inside pymodbus) can return the answer and drop the cancellation."""
+    port = servers.serve([unit_for(image_with())])
+    real = AsyncModbusTcpClient.read_holding_registers
+    in_flight = asyncio.Event()
+
+    async def answer_despite_cancel(self: AsyncModbusTcpClient, *args: Any, **kwargs: Any) -> ModbusPDU:
+        request = asyncio.ensure_future(real(self, *args, **kwargs))
+        in_flight.set()
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            return await request  # what wait_for does when the answer is already there: cancellation lost
+
+    async def main() -> None:
+        connection = fast_connection(port)
+        try:
+            assert await connection.read(HOLDING, 0, 2, 1, timeout_s=1) == [11, 22]
+            with monkeypatch.context() as patch:
+                patch.setattr(AsyncModbusTcpClient, "read_holding_registers", answer_despite_cancel)
+                task = asyncio.create_task(connection.read(HOLDING, 0, 2, 1, timeout_s=1))
+                await in_flight.wait()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                # the same lost cancellation inside asyncio.timeout still ends as TimeoutError
+                in_flight.clear()
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0):
+                        await connection.read(HOLDING, 0, 2, 1, timeout_s=1)
+                assert in_flight.is_set()
+            # a task that is already cancelling (cleanup after a cancel) may still talk to its devices
+            current = asyncio.current_task()
+            assert current is not None
+            current.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            assert current.cancelling() == 1
+            assert await connection.read(HOLDING, 0, 2, 1, timeout_s=1) == [11, 22]
+            current.uncancel()
+            assert connection.connected
         finally:
             await connection.close()
 

@@ -330,7 +330,9 @@ def test_plan_rotates_models_and_skips_registers_too_small(scenario_file: Path) 
     scenario_file.write_text(big, encoding="utf-8")
     scenario = load_scenario(scenario_file)
     plans = {p.device_id: p for p in plan_devices(scenario, profiles)}
-    assert plans["gamma-battery"].driver == "huawei-sun2000"  # 200 kW would saturate the Victron's int16 W
+    # 200 kW would saturate the Victron's int16 W; the next candidate that takes a setpoint (not Huawei)
+    assert plans["gamma-battery"].sunspec_kind is SunSpecKind.STORAGE_124
+    assert all(p.driver != "huawei-sun2000" for p in plans.values() if p.role == "battery")
 
 
 def test_site_config_of_a_park_in_process_validates(scenario_file: Path) -> None:

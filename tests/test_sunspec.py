@@ -231,3 +231,32 @@ def test_identity_from_the_common_model() -> None:
         "version": "2.1.0",
         "serial": "A-0001",
     }
+
+
+def test_decoding_the_same_model_again_gives_what_a_fresh_decode_gives() -> None:
+    """The decoder refills one pysunspec2 model per (id, address, length): no value of a read may stick."""
+
+    def words_of(m: Any) -> list[int]:
+        data = m.get_mb()
+        return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+
+    header = sunspec.ModelHeader(203, 40070, 105)
+    reads = [
+        model(203, W=-2500, W_SF=0, WphA=-800, TotWhImp=123456, TotWhExp=0, TotWh_SF=0, Hz=50, Hz_SF=0),
+        model(203, W=1000, WphA=1000),  # scale factors unimplemented: None, not the last read's values
+        model(203, W=42, W_SF=-1, TotWhImp=7, TotWh_SF=1, Hz=4999, Hz_SF=-2),
+    ]
+    sunspec._MODELS.clear()  # the cache under test
+    decoded = [sunspec.decode_model(header, words_of(m)) for m in reads]
+    for m, again in zip(reads, decoded, strict=True):
+        sunspec._MODELS.clear()
+        fresh = sunspec.decode_model(header, words_of(m))
+        assert (again.values, again.raw, again.texts, again.points) == (
+            fresh.values,
+            fresh.raw,
+            fresh.texts,
+            fresh.points,
+        )
+    assert decoded[0].values["W"] == -2500
+    assert decoded[1].values["W"] is None
+    assert decoded[2].values["W"] == pytest.approx(4.2)
