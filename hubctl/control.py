@@ -62,6 +62,7 @@ _CURTAILED_TOL_FRAC = 0.01  # PV within 1 % of peak of its limit counts as held 
 _QUARTER_S = 900.0
 _FOLLOW_TOL_FRAC = 0.02  # a battery more than 2 % of its power (+1 kW) short of its setpoint ...
 _FOLLOW_CYCLES = 3  # ... this many cycles in a row is held to what it gives
+_SELF_CONSUMPTION_GAIN = 0.5  # share of the self-consumption error corrected per cycle (caps: always all)
 _CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
 
 
@@ -536,6 +537,10 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
             pref = 0.0
         if pref < 0 and stored >= ceiling_kwh:
             pref = 0.0
+        # move half way each cycle: on a gateway the meters and batteries are read at slightly
+        # different moments, and a full step on such a snapshot sets up a cycle-to-cycle swing
+        prev = sum(state.battery_kw)
+        pref = prev + _SELF_CONSUMPTION_GAIN * (pref - prev)
         reason = "self-consumption"
     pref = min(pref, total_dis_free)
     prev_total = sum(state.battery_kw)
