@@ -8,7 +8,7 @@ without deduplication, so a point sent twice would show up twice.
 The outage is a SIGTERM of the server, not SIGKILL: VictoriaMetrics has no
 write-ahead log and loses the last second of *acknowledged* samples on a
 SIGKILL (its documented behaviour), which no client can detect. The outage
-lasts ``HUBCTL_OUTAGE_S`` seconds (default 5, the issue's 60 passes too).
+lasts ``HUBCTL_OUTAGE_S`` seconds (default 60, as the issue asks; 5 is enough to exercise it).
 Nothing in the forwarder depends on the length of an outage beyond the
 backoff reaching its cap (here 1 s, so a 5 s outage goes through several
 capped retries); the test writes continuously before, during and after it.
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 VM_BIN = shutil.which("victoria-metrics") or shutil.which("victoria-metrics-prod")
-OUTAGE_S = float(os.environ.get("HUBCTL_OUTAGE_S", "5"))
+OUTAGE_S = float(os.environ.get("HUBCTL_OUTAGE_S", "60"))
 needs_vm = pytest.mark.skipif(
     VM_BIN is None, reason="victoria-metrics not installed (apt-get install victoria-metrics)"
 )
