@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
+from support import wait_for_port
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
 from hubctl.cli import main as cli_main
@@ -100,13 +101,7 @@ class Broker:
         self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as probe, contextlib.suppress(OSError):
-                probe.connect(("127.0.0.1", self.port))
-                return
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
+        wait_for_port(self.port, "mosquitto")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -19,7 +19,6 @@ within the revert time hubctl wrote.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
+from support import open_sockets
 
 from hubctl.config import load_config
 from hubctl.devices import build_device
@@ -88,23 +88,13 @@ SPEED = 30.0
 IMPORT_CAP_KW = 150.0
 
 
-def _open_sockets() -> set[str]:
-    out = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:"):
-                out.add(target)
-    return out
-
-
 _CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves a child process running, a socket open or a Modbus connection."""
-    before = _open_sockets()
+    before = open_sockets()
     yield
     running = [p for p in _CHILDREN if p.poll() is None]
     for p in running:
@@ -114,7 +104,7 @@ def no_leaks() -> Iterator[None]:
     assert not running, f"child processes left running: {[p.args for p in running]}"
     assert not ModbusConnection.open_connections()
     deadline = time.monotonic() + 2.0
-    while (leaked := _open_sockets() - before) and time.monotonic() < deadline:
+    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"sockets left open: {sorted(leaked)}"
 

@@ -27,6 +27,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
+from support import open_sockets
 
 from hubctl.registers import RegisterMap, decode_reads, role_values
 from simulators.faults import ControlServer, Fault, FaultControl, FaultError, control_request
@@ -55,27 +56,17 @@ T = TypeVar("T")
 _LEAKED_TASKS: list[str] = []
 
 
-def _open_sockets() -> set[str]:
-    out = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:"):
-                out.add(target)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves sockets (servers, clients) open or asyncio tasks running."""
-    before = _open_sockets()
+    before = open_sockets()
     _LEAKED_TASKS.clear()
     yield
     leaked_tasks = list(_LEAKED_TASKS)
     _LEAKED_TASKS.clear()
     assert not leaked_tasks, f"tasks still running at the end of the test: {leaked_tasks}"
     deadline = time.monotonic() + 2.0
-    while (leaked := _open_sockets() - before) and time.monotonic() < deadline:
+    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
         time.sleep(0.05)  # a closed transport lets go of its socket on the loop's last turn
     assert not leaked, f"sockets left open: {sorted(leaked)}"
 

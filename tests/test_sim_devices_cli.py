@@ -10,7 +10,6 @@ fails a test that leaves a socket open or a child process running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import selectors
 import shutil
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
+from support import open_sockets
 
 from hubctl.config import load_config
 from hubctl.registers import decode_reads, role_values
@@ -72,23 +72,13 @@ t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw,
 """
 
 
-def _open_sockets() -> set[str]:
-    out = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:"):
-                out.add(target)
-    return out
-
-
 _CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves sockets open or a child process running (and kill the child)."""
-    before = _open_sockets()
+    before = open_sockets()
     yield
     running = [p for p in _CHILDREN if p.poll() is None]
     for p in running:
@@ -97,7 +87,7 @@ def no_leaks() -> Iterator[None]:
     _CHILDREN.clear()
     assert not running, f"child processes left running: {[p.args for p in running]}"
     deadline = time.monotonic() + 2.0
-    while (leaked := _open_sockets() - before) and time.monotonic() < deadline:
+    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"sockets left open: {sorted(leaked)}"
 
