@@ -103,7 +103,7 @@ async def _read_devices(
     from hubctl.modbus import ConnectionPool, DeviceError, DeviceUnavailableError  # noqa: PLC0415
     from hubctl.mqtt_devices import MqttDevice, MqttHub  # noqa: PLC0415
 
-    peak = {c.id: c.pv.peak_kw for c in cfg.companies if c.pv is not None}
+    rated = cfg.pv_rated_kw()
     hub = MqttHub.from_url(mqtt_url) if any(d.driver == "mqtt" for d in devices) else None
     results: dict[str, tuple[Device, Reading] | DeviceError | str] = {}
     built: list[Device] = []
@@ -111,7 +111,7 @@ async def _read_devices(
         for config in devices:
             try:
                 built.append(
-                    build_device(config, pool=pool, mqtt=hub, rated_kw=peak.get(config.company or ""))
+                    build_device(config, pool=pool, mqtt=hub, rated_kw=rated.get(config.id))
                 )
             except DeviceConfigError as exc:
                 results[config.id] = f"configuration: {exc}"

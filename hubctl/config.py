@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hubctl.basemodel import FrozenModel as _Model
 from hubctl.basemodel import Slug
-from hubctl.device_config import Device
+from hubctl.device_config import Device, DeviceRole
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -364,6 +364,18 @@ class SiteConfig(_Model):
         if unknown:
             raise ValueError(f"sharing names unknown companies: {', '.join(unknown)}")
         return self
+
+    def pv_rated_kw(self) -> dict[str, float]:
+        """Each PV device's rating: its company's PV peak shared evenly over the company's PV devices.
+
+        A map that expresses its limit in % needs the rating to convert kW;
+        several inverters of one company are taken as equal (the setpoint
+        writer splits the company's limit evenly over them, too).
+        """
+        peak = {c.id: c.pv.peak_kw for c in self.companies if c.pv is not None}
+        pv = [d for d in self.devices if d.role is DeviceRole.PV and d.company in peak]
+        count = {cid: sum(d.company == cid for d in pv) for cid in peak}
+        return {d.id: peak[d.company] / count[d.company] for d in pv if d.company is not None}
 
     @property
     def tz(self) -> ZoneInfo:

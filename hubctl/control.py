@@ -16,7 +16,10 @@ Each cycle
 2. **Stale meter = unsafe.** A company grid reading that is missing or older
    than `stale_after_s` puts the controller in fail-safe: batteries hold
    0 kW (no charging from the grid, no export of stored energy) and PV is
-   limited so that export cannot pass any cap even with zero load.
+   limited so that export cannot pass any cap even with zero load. The same
+   rule, applied to the tightest export cap the configuration can put in
+   force, gives the PV limit the devices fall back to when no controller
+   writes (`fallback_pv_limits`, written to the devices by `hubctl.service`).
 3. **Plan**: every `plan_every_s` the rolling-horizon plan (`hubctl.plan`)
    renews the energy band [floor, ceiling] of the batteries from the
    controller's own forecasts (`hubctl.forecast`).
@@ -308,6 +311,58 @@ def _renew_plan(ts: float, state: State, params: Params, ov: Overrides = NO_OVER
     )
 
 
+def failsafe_pv_limits(
+    params: Params, park_export_kw: float | None, company_export_kw: Mapping[str, float | None]
+) -> tuple[float | None, ...]:
+    """PV limits (kW; None: none needed) that keep export within the caps even at zero load.
+
+    The park's export cap (less its margin) is shared over the companies' PV in proportion to
+    their peaks; a company's own export cap (less its margin) bounds its own PV. With the
+    batteries at 0 kW, export then cannot pass any of these caps, whatever the load does.
+    """
+    peaks = [c.pv_peak_kw for c in params.companies]
+    total_peak = sum(peaks)
+    park_room = _cap(park_export_kw, params)
+    limits: list[float | None] = []
+    for c, peak in zip(params.companies, peaks, strict=True):
+        if peak <= 0:
+            limits.append(None)
+            continue
+        lim = peak * min(1.0, park_room / total_peak) if math.isfinite(park_room) else peak
+        own = company_export_kw.get(c.id)
+        if own is not None:
+            lim = min(lim, _cap(own, params))
+        limits.append(lim if lim < peak else None)
+    return tuple(limits)
+
+
+def fallback_pv_limits(
+    params: Params, ts_utc: float, overrides: Overrides = NO_OVERRIDES
+) -> tuple[float | None, ...]:
+    """Each company's PV limit for its inverters' own fallback (kW; None: no limit needed).
+
+    A device falls back when no controller writes to it any more, and stays there until one
+    comes back, possibly days later; so the fallback must be safe at any time. This is the
+    fail-safe rule (`failsafe_pv_limits`) applied to the tightest export cap the limits can put
+    in force from the local date of `ts_utc` on (`LimitClock.tightest_export`: the contracted
+    cap, the daily windows, the day schedules of today or later, each company's own caps),
+    lowered by the operator's export limits in force at `ts_utc` (they only lower a cap).
+    The batteries' fallback is 0 kW, as in the fail-safe.
+    """
+    park, companies = params.limits.tightest_export(ts_utc)
+    park = _lowest(park, overrides.park_export_kw)
+    own = dict(companies)
+    for cid, kw in overrides.company_export_kw.items():
+        own[cid] = _lowest(own.get(cid), kw)
+    return failsafe_pv_limits(params, park, own)
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
 def _failsafe(
     snap: Snapshot,
     state: State,
@@ -317,25 +372,13 @@ def _failsafe(
     why: str,
 ) -> tuple[Decision, State]:
     """Batteries to 0 kW, PV limited so that export stays within every cap even at zero load."""
-    peaks = [c.pv_peak_kw for c in params.companies]
-    total_peak = sum(peaks)
-    park_room = _cap(park.export_kw, params)
-    limits: list[float | None] = []
-    for c, peak in zip(params.companies, peaks, strict=True):
-        if peak <= 0:
-            limits.append(None)
-            continue
-        lim = peak * min(1.0, park_room / total_peak) if math.isfinite(park_room) else peak
-        own = comp.get(c.id)
-        if own is not None and own.export_kw is not None:
-            lim = min(lim, _cap(own.export_kw, params))
-        limits.append(lim if lim < peak else None)
+    limits = failsafe_pv_limits(params, park.export_kw, {cid: lim.export_kw for cid, lim in comp.items()})
     setpoints = tuple(0.0 if c.battery else None for c in params.companies)
-    decision = Decision(setpoints, tuple(limits), "failsafe", park, comp, 0.0, 0.0, why)
+    decision = Decision(setpoints, limits, "failsafe", park, comp, 0.0, 0.0, why)
     new_state = replace(
         state,
         battery_kw=(0.0,) * len(params.companies),
-        pv_limit_kw=tuple(limits),
+        pv_limit_kw=limits,
         last_ts=snap.ts_utc,
     )
     return decision, new_state

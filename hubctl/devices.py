@@ -32,12 +32,25 @@ Decisions:
   runs out: at the map's `refresh_s`, else half its `revert_s`, else a third
   of the timer hubctl wrote. `refresh_due(now)` / `refresh(now)` expose that to
   a control loop; `hold_setpoints` is a small async refresher. A dead
-  controller thus leaves the device to its own fallback. Exception: SunSpec
+  controller thus leaves the device to its fallback (below). Exception: SunSpec
   123 with an installer's static limit. Its revert would fall back to "no
   limit", looser than the installer's, so hubctl then writes without a revert
   time (a dead controller leaves hubctl's limit, which is at most the
   installer's) and `release()` restores the installer's value. With 704 the
-  revert value itself is set to the installer's limit instead.
+  revert value itself is at most the installer's limit instead.
+- **Fallback values** (`configure_fallback`, called by the service at start,
+  daily and when the caps change): what a device falls back to when its
+  revert timer runs out, written and read back where the device has a
+  register for it. SunSpec 704 battery: `WSetRvrt` = 0 W (and `WSetPctRvrt` =
+  0 where implemented), `WSetEnaRvrt` = 1: always 0 kW, the fail-safe's rule.
+  SunSpec 704 PV (no 123): `WMaxLimPctRvrt` = the given limit in % of the
+  rating, rounded a register step down and never above the installer's
+  ceiling, `WMaxLimPctEnaRvrt` = 1. Nothing is written (the result says so,
+  logged once at info) for SunSpec 123 (it reverts to no limit), 124 (it
+  reverts to the device's own mode and power), map devices (no map in
+  drivers/ has a fallback value point: Victron ESS keeps its installer
+  settings, Huawei's derating is persistent and its forcible mode ends by
+  itself) and MQTT devices: they keep the installer's fallback.
 - **SunSpec battery setpoints**: 704 `WSet` (W, + discharge) with
   `WSetRvrtTms`; else 124: `StorCtl_Mod` = 3 with the charge bound `InWRte`
   (% of WChaMax) and the discharge bound `OutWRte` (% of 120 MaxDisChaRte)
@@ -104,6 +117,7 @@ __all__ = [
     "DeviceIdentityError",
     "DeviceProtocolError",
     "DeviceUnavailableError",
+    "FallbackResult",
     "ModbusMapDevice",
     "Quantity",
     "Reading",
@@ -183,6 +197,17 @@ class SetpointResult:
     refresh_every_s: float | None = None  # None: the device keeps it without refreshing
 
 
+@dataclass(frozen=True, slots=True)
+class FallbackResult:
+    """What `configure_fallback` did: the value the device now falls back to, or why nothing was written."""
+
+    device_id: str
+    configured: bool  # False: nothing written, the device keeps its own (installer's) fallback
+    detail: str  # what was written, or why nothing was
+    fallback_kw: float | None = None  # battery: its power; PV: its limit (None: no limit)
+    confirmed_kw: float | None = None  # read back
+
+
 @dataclass(slots=True)
 class _Held:
     requested_kw: float
@@ -205,6 +230,7 @@ class Device(abc.ABC):
         self.clock = clock
         self._held: dict[str, _Held] = {}
         self._failing: str | None = None
+        self._no_fallback_logged = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Check identity and read what setpoints must respect (installer limits). Idempotent."""
@@ -241,6 +267,32 @@ class Device(abc.ABC):
 
     async def _set_battery(self, kw: float) -> SetpointResult:  # noqa: ARG002 - overridden where supported
         raise CommandRejectedError(f"{self.id}: this device takes no battery setpoint")
+
+    async def configure_fallback(self, pv_limit_kw: float | None = None) -> FallbackResult:
+        """Write what the device falls back to once no controller writes, and confirm it by read-back.
+
+        A battery falls back to 0 kW (no charging from the grid, no export of stored energy); a PV
+        inverter to `pv_limit_kw` (None: no limit), never above an installer's ceiling. A device
+        without a fallback value register is left alone: the result says so (`configured` False)
+        and it is logged once, at info. Raises a DeviceError subclass when a write fails.
+        """
+        if pv_limit_kw is not None and not (math.isfinite(pv_limit_kw) and pv_limit_kw >= 0):
+            raise CommandRejectedError(f"{self.id}: fallback PV limit {pv_limit_kw!r} kW is not >= 0")
+        result = await self._configure_fallback(pv_limit_kw)
+        if not result.configured and not self._no_fallback_logged:
+            log.info("%s: no fallback configured: %s", self.id, result.detail)
+            self._no_fallback_logged = True
+        return result
+
+    async def _configure_fallback(self, pv_limit_kw: float | None) -> FallbackResult:  # noqa: ARG002
+        """Default: nothing to write (overridden where a device has a fallback value register)."""
+        return self._no_fallback(
+            f"driver {self.config.driver!r} has no fallback value register for a {self.role.value};"
+            " the device keeps its own fallback"
+        )
+
+    def _no_fallback(self, detail: str) -> FallbackResult:
+        return FallbackResult(self.id, configured=False, detail=detail)
 
     def refresh_due(self, now: float | None = None) -> bool:
         """Whether a held setpoint must be re-written now (before the device's revert timer runs out)."""
@@ -542,6 +594,7 @@ class SunSpecDevice(Device):
         self.headers: list[sunspec.ModelHeader] | None = None
         self._role_headers: list[sunspec.ModelHeader] = []
         self._ceiling_pct: float | None = None
+        self._fallback_pct: float | None = None  # 704 WMaxLimPctRvrt hubctl configured and read back
         self._started = False
 
     async def _read_words(self, address: int, count: int) -> list[int]:
@@ -646,7 +699,8 @@ class SunSpecDevice(Device):
             control = models[704]
             timer = self.revert_s
             writes = [("WMaxLimPctRvrtTms", timer), ("WMaxLimPct", applied), ("WMaxLimPctEna", 1)]
-            if self._ceiling_pct is not None:
+            if self._ceiling_pct is not None and self._fallback_pct is None:
+                # no fallback configured (yet): the installer's limit is the reversion value at least
                 writes = [("WMaxLimPctRvrt", self._ceiling_pct), ("WMaxLimPctEnaRvrt", 1), *writes]
         else:
             raise CommandRejectedError(f"{self.id}: no SunSpec control model (123 or 704) for a power limit")
@@ -666,6 +720,84 @@ class SunSpecDevice(Device):
             confirmed_kw=read_back * rating / 100,
             limited_by=limited_by,
             refresh_every_s=timer / 3 if timer > 0 else None,
+        )
+
+    async def _configure_fallback(self, pv_limit_kw: float | None) -> FallbackResult:
+        await self.start()
+        if self.role is DeviceRole.BATTERY:
+            return await self._battery_fallback()
+        if self.role is DeviceRole.PV:
+            return await self._pv_fallback(pv_limit_kw)
+        return await super()._configure_fallback(pv_limit_kw)
+
+    async def _battery_fallback(self) -> FallbackResult:
+        """704: reversion power 0 W (WSetRvrt, and WSetPctRvrt where implemented), WSetEnaRvrt = 1."""
+        models = await self.models([124, 704])
+        if 704 not in models:
+            why = "model 124 has no reversion power" if 124 in models else "no SunSpec model 704"
+            return self._no_fallback(f"{why}; the battery falls back to its own configuration")
+        control = models[704]
+        writes: list[tuple[str, float]] = [
+            (name, 0.0) for name in ("WSetRvrt", "WSetPctRvrt") if control.values.get(name) is not None
+        ]
+        if not writes or control.values.get("WSetEnaRvrt") is None:
+            return self._no_fallback("model 704 without WSetRvrt/WSetPctRvrt and WSetEnaRvrt")
+        await self._write_points(control, [*writes, ("WSetEnaRvrt", 1)])
+        check = (await self.models([704]))[704]
+        for name, _ in writes:
+            value = check.values.get(name)
+            step = 10.0 ** (control.exponent(control.points[name]) or 0)
+            if value is None or not _confirmed(0.0, value, step):
+                raise CommandNotConfirmedError(f"{self.id}: wrote {name} 0, reads back {value}")
+        if check.values.get("WSetEnaRvrt") != 1:
+            raise CommandNotConfirmedError(
+                f"{self.id}: wrote WSetEnaRvrt 1, reads back {check.values.get('WSetEnaRvrt')}"
+            )
+        watts = check.values.get("WSetRvrt")
+        names = ", ".join(name for name, _ in writes)
+        return FallbackResult(
+            self.id,
+            configured=True,
+            detail=f"battery falls back to 0 kW (704 {names} 0, WSetEnaRvrt 1)",
+            fallback_kw=0.0,
+            confirmed_kw=0.0 if watts is None else watts / 1000,
+        )
+
+    async def _pv_fallback(self, kw: float | None) -> FallbackResult:
+        """704 (the limit's control model): WMaxLimPctRvrt = the fallback limit, WMaxLimPctEnaRvrt = 1."""
+        models = await self.models()
+        if 123 in models:
+            return self._no_fallback("model 123 has no reversion limit; the inverter reverts to no limit")
+        if 704 not in models:
+            return self._no_fallback("no SunSpec model 704; the inverter keeps its own fallback")
+        control = models[704]
+        if control.values.get("WMaxLimPctEnaRvrt") is None:
+            return self._no_fallback("model 704 without WMaxLimPctEnaRvrt")
+        rating = sunspec.rated_kw(models)
+        if rating is None:
+            raise CommandRejectedError(
+                f"{self.id}: no power rating (121 WMax, 120 WRtg, 702) to express kW in %"
+            )
+        step = 10.0 ** (control.exponent(control.points["WMaxLimPctRvrt"]) or 0)
+        pct = 100.0 if kw is None else min(100.0, kw / rating * 100)
+        pct = math.floor(pct / step + 1e-9) * step  # a register step down, never up
+        if self._ceiling_pct is not None:
+            pct = min(pct, self._ceiling_pct)
+        await self._write_points(control, [("WMaxLimPctRvrt", pct), ("WMaxLimPctEnaRvrt", 1)])
+        check = (await self.models([704]))[704]
+        read_back, enabled = check.values.get("WMaxLimPctRvrt"), check.values.get("WMaxLimPctEnaRvrt")
+        if read_back is None or enabled != 1 or not _confirmed(pct, read_back, step):
+            raise CommandNotConfirmedError(
+                f"{self.id}: wrote WMaxLimPctRvrt {pct:g} % enabled, reads back {read_back} % ({enabled})"
+            )
+        self._fallback_pct = read_back
+        limited = " (installer limit)" if self._ceiling_pct is not None and pct == self._ceiling_pct else ""
+        return FallbackResult(
+            self.id,
+            configured=True,
+            detail=f"PV falls back to {read_back:g} % of {rating:g} kW{limited} (704 WMaxLimPctRvrt)",
+            fallback_kw=None if read_back >= 100 else pct * rating / 100,
+            confirmed_kw=read_back * rating / 100,
         )
 
     async def _set_battery(self, kw: float) -> SetpointResult:

@@ -8,6 +8,10 @@ are active and name that limit; where several are active the lowest holds
 lower the result, never raise it.
 
 `None` means "no cap" for that direction.
+
+`tightest_export_kw` answers another question: the lowest export cap the
+configuration can put in force at any time from a date on, for the value a
+device falls back to when no controller writes (`hubctl.control.fallback_pv_limits`).
 """
 
 from __future__ import annotations
@@ -87,6 +91,26 @@ def limits_in_force(caps: Caps, at: LocalTime) -> LimitsInForce:
     return LimitsInForce(out[0][0], out[0][1], out[1][0], out[1][1])
 
 
+def tightest_export_kw(caps: Caps, today: dt.date) -> float | None:
+    """The lowest export cap `caps` can put in force on `today` or later; None: never an export cap.
+
+    Counted: the contracted cap, every daily window's, and every day schedule's of `today` or later
+    (and yesterday's windows that run across midnight, which still hold this morning). A window
+    may replace the contracted cap by a higher one for its hours; the lowest value counts whenever
+    it holds, because a device's fallback may have to last until a controller comes back, days later.
+    """
+    yesterday = today - dt.timedelta(days=1)
+    values = [caps.export_limit_kw, *(w.export_limit_kw for w in caps.windows)]
+    values += [
+        w.export_limit_kw
+        for sched in caps.schedules
+        for w in sched.windows
+        if sched.date >= today or (sched.date == yesterday and w.start_s > w.end_s)
+    ]
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
 def with_operator(limits: LimitsInForce, import_kw: float | None, export_kw: float | None) -> LimitsInForce:
     """Apply operator limits: they may lower a cap, never raise it."""
     imp, imp_src, exp, exp_src = (
@@ -128,3 +152,9 @@ class LimitClock:
                 self._cache.clear()
             self._cache[key] = hit
         return hit
+
+    def tightest_export(self, ts_utc: float) -> tuple[float | None, dict[str, float | None]]:
+        """`tightest_export_kw` of the park and of each company with caps, from `ts_utc`'s local date on."""
+        today = LocalTime.of(ts_utc, self._tz).date
+        companies = {cid: tightest_export_kw(c, today) for cid, c in self._companies.items() if c.has_caps}
+        return tightest_export_kw(self._park, today), companies

@@ -14,15 +14,23 @@ APScheduler (`AsyncIOScheduler`, explicit `misfire_grace_time`, `coalesce`,
 `max_instances`: its default grace of 1 s would skip a late job silently)
 runs the wall-clock jobs: the quarter-hour close (evidence: the mean, the cap
 in force and its source, per quarter), the limit-change log at window
-boundaries, and the daily summary. The control loop is not a scheduler job.
+boundaries, and the daily job (summary; the devices' fallback limits renewed,
+since the day schedules that count change). The control loop is not a
+scheduler job.
 
 Fail-safe (docs/failsafe.md): the core itself answers a stale or missing grid
 meter with batteries at 0 kW and PV limited so that export cannot pass the
 cap. A device that is down is skipped by the writer (its setpoint is
 re-written when it answers again); it never stops the cycle for the others.
 Every write carries the device's revert timer (`service.revert_s`), so after
-a SIGKILL each device falls back on its own. SIGTERM/SIGINT: write the
-fail-safe setpoints, publish `offline`, exit 0, all within 5 s.
+a SIGKILL each device falls back on its own, to the value `FallbackKeeper`
+configured where the device has a register for it (batteries 0 kW, PV the
+fail-safe limit for the tightest export cap the configuration and the
+operator can put in force: `hubctl.control.fallback_pv_limits`); it is
+written to every battery and inverter once it answers (a device down at start
+gets it when it recovers), renewed by the daily job and whenever the operator
+settings change. SIGTERM/SIGINT: write the fail-safe setpoints, publish
+`offline`, exit 0, all within 5 s.
 
 Accelerated clock (`--speed`, `--start-utc`; for `hubctl demo` and the tests
 against `hubctl simulate --speed`): the service's monotonic clock and wall
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import math
@@ -74,7 +83,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hubctl.config import ConfigError
-from hubctl.control import CompanyReading, Decision, Params, Snapshot, State, step
+from hubctl.control import (
+    NO_OVERRIDES,
+    CompanyReading,
+    Decision,
+    Params,
+    Snapshot,
+    State,
+    fallback_pv_limits,
+    step,
+)
 from hubctl.device_config import DeviceRole
 from hubctl.devices import DeviceConfigError, build_device
 from hubctl.health import Health
@@ -533,6 +551,97 @@ class SetpointWriter:
         return True
 
 
+# --- Fallback values ---------------------------------------------------------------------------------------
+
+_UNSET = object()
+
+
+class FallbackKeeper:
+    """Configures what each battery and PV inverter falls back to once no controller writes, and keeps it so.
+
+    `update(pv_limits_kw)` sets what is wanted (`hubctl.control.fallback_pv_limits`, per company,
+    shared over its inverters as the setpoints are; batteries 0 kW); `step()` writes it to every
+    device that answers (health `ok`) and does not hold it yet. A device that is down gets it once
+    it answers again (after an outage it is written again: a device that lost power may have lost
+    it). A failure is logged once per device and tried again after `retry_s` (service seconds); it
+    never stops the service or the control loop.
+    """
+
+    def __init__(
+        self, cfg: SiteConfig, devices: dict[str, Device], health: Health, clock: Clock, retry_s: float = 60.0
+    ) -> None:
+        self.health = health
+        self.clock = clock
+        self.retry_s = retry_s
+        self.devices: dict[str, Device] = {}
+        self._inverters: list[list[str]] = []
+        self.wanted: dict[str, float | None] = {}
+        for c in cfg.companies:
+            mine = [d for d in cfg.devices if d.company == c.id]
+            for d in mine:
+                if d.role in {DeviceRole.BATTERY, DeviceRole.PV}:
+                    self.devices[d.id] = devices[d.id]
+                if d.role is DeviceRole.BATTERY:
+                    self.wanted[d.id] = 0.0
+            self._inverters.append([d.id for d in mine if d.role is DeviceRole.PV])
+        self.held: dict[str, object] = {}  # device id -> the value written (None: no limit), or nothing
+        self._retry_at: dict[str, float] = {}
+        self._failing: set[str] = set()
+
+    def update(self, pv_limits_kw: Sequence[float | None]) -> None:
+        """The companies' fallback PV limits (config order; None: no limit): shared over their inverters."""
+        for group, kw in zip(self._inverters, pv_limits_kw, strict=True):
+            for device_id in group:
+                want = None if kw is None else kw / len(group)
+                if self.wanted.get(device_id, _UNSET) != want:
+                    self._retry_at.pop(device_id, None)  # a new value is tried at once
+                self.wanted[device_id] = want
+
+    def pending(self) -> list[str]:
+        """Devices that do not hold their wanted fallback (yet)."""
+        return sorted(d for d, want in self.wanted.items() if self.held.get(d, _UNSET) != want)
+
+    async def step(self) -> None:
+        """Write the fallbacks that are due, concurrently; failures are logged, never raised."""
+        now = self.clock.mono()
+        due = []
+        for device_id, want in self.wanted.items():
+            state = self.health.state(device_id)
+            if state is HealthState.DOWN:
+                self.held.pop(device_id, None)  # written again when it answers again
+                continue
+            if state is not HealthState.OK or self.held.get(device_id, _UNSET) == want:
+                continue
+            if now < self._retry_at.get(device_id, -math.inf):
+                continue
+            due.append(self._configure(device_id, want, now))
+        if due:
+            await asyncio.gather(*due)
+
+    async def _configure(self, device_id: str, want: float | None, now: float) -> None:
+        device = self.devices[device_id]
+        try:  # a battery's fallback is always 0 kW: it takes no value
+            result = await device.configure_fallback(want if device.role is DeviceRole.PV else None)
+        except Exception as exc:  # a DeviceError, or a fault of ours: never let it stop the service
+            if device_id not in self._failing:
+                log.warning(
+                    "%s: its fallback could not be configured: %s; trying again every %.0f s",
+                    device_id,
+                    exc,
+                    self.retry_s,
+                    exc_info=not isinstance(exc, DeviceError),
+                )
+            self._failing.add(device_id)
+            self._retry_at[device_id] = now + self.retry_s
+            return
+        if device_id in self._failing:
+            log.info("%s: fallback configured after all", device_id)
+        self._failing.discard(device_id)
+        self.held[device_id] = want
+        if result.configured:
+            log.info("%s: %s", device_id, result.detail)
+
+
 async def _guarded(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run an embedded component; if it fails, log it and start it again after 5 s (control goes on)."""
     while True:
@@ -606,6 +715,8 @@ class Gateway:
         self.ledger: Ledger | None = None
         self.forwarder: Forwarder | None = None
         self._ledger_failed = False
+        self.fallbacks: FallbackKeeper | None = None
+        self._fallback_day: dt.date | None = None
 
     # -- set-up
     def _mqtt_url(self) -> str | None:
@@ -727,10 +838,27 @@ class Gateway:
         else:
             if self._api_revision >= 0 or api.revision:
                 log.info("operator settings applied (revision %d)", api.revision)
+            self._update_fallbacks(ts)  # an operator's export limit or schedule may lower them
         self._api_revision = api.revision
 
+    def _update_fallbacks(self, ts: float) -> None:
+        """The fallback PV limits from the limits as they stand at `ts` (config, operator settings)."""
+        if self.fallbacks is None:
+            return
+        overrides = self.api.current_overrides(ts) if self.api is not None else NO_OVERRIDES
+        try:
+            limits = fallback_pv_limits(self.params, ts, overrides)
+        except Exception:
+            log.exception("the fallback PV limits could not be computed; keeping the previous ones")
+            return
+        self.fallbacks.update(limits)
+        self._fallback_day = self._local_date(ts)
+
+    def _local_date(self, ts: float) -> dt.date:
+        return dt.datetime.fromtimestamp(ts, self.cfg.tz).date()
+
     def _build(self, pool: ConnectionPool, hub: MqttHub | None) -> dict[str, Device]:
-        peak = {c.id: c.pv.peak_kw for c in self.cfg.companies if c.pv is not None}
+        rated = self.cfg.pv_rated_kw()
         devices: dict[str, Device] = {}
         problems = []
         for config in self.cfg.devices:
@@ -739,7 +867,7 @@ class Gateway:
                     config,
                     pool=pool,
                     mqtt=hub,
-                    rated_kw=peak.get(config.company or ""),
+                    rated_kw=rated.get(config.id),
                     revert_s=self.cfg.service.revert_s,
                     clock=self.clock.mono,
                 )
@@ -776,6 +904,8 @@ class Gateway:
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
                 writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store.uncontrollable)
+                self.fallbacks = FallbackKeeper(self.cfg, devices, self.health, self.clock)
+                self._update_fallbacks(self.clock.utc())
                 if hub is not None:
                     await hub.start()  # no wait: a broker that is down must not hold the cap hostage
                 aux: dict[str, asyncio.Task[None]] = {}
@@ -860,6 +990,8 @@ class Gateway:
                     self._first_pass.append(done)
                     tasks.append(tg.create_task(self._poll(group, done), name=f"poll {label}"))
                 tasks.append(tg.create_task(self._control(writer), name="control"))
+                if self.fallbacks is not None:
+                    tasks.append(tg.create_task(self._keep_fallbacks(self.fallbacks), name="fallbacks"))
                 stop = tg.create_task(self._stop.wait(), name="stop")
                 await stop
                 for task in tasks:
@@ -893,6 +1025,20 @@ class Gateway:
             first_pass.set()
             wait = min(due.values()) - self.clock.mono()
             await asyncio.sleep(max(self.clock.real_s(wait), 0.0))
+
+    # -- the devices' fallback values
+    async def _keep_fallbacks(self, keeper: FallbackKeeper) -> None:
+        """Configure the devices' fallbacks as they answer; an error here never stops control."""
+        failed = False
+        while True:
+            try:
+                await keeper.step()
+            except Exception:
+                if not failed:
+                    log.exception("configuring the devices' fallbacks failed (logged once); trying again")
+                failed = True
+            _raise_if_cancelled()
+            await asyncio.sleep(min(0.5, self.clock.real_s(1.0)))
 
     # -- the control loop
     async def _control(self, writer: SetpointWriter) -> None:
@@ -951,6 +1097,8 @@ class Gateway:
         if self.clock.accelerated:
             self._close_quarters(ts)
             self._check_limits(ts)
+            if self._fallback_day is not None and self._local_date(ts) != self._fallback_day:
+                self._update_fallbacks(ts)  # the daily job's part
         if self.api is not None:
             self._cycle_view = (ts, decision, snap.companies)
             self.api.notify_state()
@@ -1058,6 +1206,7 @@ class Gateway:
         self._check_limits(self.clock.utc())
 
     async def _daily_job(self) -> None:
+        self._update_fallbacks(self.clock.utc())  # schedules of past days no longer count
         quarters = self.quarters.closed
         if not quarters:
             return

@@ -180,3 +180,17 @@ def test_scenario_without_offset_is_rejected(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="UTC offset"):
         load_scenario(tmp_path / "scenario.yaml")
+
+
+def test_pv_devices_share_their_company_peak_evenly() -> None:
+    data = minimal()
+    data["devices"] = [
+        {"id": f"bakery-pv{k}", "role": "pv", "company": "bakery", "driver": "huawei-sun2000",
+         "modbus": {"host": "127.0.0.1", "port": 5020 + k}}
+        for k in range(3)
+    ] + [
+        {"id": "cold-store-grid", "role": "grid_meter", "company": "cold-store", "driver": "sunspec",
+         "modbus": {"host": "127.0.0.1"}},
+    ]  # fmt: skip
+    cfg = parse_config(data)
+    assert cfg.pv_rated_kw() == {"bakery-pv0": 100.0, "bakery-pv1": 100.0, "bakery-pv2": 100.0}

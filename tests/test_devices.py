@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,6 +31,7 @@ from hubctl.devices import (
     CommandRejectedError,
     Device,
     DeviceConfigError,
+    FallbackResult,
     ModbusMapDevice,
     Reading,
     SetpointResult,
@@ -219,6 +221,196 @@ def test_sunspec_124_battery_is_pinned_between_its_rate_bounds(servers: ServerTh
     assert written[-2:] == [[3], [0]]  # StorCtl_Mod 3, then 0 on release
 
 
+# --- Fallback values (configure_fallback) -------------------------------------------------------------------
+
+
+def storage_704(*, pct_rvrt: int | None = 0, installer_rvrt_w: int = 20000) -> list[Any]:
+    """A 802 battery with 704 whose reversion is the installer's: +20 kW (discharge) when enabled."""
+    control: dict[str, Any] = {
+        "WSet": 0,
+        "WSetRvrt": installer_rvrt_w,
+        "WSet_SF": 0,
+        "WSetPct_SF": -2,
+        "WSetEna": 0,
+        "WSetMod": 1,
+        "WSetEnaRvrt": 1,
+        "WSetRvrtTms": 0,
+    }
+    if pct_rvrt is not None:
+        control["WSetPctRvrt"] = pct_rvrt
+    return [*storage_models()[:-1], model(704, **control)]
+
+
+def pv_704(*, limit_pct_raw: int = 1000, enabled: int = 0, rvrt_pct_raw: int = 1000) -> list[Any]:
+    """A PV inverter whose limit is 704's (no 123), rated 50 kW (121 WMax), WMaxLimPct_SF -1."""
+    return [
+        *inverter_models()[:-1],
+        model(
+            704,
+            WMaxLimPctEna=enabled,
+            WMaxLimPct=limit_pct_raw,
+            WMaxLimPctRvrt=rvrt_pct_raw,
+            WMaxLimPctEnaRvrt=0,
+            WMaxLimPctRvrtTms=0,
+            WMaxLimPct_SF=-1,
+        ),
+    ]
+
+
+def sunspec_device(
+    servers: ServerThread, role: str, models: list[Any]
+) -> tuple[SimUnit, Callable[..., Device]]:
+    unit = unit_for(image_of(models))
+    port = servers.serve([unit])
+    return unit, lambda pool: SunSpecDevice(config(role, "sunspec", port), pool.get("127.0.0.1", port))
+
+
+def written_points(unit: SimUnit, model_704: Any) -> dict[str, list[int]]:
+    """Which 704 points were written (by name), from the addresses the unit saw."""
+    by_address = {p.address: name for name, p in model_704.points.items()}
+    return {by_address[address]: words for address, words in unit.writes if address in by_address}
+
+
+def test_sunspec_battery_falls_back_to_0_kw_not_the_installers_power(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "battery", storage_704())
+
+    async def body(device: Device) -> tuple[FallbackResult, Any]:
+        result = await device.configure_fallback()
+        assert isinstance(device, SunSpecDevice)
+        return result, (await device.models([704]))[704]
+
+    result, control = with_device(make, body)
+    assert result.configured
+    assert result.fallback_kw == 0.0
+    assert result.confirmed_kw == 0.0
+    assert control.values["WSetRvrt"] == 0
+    assert control.values["WSetPctRvrt"] == 0
+    assert control.values["WSetEnaRvrt"] == 1
+    assert written_points(unit, control) == {"WSetRvrt": [0, 0], "WSetPctRvrt": [0], "WSetEnaRvrt": [1]}
+
+
+def test_sunspec_battery_without_a_percent_reversion_writes_the_watts_only(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "battery", storage_704(pct_rvrt=None))
+
+    async def body(device: Device) -> Any:
+        await device.configure_fallback()
+        assert isinstance(device, SunSpecDevice)
+        return (await device.models([704]))[704]
+
+    control = with_device(make, body)
+    assert control.values["WSetPctRvrt"] is None  # not implemented: left alone
+    assert set(written_points(unit, control)) == {"WSetRvrt", "WSetEnaRvrt"}
+
+
+def test_a_fallback_the_device_does_not_keep_is_not_confirmed(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "battery", storage_704())
+
+    async def body(device: Device) -> None:
+        assert isinstance(device, SunSpecDevice)
+        enable = (await device.models([704]))[704].points["WSetEnaRvrt"]
+        unit.revert_after(enable.address, 0.0, [0])  # the device drops the enable at once
+        with pytest.raises(CommandNotConfirmedError, match="WSetEnaRvrt"):
+            await device.configure_fallback()
+
+    with_device(make, body)
+
+
+def test_sunspec_124_battery_has_no_fallback_value_and_says_so_once(
+    servers: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = [
+        model(1, Mn="Acme Storage"),
+        model(103, W=0, W_SF=0),
+        model(120, DERTyp=82, WRtg=60, WRtg_SF=2),
+        model(124, WChaMax=50, WChaMax_SF=2, StorCtl_Mod=0, InOutWRte_SF=-2, ChaState=500, ChaState_SF=-1),
+    ]
+    unit, make = sunspec_device(servers, "battery", models)
+    caplog.set_level(logging.INFO, logger="hubctl.devices")
+
+    async def body(device: Device) -> list[FallbackResult]:
+        return [await device.configure_fallback(), await device.configure_fallback()]
+
+    results = with_device(make, body)
+    assert [r.configured for r in results] == [False, False]
+    assert "model 124 has no reversion power" in results[0].detail
+    assert unit.writes == []
+    assert [r.getMessage() for r in caplog.records if "no fallback" in r.getMessage()] == [
+        f"dev: no fallback configured: {results[0].detail}"
+    ]
+
+
+def test_sunspec_704_pv_falls_back_to_the_given_limit(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "pv", pv_704())
+
+    async def body(device: Device) -> tuple[FallbackResult, FallbackResult, Any]:
+        first = await device.configure_fallback(12.34)  # 24.68 % of 50 kW: 24.6 % (a step down, never up)
+        unlimited = await device.configure_fallback(None)
+        assert isinstance(device, SunSpecDevice)
+        return first, unlimited, (await device.models([704]))[704]
+
+    first, unlimited, control = with_device(make, body)
+    assert first.configured
+    assert first.confirmed_kw == pytest.approx(12.3)
+    assert first.fallback_kw == pytest.approx(12.3)
+    assert unlimited.fallback_kw is None
+    assert unlimited.confirmed_kw == pytest.approx(50.0)
+    assert [
+        words for address, words in unit.writes if address == control.points["WMaxLimPctRvrt"].address
+    ] == [
+        [246],
+        [1000],
+    ]
+    assert control.values["WMaxLimPctEnaRvrt"] == 1
+
+
+def test_sunspec_704_pv_fallback_is_never_above_the_installers_limit(servers: ServerThread) -> None:
+    _, make = sunspec_device(servers, "pv", pv_704(limit_pct_raw=400, enabled=1))  # installer: 40 %, static
+
+    async def body(device: Device) -> tuple[FallbackResult, FallbackResult, Any]:
+        looser = await device.configure_fallback(30.0)  # 60 % asked
+        tighter = await device.configure_fallback(5.0)  # 10 %
+        await device.set_pv_limit_kw(25.0)  # must not put the installer's 40 % back as the reversion
+        assert isinstance(device, SunSpecDevice)
+        return looser, tighter, (await device.models([704]))[704]
+
+    looser, tighter, control = with_device(make, body)
+    assert looser.confirmed_kw == pytest.approx(20.0)
+    assert "installer limit" in looser.detail
+    assert tighter.confirmed_kw == pytest.approx(5.0)
+    assert control.values["WMaxLimPctRvrt"] == pytest.approx(10.0)
+    assert control.values["WMaxLimPct"] == pytest.approx(40.0)
+
+
+def test_sunspec_123_pv_has_no_fallback_value_and_says_so_once(
+    servers: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    unit, make = sunspec_pv(servers)
+    caplog.set_level(logging.INFO, logger="hubctl.devices")
+
+    async def body(device: Device) -> list[FallbackResult]:
+        return [await device.configure_fallback(10.0), await device.configure_fallback(20.0)]
+
+    results = with_device(make, body)
+    assert not any(r.configured for r in results)
+    assert "reverts to no limit" in results[0].detail
+    assert unit.writes == []
+    notes = [r for r in caplog.records if "no fallback" in r.getMessage()]
+    assert len(notes) == 1
+    assert notes[0].levelno == logging.INFO
+
+
+def test_a_negative_fallback_limit_is_rejected_before_writing(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "pv", pv_704())
+
+    async def body(device: Device) -> None:
+        for kw in (-1.0, float("nan")):
+            with pytest.raises(CommandRejectedError, match="fallback PV limit"):
+                await device.configure_fallback(kw)
+
+    with_device(make, body)
+    assert unit.writes == []
+
+
 # --- Register-map devices -----------------------------------------------------------------------------------
 
 
@@ -272,6 +464,23 @@ def test_map_installer_limit_is_kept_and_restored(servers: ServerThread) -> None
     assert result.applied_kw == pytest.approx(7.0)
     assert result.limited_by == "installer limit 70 %"
     assert writes_to(unit, 40125) == [[700], [700]]
+
+
+def test_map_devices_have_no_fallback_value_to_write(servers: ServerThread) -> None:
+    unit, register_map, port = huawei_pv(servers, 100.0)
+
+    async def body(device: Device) -> FallbackResult:
+        return await device.configure_fallback(5.0)
+
+    result = with_device(
+        lambda pool: ModbusMapDevice(
+            config("pv", "huawei-sun2000", port), register_map, pool.get("127.0.0.1", port), rated_kw=10.0
+        ),
+        body,
+    )
+    assert not result.configured
+    assert "huawei-sun2000" in result.detail
+    assert unit.writes == []
 
 
 def test_map_pv_limit_in_percent_needs_a_rating(servers: ServerThread) -> None:

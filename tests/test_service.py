@@ -1,21 +1,25 @@
 """The service's bookkeeping without I/O: the reading store (ages, frozen meters, the residual company),
-debounced health, the quarter-hour meter."""
+debounced health, the quarter-hour meter, the devices' fallbacks (`FallbackKeeper`, fake devices)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from typing import Any
 
 import pytest
 
 from hubctl.config import parse_config
-from hubctl.control import Params, State, step
+from hubctl.control import Overrides, Params, State, fallback_pv_limits, step
+from hubctl.device_config import Device as DeviceConfig
 from hubctl.device_config import DeviceRole
-from hubctl.devices import Reading
+from hubctl.devices import Device, FallbackResult, Reading
 from hubctl.health import Health
 from hubctl.health import State as H
-from hubctl.modbus import DeviceProtocolError, DeviceUnavailableError
-from hubctl.service import QuarterMeter
+from hubctl.limits import LimitClock
+from hubctl.modbus import DeviceError, DeviceProtocolError, DeviceUnavailableError
+from hubctl.service import Clock, FallbackKeeper, Gateway, Options, QuarterMeter
 from hubctl.store import Layout, ReadingStore
 
 CONFIG = {
@@ -118,3 +122,151 @@ def test_quarter_meter_closes_with_the_lowest_cap_and_its_source() -> None:
     (empty,) = meter.close_before(t0 + 1800)
     assert math.isnan(empty.mean_kw)
     assert empty.coverage == 0.0
+
+
+# --- the devices' fallbacks ---------------------------------------------------------------------------------
+
+NOON = 1782122400.0  # 2026-06-22 12:00 in Amsterdam
+
+
+class FakeDevice(Device):
+    """Records the fallbacks asked for; fails while `fail` is set."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        super().__init__(config)
+        self.calls: list[float | None] = []
+        self.fail: DeviceError | None = None
+
+    async def _read(self) -> Reading:
+        raise NotImplementedError
+
+    async def _configure_fallback(self, pv_limit_kw: float | None) -> FallbackResult:
+        self.calls.append(pv_limit_kw)
+        if self.fail is not None:
+            raise self.fail
+        return FallbackResult(self.id, configured=True, detail="configured", fallback_kw=pv_limit_kw)
+
+
+class FakeClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def mono(self) -> float:
+        return self.now
+
+
+def keeper_setup() -> tuple[Any, dict[str, FakeDevice], Health, FakeClock, FallbackKeeper]:
+    data = {
+        **CONFIG,
+        "devices": [
+            *CONFIG["devices"],
+            {
+                "id": "a-pv2",
+                "company": "a",
+                "role": "pv",
+                "driver": "sunspec",
+                "modbus": {"host": "h", "port": 5},
+            },
+        ],
+    }
+    cfg = parse_config(data)
+    devices = {d.id: FakeDevice(d) for d in cfg.devices}
+    health = Health([d.id for d in cfg.devices], fail_after=1, recover_after=1)
+    clock = FakeClock()
+    keeper = FallbackKeeper(cfg, dict[str, Device](devices), health, clock, retry_s=60.0)
+    return cfg, devices, health, clock, keeper
+
+
+def test_fallbacks_are_written_to_batteries_and_inverters_once_they_answer() -> None:
+    cfg, devices, health, _, keeper = keeper_setup()
+    keeper.update(fallback_pv_limits(Params.from_config(cfg), NOON))  # park export cap 50 kW, margin 3 kW
+    assert keeper.wanted == {"a-bat": 0.0, "a-pv": pytest.approx(23.5), "a-pv2": pytest.approx(23.5)}
+    asyncio.run(keeper.step())
+    assert all(d.calls == [] for d in devices.values())  # nobody answered yet
+    for device_id in ("a-bat", "a-pv"):
+        health.ok(device_id, 0.0)
+    asyncio.run(keeper.step())
+    asyncio.run(keeper.step())  # held: not written again
+    assert devices["a-bat"].calls == [None]  # a battery's fallback takes no value: always 0 kW
+    assert devices["a-pv"].calls == [pytest.approx(23.5)]
+    assert devices["a-pv2"].calls == []  # still down at start ...
+    assert devices["a-grid"].calls == devices["park"].calls == []  # meters have no fallback
+    assert keeper.pending() == ["a-pv2"]
+    health.ok("a-pv2", 1.0)  # ... and gets it when it answers
+    asyncio.run(keeper.step())
+    assert devices["a-pv2"].calls == [pytest.approx(23.5)]
+    assert keeper.pending() == []
+
+
+def test_a_failed_fallback_is_logged_once_and_tried_again_later(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hubctl.service")
+    _, devices, health, clock, keeper = keeper_setup()
+    keeper.update([30.0, None])
+    bat = devices["a-bat"]
+    bat.fail = DeviceUnavailableError("no answer")
+    health.ok("a-bat", 0.0)
+    for t in (0.0, 1.0, 59.0, 61.0, 62.0):
+        clock.now = t
+        asyncio.run(keeper.step())  # never raises
+    assert bat.calls == [None, None]  # at 0 s and after the 60 s retry time
+    bat.fail = None
+    clock.now = 122.0
+    asyncio.run(keeper.step())
+    assert keeper.pending() == ["a-pv", "a-pv2"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("could not be configured" in m for m in messages) == 1
+    assert sum("configured after all" in m for m in messages) == 1
+
+
+def test_fallbacks_are_written_again_after_an_outage_and_when_the_limits_change() -> None:
+    _, devices, health, clock, keeper = keeper_setup()
+    keeper.update([30.0, None])
+    for device_id in ("a-bat", "a-pv", "a-pv2"):
+        health.ok(device_id, 0.0)
+    asyncio.run(keeper.step())
+    health.failed("a-bat", DeviceUnavailableError("gone"), 1.0)
+    asyncio.run(keeper.step())  # down: it may lose its settings (a power cut)
+    health.ok("a-bat", 2.0)
+    asyncio.run(keeper.step())
+    assert devices["a-bat"].calls == [None, None]
+    devices["a-pv"].fail = DeviceUnavailableError("busy")
+    keeper.update([20.0, None])
+    clock.now = 3.0
+    asyncio.run(keeper.step())
+    devices["a-pv"].fail = None
+    keeper.update([10.0, None])  # a new value is tried at once, whatever the retry time
+    asyncio.run(keeper.step())
+    assert devices["a-pv"].calls == [15.0, 10.0, 5.0]
+    assert devices["a-pv2"].calls == [15.0, 10.0, 5.0]
+
+
+class FakeApi:
+    """What `Gateway._sync_operator` asks of the operator API."""
+
+    def __init__(self, cfg: Any, overrides: Overrides) -> None:
+        self.cfg = cfg
+        self.revision = 1
+        self.overrides = overrides
+
+    def limit_clock(self, now: float) -> LimitClock:  # noqa: ARG002
+        return LimitClock(self.cfg.park, {c.id: c for c in self.cfg.companies}, self.cfg.tz)
+
+    def sharing(self, now: float) -> None:  # noqa: ARG002
+        return None
+
+    def current_overrides(self, now: float) -> Overrides:  # noqa: ARG002
+        return self.overrides
+
+
+def test_an_operators_lower_export_cap_lowers_the_fallbacks() -> None:
+    cfg, _, _, _, keeper = keeper_setup()
+    gateway = Gateway(cfg, Options())
+    gateway.fallbacks = keeper
+    gateway._update_fallbacks(NOON)  # what run() does at start
+    assert keeper.wanted["a-pv"] == pytest.approx(23.5)  # (50 - 3) / 2
+    api = FakeApi(cfg, Overrides(park_export_kw=20.0))  # an operator lowered the export cap over MQTT
+    gateway.api = api  # type: ignore[assignment]
+    gateway._sync_operator(api, NOON)  # type: ignore[arg-type]  # the control loop's call
+    assert keeper.wanted["a-pv"] == pytest.approx(8.5)  # (20 - 3) / 2
+    assert keeper.wanted["a-bat"] == 0.0

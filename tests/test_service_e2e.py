@@ -13,7 +13,10 @@ soon as its reading counts as stale); SIGTERM (fail-safe written, the batteries 
 exit 0 within 5 s).
 
 Run B: SIGKILL while a PV limit is active; the simulated SunSpec inverter reverts it by itself
-within the revert time hubctl wrote.
+within the revert time hubctl wrote. The simulator's batteries have an installer's fallback of
++20 kW (discharge); hubctl configured the SunSpec 802 battery's own fallback (704 `WSetRvrt`) to
+0 kW at start, so after the SIGKILL that battery falls back to 0 kW, not to the installer's power.
+(The 124 battery has no fallback value register: it goes to the installer's power.)
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ SUNNY_PROFILES = (
 )
 SPEED = 30.0
 IMPORT_CAP_KW = 150.0
+INSTALLER_FALLBACK_KW = 20.0  # run B: the simulated batteries' own fallback power (discharge)
 
 
 _CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -149,7 +153,7 @@ def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) ->
 class Park:
     """A running `hubctl simulate` and the site config it wrote (with the service's test settings)."""
 
-    def __init__(self, tmp: Path, profiles: str, battery_kw: tuple[float, float]) -> None:
+    def __init__(self, tmp: Path, profiles: str, battery_kw: tuple[float, float], *extra: str) -> None:
         (tmp / "profiles.csv").write_text(profiles, encoding="utf-8")
         scenario = tmp / "scenario.yaml"
         scenario.write_text(
@@ -158,7 +162,7 @@ class Park:
         self.config_path = tmp / "site.yaml"
         self.proc = _spawn(
             "simulate", "--scenario", str(scenario), "--speed", str(SPEED),
-            "--write-config", str(self.config_path),
+            "--write-config", str(self.config_path), *extra,
         )  # fmt: skip
         lines = _read_until(self.proc, "ready", 30)
         control = next(line for line in lines if line.startswith("control"))
@@ -399,8 +403,8 @@ def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path)
             broker.wait(timeout=5)
 
 
-def test_after_sigkill_the_inverter_reverts_by_itself(tmp_path: Path) -> None:
-    park = Park(tmp_path, SUNNY_PROFILES, battery_kw=(10, 5))
+def test_after_sigkill_the_devices_fall_back_by_themselves(tmp_path: Path) -> None:
+    park = Park(tmp_path, SUNNY_PROFILES, (10, 5), "--battery-fallback-kw", str(INSTALLER_FALLBACK_KW))
     service = Service(tmp_path, park)
     try:
         service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
@@ -414,20 +418,41 @@ def test_after_sigkill_the_inverter_reverts_by_itself(tmp_path: Path) -> None:
         while asyncio.run(_read_points(park.config_path, "alpha-pv"))["123.WMaxLim_Ena"] != 1:
             assert time.monotonic() < deadline, "hubctl's PV limit never reached the inverter"
             time.sleep(0.05)
+        # the 802 battery holds a setpoint, and the fallback hubctl configured at start: 0 W
+        while True:
+            battery = asyncio.run(_read_points(park.config_path, "beta-battery"))
+            if (battery["704.WSetEna"], battery["704.WSetEnaRvrt"], battery["704.WSetRvrt"]) == (1, 1, 0):
+                break
+            assert time.monotonic() < deadline, f"hubctl's fallback never reached the battery: {battery}"
+            time.sleep(0.05)
         service.proc.send_signal(signal.SIGKILL)
         service.proc.wait(timeout=5)
         killed_at = park.now_utc()
         revert_s = park.config.service.revert_s
         deadline = time.monotonic() + 2 * revert_s / SPEED + 2.0
-        while time.monotonic() < deadline:
-            points = asyncio.run(_read_points(park.config_path, "alpha-pv"))
-            if points["123.WMaxLim_Ena"] == 0:
-                break
+        inverter_at = battery_at = None
+        while time.monotonic() < deadline and (inverter_at is None or battery_at is None):
+            if (
+                inverter_at is None
+                and asyncio.run(_read_points(park.config_path, "alpha-pv"))["123.WMaxLim_Ena"] == 0
+            ):
+                inverter_at = park.now_utc()
+            if (
+                battery_at is None
+                and asyncio.run(_read_points(park.config_path, "beta-battery"))["704.WSetEna"] == 0
+            ):
+                battery_at = park.now_utc()
             time.sleep(0.05)
-        else:
-            pytest.fail("the inverter kept hubctl's limit after the revert time")
-        reverted_after = park.now_utc() - killed_at
-        assert reverted_after <= revert_s + 2  # simulated seconds; + 2: one poll and one park step
+        assert inverter_at is not None, "the inverter kept hubctl's limit after the revert time"
+        assert battery_at is not None, "the battery kept hubctl's setpoint after the revert time"
+        for reverted_at in (inverter_at, battery_at):
+            assert reverted_at - killed_at <= revert_s + 2  # simulated seconds; + 2: a poll and a park step
+        # the battery ramps (2.5 kW per simulated second) to its fallback: hubctl's 0 kW, not the installer's
+        while park.now_utc() < battery_at + 4:
+            time.sleep(0.02)
+        power = asyncio.run(_read_points(park.config_path, "beta-battery"))["role.power_kw"]
+        assert power is not None
+        assert abs(power) < 0.5, f"the battery fell back to {power} kW, not to hubctl's 0 kW"
     finally:
         service.close()
         park.stop()
