@@ -435,6 +435,12 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         for c, r in zip(comps, snap.companies, strict=True)
     ]
     load = [max(0.0, g + p + b) for g, p, b in zip(grid, pv, bat_meas, strict=True)]
+    # the grid meter is the truth for the caps: a PV reading that is missing (an inverter that has
+    # not answered yet) or lags the meter must not hide export. Where the meter shows more export
+    # than the readings explain, take the least PV that explains it (load 0), so that the net below
+    # is never above the meter's grid with the battery taken out (a company without PV: the net
+    # alone). `pv` stays as read for learning the sky.
+    pv_net = [max(p, -(g + b)) for g, p, b in zip(grid, pv, bat_meas, strict=True)]
     park_grid = sum(grid)
 
     # which inverters are held by their limit (their available power is unknown)
@@ -484,7 +490,8 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
             avail.append(min(c.pv_peak_kw, max(pv[i] + _CURTAILED_TOL_FRAC * c.pv_peak_kw, model)))
         else:
             avail.append(pv[i])
-    net = [ld - a for ld, a in zip(load, avail, strict=True)]
+    avail = [max(a, p) if c.pv_peak_kw > 0 else a for a, p, c in zip(avail, pv_net, comps, strict=True)]
+    net = [min(ld - a, g + b) for ld, a, g, b in zip(load, avail, grid, bat_meas, strict=True)]
     park_net = sum(net)
     # the trend over the last cycle, for inverters whose output shows the sun (not held by a limit):
     # the meters are `lag` seconds old, so the caps are guarded against where the net is heading

@@ -378,3 +378,18 @@ def test_self_consumption_settles_when_meters_and_batteries_are_read_at_differen
     tail = history[-10:]
     assert max(tail) - min(tail) < 2.0, history  # settled, no cycle-to-cycle swing
     assert min(tail) >= 0  # never flipping to charging
+
+
+@pytest.mark.parametrize("soc", [30.0, 60.0, 95.0])
+def test_a_missing_pv_reading_does_not_hide_the_export_the_meter_shows(soc: float) -> None:
+    """A gateway's first cycles: the grid meters answer, a slow inverter has not yet. The company's
+    export is on its grid meter all the same; no battery may discharge into the room it takes."""
+    p = park(exp=200)
+    solar = CompanyReading(grid_kw=-150.0, pv_kw=None, battery_kw=None, soc_pct=None, grid_age_s=1.0)
+    snap = Snapshot(NOON, (solar, reading(20, pv=60, soc=soc)))  # park -190 kW: 10 kW of room
+    state = State.initial(p)
+    for _ in range(3):  # whatever the plan's mood on the first cycles
+        d, state = decide(p, snap, state)
+        sp = d.battery_setpoint_kw[1] or 0.0
+        assert sum(r.grid_kw or 0.0 for r in snap.companies) - sp >= -200 - 1e-6
+        snap = Snapshot(snap.ts_utc + 1, snap.companies)
