@@ -2,10 +2,12 @@
 
     hubctl simulate --scenario FILE [--speed N] [--start-s S] [--write-config PATH]
                     [--mqtt-url URL] [--park-meter] [--host H] [--control-port P]
-                    [--comm-loss-s S] [--battery-fallback-kw KW] [--pv-fallback-pct PCT] [-v]
+                    [--comm-loss-s S] [--battery-fallback-kw KW] [--pv-fallback-pct PCT]
+                    [--pv-units N] [--battery-units N] [-v]
 
 Loads a scenario (SCENARIOS.md), starts one device per company role (grid
-meter, PV inverter, battery) on its own loopback port, the RS485 meters behind
+meter, PV inverter, battery; `--pv-units`/`--battery-units` split a company's
+PV or battery over several devices) on its own loopback port, the RS485 meters behind
 one gateway port with several unit ids, optionally an MQTT meter publishing to
 the broker at --mqtt-url, and a JSON-lines control port for fault injection
 (`simulators.faults`). Prints where everything listens, writes a hubctl site
@@ -55,6 +57,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"{text}: must be a whole number from 1 to 8")
+    return value
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `simulate` subcommand to hubctl's parser."""
     p = sub.add_parser(
@@ -80,6 +89,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--battery-fallback-kw", type=float, default=0.0, help="battery power after a lapse (+ discharge)"
     )
     p.add_argument("--pv-fallback-pct", type=_non_negative, help="PV limit after a lapse (default: no limit)")
+    p.add_argument(
+        "--pv-units", type=_count, default=1, help="inverters per company sharing its PV (default 1)"
+    )
+    p.add_argument(
+        "--battery-units", type=_count, default=1, help="battery systems per company sharing its battery"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what the devices do")
     p.set_defaults(func=run)
 
@@ -121,6 +136,8 @@ async def _serve(args: argparse.Namespace) -> int:
         park_meter=args.park_meter,
         control_port=args.control_port,
         options=options,
+        pv_units=args.pv_units,
+        battery_units=args.battery_units,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

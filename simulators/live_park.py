@@ -25,8 +25,24 @@ Decisions:
 - Energy counters start at `energy_base_kwh` (default 1000 kWh), not 0: a
   SunSpec accumulator that reads 0 means "not implemented".
 - Devices push nothing into the park; the park pulls each company's PV limit
-  and battery setpoint from the callables registered for it (at most one of
-  each per company: two devices commanding the same battery is a set-up error).
+  and battery setpoint from the units registered for it.
+- A company's PV or battery may be split over several devices (units), as on
+  a park where a roof has two or three inverters: `pv_unit(company, share)`
+  and `battery_unit(company, share)` hand out a unit for `share` of the
+  company's peak (battery: of its capacity and powers); the shares of a
+  company add up to at most 1. The physics still has one PV plant and one
+  battery per company, so the units' commands are combined before each step:
+  - PV: the plant's limit is the sum over units of what each may give,
+    `min(own limit, share * available)` (available: the last step's, so one
+    step old); no unit limited: no limit. Each unit then reports the plant's
+    output in proportion to what it may give, and counts its own energy.
+  - Battery: the setpoints add up (a unit without one counts 0 kW); each
+    unit reports the battery's power in proportion to its setpoint (in
+    proportion to its share when they sum to 0) and the battery's state of
+    charge. Units commanded alike (what `hubctl run` does: it splits a
+    company's power evenly over its devices) are exact; units commanded
+    differently are an approximation that keeps the company's totals right.
+  Two devices claiming more than the whole plant is a set-up error.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from simulators.physics import CompanySpec, ParkPhysics, Profiles, StepRecord
@@ -126,6 +142,35 @@ class CommWatchdog:
         return self.timeout_s is not None and now_s - self.last_seen_s > self.timeout_s
 
 
+@dataclass(slots=True)
+class PvUnit:
+    """One inverter of a company's PV plant: `share` of its peak, with its own limit."""
+
+    company: CompanyInfo
+    share: float
+    peak_kw: float
+    limit_kw: Callable[[float], float | None] | None = None
+    kw: float = 0.0  # output over the current step
+    available_kw: float = 0.0  # what the sun offers this unit over the current step
+    energy_kwh: float = 0.0
+    may_kw: float = 0.0  # what the unit may give in the current step (for the split)
+
+
+@dataclass(slots=True)
+class BatteryUnit:
+    """One battery system of a company: `share` of its battery (capacity, powers), with its own setpoint."""
+
+    company: CompanyInfo
+    share: float
+    spec: BatterySpec  # the unit's own ratings
+    setpoint_kw: Callable[[float], float | None] | None = None
+    kw: float = 0.0  # + discharge, over the current step
+    soc_pct: float = 0.0
+    charge_kwh: float = 0.0
+    discharge_kwh: float = 0.0
+    asked_kw: float | None = None
+
+
 class Park:
     """The park's physics with device commands and energy counters; stepped by `step()` or a `ParkClock`."""
 
@@ -148,8 +193,8 @@ class Park:
         )
         self._index = {c.id: c.index for c in self.companies}
         n = len(specs)
-        self._pv_controls: list[Callable[[float], float | None] | None] = [None] * n
-        self._battery_controls: list[Callable[[float], float | None] | None] = [None] * n
+        self._pv_units: list[list[PvUnit]] = [[] for _ in range(n)]
+        self._battery_units: list[list[BatteryUnit]] = [[] for _ in range(n)]
         self.counters = [
             Counters(energy_base_kwh, energy_base_kwh, energy_base_kwh, energy_base_kwh, energy_base_kwh)
             for _ in specs
@@ -184,19 +229,108 @@ class Park:
         except KeyError:
             raise ValueError(f"no company {company_id!r} in this park") from None
 
-    def control_pv(self, company_id: str, limit_kw: Callable[[float], float | None]) -> None:
-        """Register the callable giving this company's PV limit (kW, None = no limit) at a time."""
-        j = self.company(company_id).index
-        if self._pv_controls[j] is not None:
-            raise ValueError(f"{company_id}: its PV already has a controlling device")
-        self._pv_controls[j] = limit_kw
+    def pv_unit(
+        self,
+        company_id: str,
+        *,
+        share: float = 1.0,
+        limit_kw: Callable[[float], float | None] | None = None,
+    ) -> PvUnit:
+        """An inverter for `share` of the company's PV; `limit_kw(t)` its own limit (kW, None = none)."""
+        info = self.company(company_id)
+        if info.pv_peak_kw is None:
+            raise ValueError(f"{company_id}: no PV")
+        units = self._pv_units[info.index]
+        _check_share(company_id, "PV", share, [u.share for u in units])
+        unit = PvUnit(info, share, info.pv_peak_kw * share, limit_kw)
+        unit.energy_kwh = self.counters[info.index].pv_kwh * share
+        units.append(unit)
+        self._split_pv(info.index)
+        return unit
 
-    def control_battery(self, company_id: str, setpoint_kw: Callable[[float], float | None]) -> None:
-        """Register the callable giving this company's battery setpoint (kW, + discharge; None = 0 kW)."""
-        j = self.company(company_id).index
-        if self._battery_controls[j] is not None:
-            raise ValueError(f"{company_id}: its battery already has a controlling device")
-        self._battery_controls[j] = setpoint_kw
+    def battery_unit(
+        self,
+        company_id: str,
+        *,
+        share: float = 1.0,
+        setpoint_kw: Callable[[float], float | None] | None = None,
+    ) -> BatteryUnit:
+        """A battery system for `share` of the company's battery; `setpoint_kw(t)` its own (+ discharge)."""
+        info = self.company(company_id)
+        if info.battery is None:
+            raise ValueError(f"{company_id}: no battery")
+        units = self._battery_units[info.index]
+        _check_share(company_id, "battery", share, [u.share for u in units])
+        b = info.battery
+        spec = replace(
+            b,
+            capacity_kwh=b.capacity_kwh * share,
+            max_charge_kw=b.max_charge_kw * share,
+            max_discharge_kw=b.max_discharge_kw * share,
+        )
+        c = self.counters[info.index]
+        unit = BatteryUnit(info, share, spec, setpoint_kw)
+        unit.charge_kwh, unit.discharge_kwh = c.charge_kwh * share, c.discharge_kwh * share
+        units.append(unit)
+        self._split_battery(info.index)
+        return unit
+
+    def _pv_limit(self, j: int, t: float) -> float | None:
+        units = self._pv_units[j]
+        if not units:
+            return None
+        available = float(self.record.pv_available_kw[j])
+        limited = False
+        total = 0.0
+        for u in units:
+            own = None if u.limit_kw is None else u.limit_kw(t)
+            offer = u.share * available
+            if own is not None and math.isfinite(own):
+                limited = True
+                u.may_kw = max(min(own, offer), 0.0)
+            else:
+                u.may_kw = offer
+            total += u.may_kw
+        unclaimed = 1.0 - sum(u.share for u in units)  # a plant only partly modelled by devices runs free
+        return total + unclaimed * available if limited else None
+
+    def _battery_setpoint(self, j: int, t: float) -> float | None:
+        units = self._battery_units[j]
+        asked = [None if u.setpoint_kw is None else u.setpoint_kw(t) for u in units]
+        for u, a in zip(units, asked, strict=True):
+            u.asked_kw = a
+        given = [a for a in asked if a is not None and math.isfinite(a)]
+        return math.fsum(given) if given else None
+
+    def _split_pv(self, j: int) -> None:
+        units = self._pv_units[j]
+        if not units:
+            return
+        pv = float(self.record.pv_kw[j])
+        available = float(self.record.pv_available_kw[j])
+        weights = [u.may_kw for u in units]
+        if sum(weights) <= 0:
+            weights = [u.share for u in units]
+        total = sum(weights)
+        claimed = sum(u.share for u in units)
+        for u, w in zip(units, weights, strict=True):
+            u.kw = pv * claimed * w / total
+            u.available_kw = available * u.share
+
+    def _split_battery(self, j: int) -> None:
+        units = self._battery_units[j]
+        if not units:
+            return
+        p = float(self.record.battery_kw[j])
+        soc = float(self.record.soc_pct[j])
+        asked = [u.asked_kw or 0.0 for u in units]
+        total = math.fsum(asked)
+        claimed = sum(u.share for u in units)
+        weights = asked if abs(total) > 1e-9 and all(a * total >= 0 for a in asked) else None
+        for i, u in enumerate(units):
+            w = u.share / claimed if weights is None else weights[i] / total
+            u.kw = p * claimed * w
+            u.soc_pct = soc
 
     def _count(self, r: StepRecord) -> None:
         h = self._step_s / 3600.0
@@ -208,6 +342,13 @@ class Park:
             c.pv_kwh += pv * h
             c.charge_kwh += max(-bat, 0.0) * h
             c.discharge_kwh += max(bat, 0.0) * h
+        for units in self._pv_units:
+            for u in units:
+                u.energy_kwh += u.kw * h
+        for bunits in self._battery_units:
+            for b in bunits:
+                b.charge_kwh += max(-b.kw, 0.0) * h
+                b.discharge_kwh += max(b.kw, 0.0) * h
         park = r.park_grid_kw
         self.park_counters.import_kwh += max(park, 0.0) * h
         self.park_counters.export_kwh += max(-park, 0.0) * h
@@ -215,11 +356,15 @@ class Park:
     def step(self) -> StepRecord:
         """Advance one step with the commands in force at its start."""
         t = self._next_t_s
-        limits = [None if f is None else f(t) for f in self._pv_controls]
-        setpoints = [None if f is None else f(t) for f in self._battery_controls]
+        n = len(self.companies)
+        limits = [self._pv_limit(j, t) for j in range(n)]
+        setpoints = [self._battery_setpoint(j, t) for j in range(n)]
         self._count(self.record)
         self.record = self._physics.step(t, setpoints, limits)
         self._advance_time()
+        for j in range(n):
+            self._split_pv(j)
+            self._split_battery(j)
         return self.record
 
     def advance(self, seconds: float) -> StepRecord:
@@ -228,6 +373,13 @@ class Park:
         while self._next_t_s <= end + 1e-9 * self._step_s:
             self.step()
         return self.record
+
+
+def _check_share(company_id: str, what: str, share: float, taken: list[float]) -> None:
+    if not (math.isfinite(share) and 0 < share <= 1):
+        raise ValueError(f"{company_id}: a {what} unit's share must be in (0, 1], got {share}")
+    if sum(taken) + share > 1 + 1e-9:
+        raise ValueError(f"{company_id}: its {what} units would claim more than the whole {what}")
 
 
 class ParkClock:

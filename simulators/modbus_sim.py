@@ -83,7 +83,7 @@ from simulators.live_park import CommWatchdog, Setpoint
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from simulators.live_park import Park
+    from simulators.live_park import BatteryUnit, Park, PvUnit
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +360,7 @@ class MapUnit(ModbusUnit):
         *,
         driver: str = "",
         options: DeviceOptions | None = None,
+        share: float = 1.0,
     ) -> None:
         super().__init__(device_id, unit_id, park, options)
         keys = register_map.roles.keys(role)
@@ -399,11 +400,21 @@ class MapUnit(ModbusUnit):
         self.battery_setpoint = Setpoint()
         quirk = _QUIRKS.get(driver)
         self._quirk = None if quirk is None else quirk()
+        self.pv: PvUnit | None = None
+        self.battery: BatteryUnit | None = None
         if self.company is not None:
-            if role == "pv" and ({"limit_pct", "limit_kw"} & set(keys)):
-                park.control_pv(self.company.id, self._pv_limit_kw)
-            if role == "battery" and ("setpoint_kw" in keys or self._quirk is not None):
-                park.control_battery(self.company.id, self._battery_setpoint_kw)
+            if role == "pv":
+                limited = bool({"limit_pct", "limit_kw"} & set(keys))
+                self.pv = park.pv_unit(
+                    self.company.id, share=share, limit_kw=self._pv_limit_kw if limited else None
+                )
+            if role == "battery":
+                commanded = "setpoint_kw" in keys or self._quirk is not None
+                self.battery = park.battery_unit(
+                    self.company.id,
+                    share=share,
+                    setpoint_kw=self._battery_setpoint_kw if commanded else None,
+                )
 
     @staticmethod
     def _initial(point: Point, *, is_limit: bool) -> float:
@@ -446,15 +457,16 @@ class MapUnit(ModbusUnit):
             )
         j = self.company.index
         c = self.park.counters[j]
+        pv, bat = self.pv, self.battery
         return _Quantities(
             float(r.grid_kw[j]),
-            float(r.pv_kw[j]),
-            float(r.battery_kw[j]),
+            float(r.pv_kw[j]) if pv is None else pv.kw,
+            float(r.battery_kw[j]) if bat is None else bat.kw,
             float(r.load_kw[j]),
             float(r.soc_pct[j]) if self.company.battery is not None else None,
             c.import_kwh,
             c.export_kwh,
-            c.pv_kwh,
+            c.pv_kwh if pv is None else pv.energy_kwh,
         )
 
     def _semantic(self, q: _Quantities) -> dict[str, float]:
@@ -545,8 +557,8 @@ class MapUnit(ModbusUnit):
 
     def _apply(self, point: Point, value: float) -> None:
         keys = self._keys
-        if point.name in keys.get("limit_pct", ()) and self.company is not None:
-            peak = self.company.pv_peak_kw or 0.0
+        if point.name in keys.get("limit_pct", ()) and self.pv is not None:
+            peak = self.pv.peak_kw
             self.pv_limit.write(value / 100.0 * peak, self.now_s, self._revert_s(point))
         elif point.name in keys.get("limit_kw", ()):
             self.pv_limit.write(value, self.now_s, self._revert_s(point))
@@ -564,9 +576,9 @@ class MapUnit(ModbusUnit):
 
     def _pv_fallback_kw(self) -> float | None:
         pct = self.options.pv_fallback_limit_pct
-        if pct is None or self.company is None or self.company.pv_peak_kw is None:
+        if pct is None or self.pv is None:
             return None
-        return pct / 100.0 * self.company.pv_peak_kw
+        return pct / 100.0 * self.pv.peak_kw
 
     def _battery_setpoint_kw(self, now_s: float) -> float | None:
         fallback = self.options.battery_fallback_kw
@@ -619,11 +631,11 @@ class _VictronEss(_Quirk):
 
     def battery_setpoint_kw(self, unit: MapUnit, now_s: float) -> float | None:
         del now_s
-        if unit.company is None:
+        if unit.company is None or unit.battery is None:
             return None
         r = unit.park.record
         j = unit.company.index
-        return float(r.load_kw[j] - r.pv_kw[j]) - self.grid_setpoint_kw
+        return (float(r.load_kw[j] - r.pv_kw[j]) - self.grid_setpoint_kw) * unit.battery.share
 
 
 class _HuaweiForcible(_Quirk):

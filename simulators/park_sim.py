@@ -31,6 +31,12 @@ Driver assignment (decisions):
   under a group transport agreement there is no physical park meter.
 - Device ids are `<company>-grid`, `-pv`, `-battery` and `park-meter`,
   stable across runs of the same scenario.
+- `pv_units` / `battery_units` > 1 split each company's PV (battery) over
+  that many identical devices, `-pv1`, `-pv2`, ..., each for an equal share
+  of the plant (`live_park.Park.pv_unit`), as on a roof with several
+  inverters; each unit picks its model in turn like any other device, and is
+  sized for its share. This is how `bench/gateway.py` reaches 200 devices on
+  50 companies.
 - A device with a port of its own keeps its map's transport habits (a Huawei
   dongle serves one client and swallows requests in the first second after a
   connect); the gateway has none, as an RS485 gateway would.
@@ -90,6 +96,7 @@ class DevicePlan:
     gateway: bool
     unit_id: int
     range_kw: float  # largest |power| the device must report
+    share: float = 1.0  # of the company's PV or battery, when several devices split it
 
 
 def _device_id(company: str, suffix: str) -> str:
@@ -128,9 +135,14 @@ def plan_devices(
     mqtt: bool = False,
     park_meter: bool = False,
     maps: dict[str, RegisterMap] | None = None,
+    pv_units: int = 1,
+    battery_units: int = 1,
 ) -> list[DevicePlan]:
     """Which device plays which role where (see the module docstring)."""
+    if pv_units < 1 or battery_units < 1:
+        raise ValueError("pv_units and battery_units must be at least 1")
     maps = {} if maps is None else maps
+    units = {"grid_meter": 1, "pv": pv_units, "battery": battery_units}
     ranges = _ranges(scenario, profiles)
     plans: list[DevicePlan] = []
     gateway_units = 0
@@ -144,9 +156,13 @@ def plan_devices(
             wanted.append(("pv", PV_CANDIDATES, "pv"))
         if c.battery:
             wanted.append(("battery", BATTERY_CANDIDATES, "battery"))
-        for role, candidates, suffix in wanted:
+        every = [(r, cands, base, k) for r, cands, base in wanted for k in range(units[r])]
+        for role, candidates, base_suffix, k_unit in every:
+            n_units = units[role]
+            share = 1.0 / n_units
+            suffix = base_suffix if n_units == 1 else f"{base_suffix}{k_unit + 1}"
             device_id = _device_id(c.id, suffix)
-            range_kw = ranges[c.id][role]
+            range_kw = ranges[c.id][role] * share
             if role == "grid_meter" and mqtt and j == len(companies) - 1:
                 plans.append(
                     DevicePlan(
@@ -170,6 +186,7 @@ def plan_devices(
                             gateway=False,
                             unit_id=1,
                             range_kw=range_kw,
+                            share=share,
                         )
                     )
                     break
@@ -180,7 +197,9 @@ def plan_devices(
                 on_gateway = role == "grid_meter"
                 gateway_units += on_gateway
                 unit_id = gateway_units if on_gateway else register_map.default_unit_id
-                plans.append(DevicePlan(device_id, role, c.id, name, None, on_gateway, unit_id, range_kw))
+                plans.append(
+                    DevicePlan(device_id, role, c.id, name, None, on_gateway, unit_id, range_kw, share)
+                )
                 break
             else:
                 raise ValueError(f"{c.id}: no {role} model fits {range_kw:.0f} kW")
@@ -222,6 +241,8 @@ class SimulatedPark:
         park_meter: bool = False,
         control_port: int = 0,
         options: DeviceOptions | None = None,
+        pv_units: int = 1,
+        battery_units: int = 1,
     ) -> None:
         self.scenario = scenario
         specs = company_specs(scenario)
@@ -232,7 +253,13 @@ class SimulatedPark:
         self.options = options or DeviceOptions()
         self.maps: dict[str, RegisterMap] = {}
         self.plans = plan_devices(
-            scenario, profiles, mqtt=mqtt_url is not None, park_meter=park_meter, maps=self.maps
+            scenario,
+            profiles,
+            mqtt=mqtt_url is not None,
+            park_meter=park_meter,
+            maps=self.maps,
+            pv_units=pv_units,
+            battery_units=battery_units,
         )
         self.control = FaultControl()
         self.control_server = ControlServer(self.control, host, control_port)
@@ -280,12 +307,14 @@ class SimulatedPark:
         self.control.set_status_extra(self.status)
 
     def _unit(self, plan: DevicePlan) -> ModbusUnit:
-        if plan.sunspec_kind is SunSpecKind.INVERTER and plan.company is not None:
-            return SunSpecInverter(plan.device_id, plan.unit_id, self.park, plan.company, self.options)
-        if plan.sunspec_kind is SunSpecKind.STORAGE_124 and plan.company is not None:
-            return SunSpecStorage124(plan.device_id, plan.unit_id, self.park, plan.company, self.options)
-        if plan.sunspec_kind is SunSpecKind.STORAGE_802 and plan.company is not None:
-            return SunSpecStorage802(plan.device_id, plan.unit_id, self.park, plan.company, self.options)
+        owned = {
+            SunSpecKind.INVERTER: SunSpecInverter,
+            SunSpecKind.STORAGE_124: SunSpecStorage124,
+            SunSpecKind.STORAGE_802: SunSpecStorage802,
+        }
+        if plan.sunspec_kind in owned and plan.company is not None:
+            cls = owned[plan.sunspec_kind]
+            return cls(plan.device_id, plan.unit_id, self.park, plan.company, self.options, plan.share)
         if plan.sunspec_kind is SunSpecKind.METER:
             return SunSpecMeter(
                 plan.device_id, plan.unit_id, self.park, plan.company, plan.range_kw, self.options
@@ -299,6 +328,7 @@ class SimulatedPark:
             plan.company,
             driver=plan.driver,
             options=self.options,
+            share=plan.share,
         )
 
     # -- running

@@ -47,7 +47,7 @@ Company archetypes (ids `<archetype>-<n>`; sizes are the nominal peak load)
     All loads carry slow (5-15 min) and fast (per row) noise and are >= 0.
 
 PV
-    Per company (about 90 % have PV): peak = min(500, 1.0-2.5 x its peak load)
+    Per company (`pv_fraction`, default 90 %, have PV): peak = min(500, 1.0-2.5 x its peak load)
     x `pv_share`. Fields flat, south, south-east/-west or east-west with
     10-35 deg tilt: output = peak x 0.8 x (85 % direct on the tilted plane with
     air-mass attenuation + 15 % diffuse ~ sin(elevation)), clipped at peak. The
@@ -151,6 +151,7 @@ class GenOptions:
     season: str = "auto"
     sky: str = "clear"
     pv_share: float = 1.0
+    pv_fraction: float = 0.9  # of the companies with PV (the first always has it)
     battery_share: float = 0.5
     company_caps: bool = False
     import_window: tuple[str, str] | None = None
@@ -168,6 +169,8 @@ class GenOptions:
             raise ValueError(f"sky must be one of {SKIES}, got {self.sky!r}")
         if not (math.isfinite(self.pv_share) and self.pv_share >= 0):
             raise ValueError(f"pv_share must be >= 0, got {self.pv_share}")
+        if not 0.0 <= self.pv_fraction <= 1.0:
+            raise ValueError(f"pv_fraction must be in [0, 1], got {self.pv_fraction}")
         if not 0.0 <= self.battery_share <= 1.0:
             raise ValueError(f"battery_share must be in [0, 1], got {self.battery_share}")
         if self.sharing_key not in SHARING_KEYS:
@@ -863,7 +866,7 @@ def generate(opts: GenOptions) -> tuple[dict[str, Any], list[str], Arr]:
         c = _Company(
             cid=f"{kind}-{counters[kind]}", kind=kind, peak_kw=peak, load=load, pv=np.zeros_like(load)
         )
-        has_pv = rng.random() < 0.9 or i == 0
+        has_pv = rng.random() < opts.pv_fraction or i == 0
         pv_base = min(500.0, float(rng.uniform(1.0, 2.5)) * peak)
         c.pv_peak_kw = round(pv_base * opts.pv_share) if has_pv else 0
         clear = _pv_clear_pu(rng, elev, az)

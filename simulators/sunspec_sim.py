@@ -247,14 +247,20 @@ class SunSpecInverter(SunSpecUnit):
     kind = SunSpecKind.INVERTER
 
     def __init__(
-        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
     ) -> None:
         super().__init__(device_id, unit_id, park, company, options)
         self.owner = self._owner()
-        peak_kw = self.owner.pv_peak_kw
-        if peak_kw is None:
+        if self.owner.pv_peak_kw is None:
             raise ValueError(f"{device_id}: company {company} has no PV")
-        self.peak_kw = peak_kw
+        self.unit = park.pv_unit(self.owner.id, share=share, limit_kw=self.pv_limit_kw)
+        peak_kw = self.peak_kw = self.unit.peak_kw
         self.limit_pct = Setpoint()
         img = self.image
         self._inverter_ac(peak_kw * 1000.0)
@@ -277,7 +283,6 @@ class SunSpecInverter(SunSpecUnit):
         for name in ("WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms"):
             self.allow_write(123, name, 0, _U16_MAX)
         self.allow_write(123, "WMaxLim_Ena", 0, 1)
-        park.control_pv(self.owner.id, self.pv_limit_kw)
 
     def on_write(self, updates: dict[Key, float]) -> None:
         if {(123, "WMaxLimPct"), (123, "WMaxLimPct_RvrtTms"), (123, "WMaxLim_Ena")} & updates.keys():
@@ -296,12 +301,9 @@ class SunSpecInverter(SunSpecUnit):
         return None if pct is None else pct / 100.0 * self.peak_kw
 
     def update(self) -> None:
-        r = self.park.record
-        j = self.owner.index
-        pv = float(r.pv_kw[j])
-        avail = float(r.pv_available_kw[j])
+        pv, avail = self.unit.kw, self.unit.available_kw
         status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else _ST_MPPT
-        self._inverter_live(pv, self.park.counters[j].pv_kwh, status)
+        self._inverter_live(pv, self.unit.energy_kwh, status)
         self.limit_pct.update(self.now_s)
         self.image.set_raw(123, "WMaxLim_Ena", 0 if self.limit_pct.value is None else 1)
 
@@ -310,14 +312,20 @@ class _Storage(SunSpecUnit):
     """What both storage kinds share: ratings, 103 as the AC side, the setpoint plumbing."""
 
     def __init__(
-        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
     ) -> None:
         super().__init__(device_id, unit_id, park, company, options)
         self.owner = self._owner()
-        battery = self.owner.battery
-        if battery is None:
+        if self.owner.battery is None:
             raise ValueError(f"{device_id}: company {company} has no battery")
-        self.battery = battery
+        self.unit = park.battery_unit(self.owner.id, share=share, setpoint_kw=self.battery_setpoint_kw)
+        self.battery = battery = self.unit.spec
         self.setpoint = Setpoint()
         rating_w = 1000.0 * max(battery.max_charge_kw, battery.max_discharge_kw)
         self._inverter_ac(rating_w)
@@ -337,7 +345,6 @@ class _Storage(SunSpecUnit):
         img.set_value(120, "AhrRtg", capacity_wh / _BATTERY_V)
         img.set_value(120, "MaxChaRte", 1000.0 * battery.max_charge_kw)
         img.set_value(120, "MaxDisChaRte", 1000.0 * battery.max_discharge_kw)
-        park.control_battery(self.owner.id, self.battery_setpoint_kw)
 
     def battery_setpoint_kw(self, now_s: float) -> float | None:
         fallback = self.reversion_kw()
@@ -350,13 +357,10 @@ class _Storage(SunSpecUnit):
 
     def live(self) -> tuple[float, float]:
         """(battery_kw, soc_pct) now, and model 103 refreshed."""
-        r = self.park.record
-        j = self.owner.index
-        p = float(r.battery_kw[j])
-        c = self.park.counters[j]
-        self._inverter_live(p, c.discharge_kwh, _ST_MPPT if p else _ST_STANDBY)
+        p = self.unit.kw
+        self._inverter_live(p, self.unit.discharge_kwh, _ST_MPPT if p else _ST_STANDBY)
         self.setpoint.update(self.now_s)
-        return p, float(r.soc_pct[j])
+        return p, self.unit.soc_pct
 
     def charge_status(self, p: float, soc: float) -> int:
         b = self.battery
@@ -373,9 +377,15 @@ class SunSpecStorage124(_Storage):
     kind = SunSpecKind.STORAGE_124
 
     def __init__(
-        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
     ) -> None:
-        super().__init__(device_id, unit_id, park, company, options)
+        super().__init__(device_id, unit_id, park, company, options, share)
         b = self.battery
         img = self.image
         self._scale_factors(
@@ -449,9 +459,15 @@ class SunSpecStorage802(_Storage):
     kind = SunSpecKind.STORAGE_802
 
     def __init__(
-        self, device_id: str, unit_id: int, park: Park, company: str, options: DeviceOptions | None = None
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
     ) -> None:
-        super().__init__(device_id, unit_id, park, company, options)
+        super().__init__(device_id, unit_id, park, company, options, share)
         b = self.battery
         img = self.image
         rating_w = 1000.0 * max(b.max_charge_kw, b.max_discharge_kw)

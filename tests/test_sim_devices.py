@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiomqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
@@ -843,3 +845,83 @@ def test_park_clock_runs_at_speed() -> None:
     arun(main)
     assert 40 <= park.t_s <= 80  # 0.3 s x 200, give or take the scheduler
     assert math.isclose(park.record.t_s, park.t_s)
+
+
+# ------------------------------------------------------------------------------------------ units
+
+
+def test_pv_units_split_the_plant_and_their_limits_add_up() -> None:
+    """Two inverters of alpha's 100 kW roof (80 kW available): each reports its part, limits add up."""
+    park = make_park()
+    a = SunSpecInverter("inv-a", 1, park, "alpha", share=0.5)
+    b = SunSpecInverter("inv-b", 1, park, "alpha", share=0.5)
+    park.step()
+    assert (a.unit.kw, b.unit.kw) == pytest.approx((40.0, 40.0))
+    assert (a.peak_kw, b.peak_kw) == (50.0, 50.0)
+    a.limit_pct.write(20.0, park.t_s, None)  # 10 kW of its 40
+    park.advance(10)  # PV ramps 10 kW per step: settled
+    assert float(park.record.pv_kw[0]) == pytest.approx(50.0)  # 10 + 40, not min(80, 10 + 50)
+    assert (a.unit.kw, b.unit.kw) == pytest.approx((10.0, 40.0))
+    b.limit_pct.write(20.0, park.t_s, None)
+    park.advance(10)
+    assert float(park.record.pv_kw[0]) == pytest.approx(20.0)
+    assert (a.unit.kw, b.unit.kw) == pytest.approx((10.0, 10.0))
+
+
+def test_battery_units_add_their_setpoints_share_the_soc_and_count_their_energy() -> None:
+    park = make_park()
+    units = [SunSpecStorage802(f"bat-{k}", 1, park, "alpha", share=0.5) for k in range(2)]
+    assert [u.battery.max_charge_kw for u in units] == [25.0, 25.0]
+    assert [u.battery.capacity_kwh for u in units] == [100.0, 100.0]
+    start = [(u.unit.charge_kwh, u.unit.discharge_kwh) for u in units]
+    counter0 = park.counters[0].charge_kwh
+    for u in units:
+        u.setpoint.write(-20.0, park.t_s, None)
+    park.advance(3600)
+    assert float(park.record.battery_kw[0]) == pytest.approx(-40.0)
+    assert [u.unit.kw for u in units] == pytest.approx([-20.0, -20.0])
+    assert units[0].unit.soc_pct == units[1].unit.soc_pct == float(park.record.soc_pct[0])
+    charged = [u.unit.charge_kwh - s[0] for u, s in zip(units, start, strict=True)]
+    assert sum(charged) == pytest.approx(park.counters[0].charge_kwh - counter0, rel=1e-9)
+    assert all(u.unit.discharge_kwh == s[1] for u, s in zip(units, start, strict=True))
+
+
+def test_units_may_not_claim_more_than_the_plant() -> None:
+    park = make_park()
+    SunSpecInverter("inv-a", 1, park, "alpha", share=0.6)
+    with pytest.raises(ValueError, match="more than the whole PV"):
+        SunSpecInverter("inv-b", 1, park, "alpha", share=0.6)
+    with pytest.raises(ValueError, match="share must be in"):
+        SunSpecStorage802("bat", 1, park, "alpha", share=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limits=st.lists(st.one_of(st.none(), st.floats(0.0, 60.0)), min_size=1, max_size=4),
+    steps=st.integers(1, 30),
+)
+def test_pv_units_never_give_more_than_their_limits_or_the_sun(
+    limits: list[float | None], steps: int
+) -> None:
+    """Property: whatever the units' limits, the plant gives at most the sum of what each may give,
+    never more than the sun offers, and the units' reports add up to the plant's output."""
+    park = make_park()
+    n = len(limits)
+    inverters = [SunSpecInverter(f"inv-{k}", 1, park, "alpha", share=1 / n) for k in range(n)]
+    for inv, limit in zip(inverters, limits, strict=True):
+        if limit is not None:
+            inv.limit_pct.write(min(limit / inv.peak_kw * 100, 100.0), park.t_s, None)
+    park.advance(steps)
+    total = float(park.record.pv_kw[0])
+    available = float(park.record.pv_available_kw[0])
+    assert total <= available + 1e-9
+    assert sum(u.unit.kw for u in inverters) == pytest.approx(total, abs=1e-9)
+    if steps >= 10:  # the ramp (10 kW per step) has settled
+        may = sum(
+            available / n if limit is None else min(limit, inv.peak_kw, available / n)
+            for inv, limit in zip(inverters, limits, strict=True)
+        )
+        assert total == pytest.approx(may, abs=1e-6)
+        for inv, limit in zip(inverters, limits, strict=True):
+            if limit is not None:
+                assert inv.unit.kw <= limit + 1e-6

@@ -335,3 +335,47 @@ def test_site_config_of_a_park_in_process_validates(scenario_file: Path) -> None
     data = asyncio.run(main())
     assert [d["id"] for d in data["devices"]][-1] == "park-meter"
     assert all(d["modbus"]["port"] > 0 for d in data["devices"])
+
+
+def test_plan_splits_pv_and_batteries_over_several_devices(scenario_file: Path) -> None:
+    scenario = load_scenario(scenario_file)
+    profiles = Profiles.from_csv(scenario.profiles_path, [c.id for c in scenario.config.companies])
+    single = {p.device_id: p for p in plan_devices(scenario, profiles)}
+    plans = {p.device_id: p for p in plan_devices(scenario, profiles, pv_units=2, battery_units=3)}
+    assert "alpha-pv" not in plans
+    assert {p.device_id for p in plans.values() if p.company == "alpha" and p.role == "pv"} == {
+        "alpha-pv1",
+        "alpha-pv2",
+    }
+    assert plans["alpha-pv2"].share == 0.5
+    assert plans["alpha-pv1"].range_kw == pytest.approx(single["alpha-pv"].range_kw / 2)
+    batteries = [p for p in plans.values() if p.company == "alpha" and p.role == "battery"]
+    assert [p.share for p in batteries] == pytest.approx([1 / 3] * 3)
+    assert (
+        len({p.driver if p.sunspec_kind is None else p.sunspec_kind for p in batteries}) > 1
+    )  # models rotate
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_devices(scenario, profiles, pv_units=0)
+
+
+def test_a_park_with_split_plants_serves_every_unit_and_sums_to_the_plant(scenario_file: Path) -> None:
+    """In process, over Modbus TCP: hubctl's own device layer reads both inverters of a company,
+    and the two add up to the company's PV in the physics."""
+    from hubctl.config import parse_config  # noqa: PLC0415
+    from hubctl.devices import build_device  # noqa: PLC0415
+    from hubctl.modbus import ConnectionPool  # noqa: PLC0415
+
+    scenario = load_scenario(scenario_file)
+
+    async def main() -> tuple[float, float]:
+        async with SimulatedPark(scenario, speed=1, start_s=12 * 3600, pv_units=2) as sim:
+            cfg = parse_config(sim.site_config_data(), "<test>")
+            configs = {d.id: d for d in cfg.devices}
+            async with ConnectionPool() as pool:
+                readings = [await build_device(configs[f"alpha-pv{k}"], pool=pool).read() for k in (1, 2)]
+            total = sum(r.values["power_kw"] or 0.0 for r in readings)
+            return total, float(sim.park.record.pv_kw[0])
+
+    total, physics = asyncio.run(main())
+    assert physics > 0
+    assert total == pytest.approx(physics, rel=0.02)
