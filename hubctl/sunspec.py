@@ -84,6 +84,7 @@ ROLE_MODELS: dict[str, tuple[int, ...]] = {
 }
 _TEXT_TYPES = {"string", "eui48", "ipaddr", "ipv6addr"}
 _SKIP_TYPES = {"pad", "sunssf"}
+_MAX_SF = 10  # SunSpec scale factors are -10..10
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +145,15 @@ class DecodedModel:
     points: Mapping[str, SunSpecPoint]
 
     def exponent(self, point: SunSpecPoint) -> int | None:
-        """The scale factor exponent of `point` now (0 without one; None when not implemented)."""
+        """The scale factor exponent of `point` now (0 without one; None: not implemented or out of range)."""
         if point.scale_factor is None:
             return 0
         if isinstance(point.scale_factor, int):
             return point.scale_factor
         raw = self.raw.get(point.scale_factor)
-        return None if raw is None else int(raw)
+        if raw is None or not -_MAX_SF <= raw <= _MAX_SF:
+            return None  # not implemented, or outside SunSpec's -10..10: no usable value
+        return int(raw)
 
 
 # --- Discovery --------------------------------------------------------------------------------------------
@@ -233,11 +236,81 @@ async def read_models(read: ReadRegisters, headers: Sequence[ModelHeader]) -> di
 
 
 # pysunspec2 builds a Model and one object per point each time it is given data: about half of the
-# gateway's CPU at 140 devices (bench/gateway.py). A model without repeating groups is built once per
-# (id, address, length) and refilled with `set_mb` after that; decoding never awaits, so one object
-# can serve every device on the event loop's thread (this module is not used from other threads).
-_MODELS: dict[tuple[int, int, int], Any] = {}
+# gateway's CPU at 140 devices (bench/gateway.py), and refilling a kept Model with `set_mb` still
+# cost 40 % at 200 devices. So a model without repeating groups is built by pysunspec2 once per
+# (id, address, length); its layout (each point's offset, length and pysunspec2's own type codec
+# `PointInfo.data_to` / `is_impl`, the same calls `Point.set_mb` makes) is kept, and later reads
+# decode the words through that layout without building objects. tests/test_sunspec.py checks
+# the fast path against a fresh pysunspec2 Model on random register contents.
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    points: Mapping[str, SunSpecPoint]
+    fields: tuple[tuple[str, str, int, int, Callable[[bytes], Any], Callable[[Any], bool]], ...]
+
+
+_LAYOUTS: dict[tuple[int, int, int], _Layout] = {}
 _MAX_CACHED_MODELS = 256
+
+
+def _point_location(header: ModelHeader, name: str, point: Any) -> SunSpecPoint:
+    kind = str(point.pdef["type"])
+    sf_name, sf_fixed = point.sf, point.pdef.get("sf")
+    scale: str | int | None = str(sf_name) if sf_name else (int(sf_fixed) if sf_fixed is not None else None)
+    return SunSpecPoint(
+        model_id=header.model_id,
+        name=name,
+        address=header.address + int(point.offset),
+        type=kind,
+        size=int(point.len),
+        units=str(point.pdef.get("units", "")),
+        scale_factor=scale,
+        writable=point.pdef.get("access") == "RW",
+    )
+
+
+def _decode_with_pysunspec2(
+    header: ModelHeader, data: bytes
+) -> tuple[dict[str, int | float | None], dict[str, str], dict[str, SunSpecPoint], Any]:
+    try:
+        model = sunspec_device.Model(
+            model_id=header.model_id, model_addr=header.address, model_len=header.length, data=data
+        )
+    except Exception as exc:  # noqa: BLE001 - pysunspec2 raises ModelError and plain errors alike
+        raise DeviceProtocolError(f"model {header.model_id}: cannot decode: {exc}") from None
+    if model.error_info:
+        problem = str(model.error_info).strip().replace("\n", "; ")
+        raise DeviceProtocolError(f"model {header.model_id}: {problem}")
+    raw: dict[str, int | float | None] = {}
+    texts: dict[str, str] = {}
+    points: dict[str, SunSpecPoint] = {}
+    for name, point in model.points.items():
+        kind = str(point.pdef["type"])
+        if name in {"ID", "L"} or kind == "pad":
+            continue
+        points[name] = _point_location(header, name, point)
+        _store(raw, texts, name, kind, point.value)
+    return raw, texts, points, model
+
+
+def _store(
+    raw: dict[str, int | float | None], texts: dict[str, str], name: str, kind: str, value: Any
+) -> None:
+    if kind in _TEXT_TYPES:
+        if value is not None:
+            texts[name] = str(value).rstrip("\x00").strip()
+        return
+    raw[name] = None if value is None else (float(value) if kind.startswith("float") else int(value))
+
+
+def _layout(model: Any, points: Mapping[str, SunSpecPoint]) -> _Layout:
+    fields = []
+    for name, location in points.items():
+        point = model.points[name]
+        start = 2 * int(point.offset)
+        fields.append(
+            (name, location.type, start, start + 2 * location.size, point.info.data_to, point.info.is_impl)
+        )
+    return _Layout(points, tuple(fields))
 
 
 def decode_model(header: ModelHeader, words: Sequence[int]) -> DecodedModel:
@@ -250,53 +323,27 @@ def decode_model(header: ModelHeader, words: Sequence[int]) -> DecodedModel:
         raise DeviceProtocolError(f"model {header.model_id} at {header.address} reads as id {words[0]}")
     if _definition(header.model_id) is None:
         raise DeviceProtocolError(f"model {header.model_id}: pysunspec2 has no definition for it")
-    data = b"".join(word.to_bytes(2, "big") for word in words)
-    key = (header.model_id, header.address, header.length)
-    model = _MODELS.get(key)
     try:
-        if model is None:
-            model = sunspec_device.Model(
-                model_id=header.model_id, model_addr=header.address, model_len=header.length, data=data
-            )
-            if not model.error_info and not model.groups and len(_MODELS) < _MAX_CACHED_MODELS:
-                _MODELS[key] = model
-        else:
-            model.error_info = ""
-            model.set_mb(data)
-    except Exception as exc:  # noqa: BLE001 - pysunspec2 raises ModelError and plain errors alike
-        _MODELS.pop(key, None)
-        raise DeviceProtocolError(f"model {header.model_id}: cannot decode: {exc}") from None
-    if model.error_info:
-        _MODELS.pop(key, None)
-        problem = str(model.error_info).strip().replace("\n", "; ")
-        raise DeviceProtocolError(f"model {header.model_id}: {problem}")
-    raw: dict[str, int | float | None] = {}
-    texts: dict[str, str] = {}
-    points: dict[str, SunSpecPoint] = {}
-    for name, point in model.points.items():
-        kind = str(point.pdef["type"])
-        if name in {"ID", "L"} or kind == "pad":
-            continue
-        sf_name, sf_fixed = point.sf, point.pdef.get("sf")
-        scale: str | int | None = (
-            str(sf_name) if sf_name else (int(sf_fixed) if sf_fixed is not None else None)
-        )
-        points[name] = SunSpecPoint(
-            model_id=header.model_id,
-            name=name,
-            address=header.address + int(point.offset),
-            type=kind,
-            size=int(point.len),
-            units=str(point.pdef.get("units", "")),
-            scale_factor=scale,
-            writable=point.pdef.get("access") == "RW",
-        )
-        value = point.value
-        if kind in _TEXT_TYPES:
-            if value is not None:
-                texts[name] = str(value).rstrip("\x00").strip()
-            continue
-        raw[name] = None if value is None else (float(value) if kind.startswith("float") else int(value))
+        data = struct.pack(f">{len(words)}H", *words)
+    except struct.error:
+        raise DeviceProtocolError(f"model {header.model_id}: a register word out of range") from None
+    key = (header.model_id, header.address, header.length)
+    layout = _LAYOUTS.get(key)
+    raw: dict[str, int | float | None]
+    texts: dict[str, str]
+    points: Mapping[str, SunSpecPoint]
+    if layout is None:
+        raw, texts, points, model = _decode_with_pysunspec2(header, data)
+        if not model.groups and len(_LAYOUTS) < _MAX_CACHED_MODELS:
+            _LAYOUTS[key] = _layout(model, points)
+    else:
+        raw, texts, points = {}, {}, layout.points
+        try:
+            for name, kind, start, end, data_to, is_impl in layout.fields:
+                value = data_to(data[start:end])
+                _store(raw, texts, name, kind, value if is_impl(value) else None)
+        except Exception as exc:  # noqa: BLE001 - as pysunspec2's own set_mb, which records any error
+            raise DeviceProtocolError(f"model {header.model_id}: cannot decode: {exc}") from None
     decoded = DecodedModel(header=header, values={}, raw=raw, texts=texts, points=points)
     values: dict[str, float | None] = {}
     for name, location in points.items():

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import sunspec2.device as sunspec_device
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_modbus_harness import (  # pytest puts tests/ on sys.path
     RegisterImage,
     ServerThread,
@@ -234,7 +236,7 @@ def test_identity_from_the_common_model() -> None:
 
 
 def test_decoding_the_same_model_again_gives_what_a_fresh_decode_gives() -> None:
-    """The decoder refills one pysunspec2 model per (id, address, length): no value of a read may stick."""
+    """The decoder keeps one layout per (id, address, length): no value of a read may stick."""
 
     def words_of(m: Any) -> list[int]:
         data = m.get_mb()
@@ -246,10 +248,10 @@ def test_decoding_the_same_model_again_gives_what_a_fresh_decode_gives() -> None
         model(203, W=1000, WphA=1000),  # scale factors unimplemented: None, not the last read's values
         model(203, W=42, W_SF=-1, TotWhImp=7, TotWh_SF=1, Hz=4999, Hz_SF=-2),
     ]
-    sunspec._MODELS.clear()  # the cache under test
+    sunspec._LAYOUTS.clear()  # the cache under test
     decoded = [sunspec.decode_model(header, words_of(m)) for m in reads]
     for m, again in zip(reads, decoded, strict=True):
-        sunspec._MODELS.clear()
+        sunspec._LAYOUTS.clear()
         fresh = sunspec.decode_model(header, words_of(m))
         assert (again.values, again.raw, again.texts, again.points) == (
             fresh.values,
@@ -260,3 +262,48 @@ def test_decoding_the_same_model_again_gives_what_a_fresh_decode_gives() -> None
     assert decoded[0].values["W"] == -2500
     assert decoded[1].values["W"] is None
     assert decoded[2].values["W"] == pytest.approx(4.2)
+
+
+_MODEL_HEADERS = [
+    sunspec.ModelHeader(1, 40002, 66),
+    sunspec.ModelHeader(103, 40070, 50),
+    sunspec.ModelHeader(120, 40122, 26),
+    sunspec.ModelHeader(121, 40150, 30),
+    sunspec.ModelHeader(123, 40182, 24),
+    sunspec.ModelHeader(124, 40208, 24),
+    sunspec.ModelHeader(203, 40234, 105),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), header=st.sampled_from(_MODEL_HEADERS))
+def test_the_layout_fast_path_decodes_as_pysunspec2_does(
+    data: st.DataObject, header: sunspec.ModelHeader
+) -> None:
+    """Property: whatever the registers hold (not-implemented patterns included), a decode through
+    the kept layout equals a decode by a fresh pysunspec2 Model."""
+    special = st.sampled_from([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0xFFFE])
+    body = data.draw(
+        st.lists(st.one_of(special, st.integers(0, 0xFFFF)), min_size=header.length, max_size=header.length)
+    )
+    words = [header.model_id, header.length, *body]
+    sunspec._LAYOUTS.clear()
+    sunspec.decode_model(header, [header.model_id, header.length, *([0] * header.length)])  # keeps the layout
+    assert (header.model_id, header.address, header.length) in sunspec._LAYOUTS
+    try:
+        fast = sunspec.decode_model(header, words)
+    except DeviceProtocolError as exc:
+        fast_error: str | None = str(exc)
+    else:
+        fast_error = None
+    sunspec._LAYOUTS.clear()
+    try:
+        fresh = sunspec.decode_model(header, words)
+    except DeviceProtocolError:
+        assert fast_error is not None
+        return
+    assert fast_error is None, fast_error
+    assert fast.raw == fresh.raw
+    assert fast.texts == fresh.texts
+    assert fast.points == fresh.points
+    assert fast.values == pytest.approx(fresh.values, nan_ok=True)
