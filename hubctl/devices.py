@@ -596,6 +596,7 @@ class SunSpecDevice(Device):
         self._ceiling_pct: float | None = None
         self._fallback_pct: float | None = None  # 704 WMaxLimPctRvrt hubctl configured and read back
         self._started = False
+        self._recent: dict[int, tuple[float, sunspec.DecodedModel]] = {}  # model id -> (read at, model)
 
     async def _read_words(self, address: int, count: int) -> list[int]:
         return await self.connection.read(
@@ -627,10 +628,15 @@ class SunSpecDevice(Device):
             ids = set(model_ids)
             headers = [h for h in self.headers or [] if h.model_id in ids]
         try:
-            return await sunspec.read_models(self._read_words, headers)
+            decoded = await sunspec.read_models(self._read_words, headers)
         except DeviceProtocolError:
             self.headers = None  # the chain may have changed (firmware update): discover again next time
+            self._recent.clear()
             raise
+        at = self.clock()
+        for model_id, model in decoded.items():
+            self._recent[model_id] = (at, model)
+        return decoded
 
     async def _read(self) -> Reading:
         models = await self.models()
@@ -679,7 +685,7 @@ class SunSpecDevice(Device):
 
     async def _set_pv_limit(self, kw: float) -> SetpointResult:
         await self.start()
-        models = await self.models()
+        models = await self._current(h.model_id for h in self._role_headers)
         rating = sunspec.rated_kw(models)
         if rating is None:
             raise CommandRejectedError(
@@ -694,7 +700,7 @@ class SunSpecDevice(Device):
         if 123 in models:
             control = models[123]
             timer = 0.0 if self._ceiling_pct is not None else self.revert_s
-            writes = [("WMaxLimPct_RvrtTms", timer), ("WMaxLimPct", applied), ("WMaxLim_Ena", 1)]
+            writes = [("WMaxLimPct", applied), ("WMaxLimPct_RvrtTms", timer), ("WMaxLim_Ena", 1)]
         elif 704 in models:
             control = models[704]
             timer = self.revert_s
@@ -704,7 +710,7 @@ class SunSpecDevice(Device):
                 writes = [("WMaxLimPctRvrt", self._ceiling_pct), ("WMaxLimPctEnaRvrt", 1), *writes]
         else:
             raise CommandRejectedError(f"{self.id}: no SunSpec control model (123 or 704) for a power limit")
-        await self._write_points(control, writes)
+        await self._write_points(control, writes, unless_set=_SETTINGS)
         check = await self.models([control.header.model_id])
         read_back = sunspec.pv_limit_pct(check)
         step = 10.0 ** (control.exponent(control.points["WMaxLimPct"]) or 0)
@@ -802,7 +808,7 @@ class SunSpecDevice(Device):
 
     async def _set_battery(self, kw: float) -> SetpointResult:
         await self.start()
-        models = await self.models([*sunspec.ROLE_MODELS["battery"], 120])
+        models = await self._current([*sunspec.ROLE_MODELS["battery"], 120])
         if 704 in models:
             return await self._set_battery_704(kw, models)
         if 124 in models:
@@ -821,13 +827,13 @@ class SunSpecDevice(Device):
         control = models[704]
         self._check_battery_bounds(kw, *_battery_limits_kw(models))
         writes: list[tuple[str, float]] = [
-            ("WSetRvrtTms", self.revert_s),
-            ("WSet", kw * 1000),
             ("WSetEna", 1),
+            ("WSet", kw * 1000),
+            ("WSetRvrtTms", self.revert_s),
         ]
         if control.values.get("WSetMod") is not None:
-            writes.insert(0, ("WSetMod", 1))  # 1 = WATTS
-        await self._write_points(control, writes)
+            writes.insert(1, ("WSetMod", 1))  # 1 = WATTS; in the registers between WSetEna and WSet
+        await self._write_points(control, writes, unless_set=_SETTINGS)
         check = await self.models([704])
         watts = check[704].values.get("WSet")
         step = 10.0 ** (control.exponent(control.points["WSet"]) or 0)
@@ -862,12 +868,12 @@ class SunSpecDevice(Device):
         in_pct = -kw * 1000 / charge_w * 100  # > 0 bounds charging, < 0 forces discharging
         out_pct = kw * 1000 / discharge_w * 100  # > 0 bounds discharging, < 0 forces charging
         writes = [
-            ("InOutWRte_RvrtTms", self.revert_s),
-            ("InWRte", in_pct),
             ("OutWRte", out_pct),
+            ("InWRte", in_pct),
+            ("InOutWRte_RvrtTms", self.revert_s),
             ("StorCtl_Mod", 3),
         ]
-        await self._write_points(control, writes)
+        await self._write_points(control, writes, unless_set=_SETTINGS)
         check = (await self.models([124]))[124]
         mode, in_back, out_back = (check.values.get(n) for n in ("StorCtl_Mod", "InWRte", "OutWRte"))
         step = 10.0 ** (control.exponent(control.points["InWRte"]) or 0)
@@ -884,13 +890,54 @@ class SunSpecDevice(Device):
             refresh_every_s=self.revert_s / 3,
         )
 
-    async def _write_points(self, model: sunspec.DecodedModel, writes: Sequence[tuple[str, float]]) -> None:
+    async def _write_points(
+        self,
+        model: sunspec.DecodedModel,
+        writes: Sequence[tuple[str, float]],
+        *,
+        unless_set: frozenset[str] = frozenset(),
+    ) -> None:
+        """Write points in the order given, in as few requests as the register layout allows.
+
+        Points named in `unless_set` are skipped when `model` shows them already at the value (a
+        revert time, a control mode: settings, not commands). Writes that follow each other in
+        `writes` and in the registers go in one request; a gap of at most `_MAX_FILL_REGISTERS`
+        between them is filled with what `model` shows its writable points hold (123's window
+        and ramp times between the limit and its enable point), so one request re-arms a control.
+        """
+        items: list[tuple[sunspec.SunSpecPoint, list[int]]] = []
         for name, value in writes:
             point = model.points.get(name)
             if point is None or not point.writable:
                 raise CommandRejectedError(f"{self.id}: model {model.header.model_id} has no writable {name}")
-            words = sunspec.encode_value(point, value, model.exponent(point))
-            await self._write_words(point.address, words)
+            if name in unless_set and model.values.get(name) == value:
+                continue
+            items.append((point, sunspec.encode_value(point, value, model.exponent(point))))
+        requests: list[tuple[int, list[int]]] = []
+        end = -1
+        for point, words in items:
+            fill = _gap_words(model, end, point.address) if requests else None
+            if fill is not None:
+                requests[-1][1].extend([*fill, *words])
+            else:
+                requests.append((point.address, list(words)))
+            end = point.address + len(words)
+        for address, words in requests:
+            await self._write_words(address, words)
+
+    async def _current(self, model_ids: Iterable[int]) -> dict[int, sunspec.DecodedModel]:
+        """The models as last read if that was within `_RECENT_S` (the poller reads every cycle), else read.
+
+        A setpoint needs the device's ratings, scale factors and settings: reading them again before
+        every write doubled the requests of a cycle that moves every battery of a park.
+        """
+        headers = await self.discover()
+        ids = {h.model_id for h in headers} & set(model_ids)
+        now = self.clock()
+        recent = {i: self._recent[i] for i in ids if i in self._recent}
+        if len(recent) == len(ids) and all(now - at <= _RECENT_S for at, _ in recent.values()):
+            return {i: m for i, (_, m) in recent.items()}
+        return await self.models(ids)
 
     async def release(self) -> None:
         held = set(self._held)
@@ -914,6 +961,35 @@ class SunSpecDevice(Device):
             await self._write_points(models[704], [("WSetEna", 0)])
         elif 124 in models:
             await self._write_points(models[124], [("StorCtl_Mod", 0)])
+
+
+# Settings a setpoint write leaves alone when the device already holds them (see `_write_points`).
+_SETTINGS = frozenset(
+    {"WMaxLimPct_RvrtTms", "WMaxLimPctRvrtTms", "WSetRvrtTms", "WSetMod", "InOutWRte_RvrtTms", "StorCtl_Mod"}
+)
+_MAX_FILL_REGISTERS = 4
+_RECENT_S = 2.0
+
+
+def _gap_words(model: sunspec.DecodedModel, start: int, end: int) -> list[int] | None:
+    """The words of the writable points filling registers [start, end) as `model` shows them; None if
+    the gap is too wide, runs backwards, or holds a point that is read-only or not implemented."""
+    if end < start or end - start > _MAX_FILL_REGISTERS:
+        return None
+    words: list[int] = []
+    at = start
+    by_address = {p.address: p for p in model.points.values()}
+    while at < end:
+        point = by_address.get(at)
+        value = None if point is None else model.values.get(point.name)
+        if point is None or not point.writable or value is None or at + point.size > end:
+            return None
+        try:
+            words.extend(sunspec.encode_value(point, value, model.exponent(point)))
+        except CommandRejectedError:
+            return None
+        at += point.size
+    return words
 
 
 def _battery_limits_kw(models: Mapping[int, sunspec.DecodedModel]) -> tuple[float | None, float | None]:

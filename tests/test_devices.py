@@ -80,6 +80,11 @@ def writes_to(unit: SimUnit, address: int) -> list[list[int]]:
     return [words for at, words in unit.writes if at == address]
 
 
+def register_history(unit: SimUnit, address: int) -> list[int]:
+    """Every value written to one register, whether alone or inside a longer write."""
+    return [words[address - at] for at, words in unit.writes if at <= address < at + len(words)]
+
+
 # --- SunSpec PV limit (123) ---------------------------------------------------------------------------------
 
 
@@ -103,9 +108,8 @@ def test_sunspec_pv_limit_is_written_with_a_revert_timer_and_read_back(servers: 
     assert result.confirmed_kw == pytest.approx(30.0)
     assert result.limited_by is None
     assert result.refresh_every_s == pytest.approx(20.0)  # a third of the 60 s revert timer
-    assert writes_to(unit, WMAXLIMPCT) == [[600]]  # 60.0 % with WMaxLimPct_SF = -1
-    assert writes_to(unit, WMAXLIMPCT + 2) == [[60]]  # WMaxLimPct_RvrtTms
-    assert writes_to(unit, WMAXLIMPCT + 4) == [[1]]  # WMaxLim_Ena
+    # one request: WMaxLimPct 60.0 % (SF -1), WinTms as it was, RvrtTms 60 s, RmpTms as it was, Ena 1
+    assert unit.writes == [(WMAXLIMPCT, [600, 0, 60, 0, 1])]
 
 
 def test_sunspec_pv_limit_out_of_bounds_is_rejected_before_writing(servers: ServerThread) -> None:
@@ -135,8 +139,8 @@ def test_installer_static_limit_stays_the_ceiling(servers: ServerThread) -> None
     assert result.confirmed_kw == pytest.approx(20.0)
     assert result.limited_by == "installer limit 40 %"
     assert result.refresh_every_s is None  # written without a revert time: see devices.py
-    assert writes_to(unit, WMAXLIMPCT + 2) == [[0], [0]]
-    assert writes_to(unit, WMAXLIMPCT) == [[400], [200], [400]]  # release restores the installer's 40 %
+    assert register_history(unit, WMAXLIMPCT + 2) == [0, 0]  # WMaxLimPct_RvrtTms: no revert
+    assert register_history(unit, WMAXLIMPCT) == [400, 200, 400]  # release restores the installer's 40 %
 
 
 def test_a_limit_with_a_revert_time_is_not_taken_for_the_installers(servers: ServerThread) -> None:
@@ -163,6 +167,13 @@ def test_sunspec_battery_setpoint_is_bounded_written_and_read_back(servers: Serv
         result = await device.set_battery_kw(-3.5)
         reading = await device.read()
         assert reading.values["setpoint_kw"] == pytest.approx(-3.5)
+        # one request: WSetEna 1, WSetMod 1 (W), WSet -3500 W (int32); then WSetRvrtTms 60 s, which
+        # the device did not hold yet
+        assert [words for _, words in unit.writes] == [[1, 1, 0xFFFF, 0xF254], [0, 60]]
+        unit.writes.clear()
+        again = await device.set_battery_kw(-2.0)  # right after a read: no read before the write
+        assert again.confirmed_kw == pytest.approx(-2.0)
+        assert [words for _, words in unit.writes] == [[1, 1, 0xFFFF, 0xF830]]  # the timer is held already
         return result
 
     result = with_device(
@@ -170,7 +181,6 @@ def test_sunspec_battery_setpoint_is_bounded_written_and_read_back(servers: Serv
     )
     assert result.confirmed_kw == pytest.approx(-3.5)
     assert result.refresh_every_s == pytest.approx(20.0)
-    assert any(words == [0xFFFF, 0xF254] for _, words in unit.writes)  # WSet = -3500 W, int32
 
 
 def test_sunspec_124_battery_is_pinned_between_its_rate_bounds(servers: ServerThread) -> None:
@@ -216,9 +226,10 @@ def test_sunspec_124_battery_is_pinned_between_its_rate_bounds(servers: ServerTh
     assert power == pytest.approx(-1.5)  # 124 has no power point: its inverter's W, + discharge
     assert result.confirmed_kw == pytest.approx(2.0, abs=0.001)
     written = [words for _, words in unit.writes]
-    assert [0xF060] in written  # InWRte -40.00 %: forces discharging of at least 2 kW (of 5 kW WChaMax)
-    assert [3333] in written  # OutWRte 33.33 %: bounds discharging at 2 kW (of 6 kW MaxDisChaRte)
-    assert written[-2:] == [[3], [0]]  # StorCtl_Mod 3, then 0 on release
+    # one request from OutWRte: 33.33 % bounds discharging at 2 kW (of 6 kW MaxDisChaRte); InWRte
+    # -40.00 % forces discharging of at least 2 kW (of 5 kW WChaMax). InOutWRte_WinTms between them
+    # and the revert time is not implemented here, so the timer (60 s) goes in a request of its own
+    assert written == [[3333, 0xF060], [60], [3], [0]]  # then StorCtl_Mod 3, and 0 on release
 
 
 # --- Fallback values (configure_fallback) -------------------------------------------------------------------
@@ -266,9 +277,13 @@ def sunspec_device(
 
 
 def written_points(unit: SimUnit, model_704: Any) -> dict[str, list[int]]:
-    """Which 704 points were written (by name), from the addresses the unit saw."""
-    by_address = {p.address: name for name, p in model_704.points.items()}
-    return {by_address[address]: words for address, words in unit.writes if address in by_address}
+    """Which 704 points were written (by name, the last words each got), alone or inside a longer write."""
+    out: dict[str, list[int]] = {}
+    for at, words in unit.writes:
+        for name, p in model_704.points.items():
+            if at <= p.address and p.address + p.size <= at + len(words):
+                out[name] = words[p.address - at : p.address - at + p.size]
+    return out
 
 
 def test_sunspec_battery_falls_back_to_0_kw_not_the_installers_power(servers: ServerThread) -> None:
@@ -357,8 +372,8 @@ def test_sunspec_704_pv_falls_back_to_the_given_limit(servers: ServerThread) -> 
     assert [
         words for address, words in unit.writes if address == control.points["WMaxLimPctRvrt"].address
     ] == [
-        [246],
-        [1000],
+        [246, 1],  # with WMaxLimPctEnaRvrt 1, in the same request
+        [1000, 1],
     ]
     assert control.values["WMaxLimPctEnaRvrt"] == 1
 
