@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The gateway at park scale: `hubctl run` against `hubctl simulate`, both as subprocesses (issue #4).
 
-    .venv/bin/python bench/gateway.py [--companies 50] [--seconds 90] [--warmup 20] [--seed 4]
+    .venv/bin/python bench/gateway.py [--companies 50] [--pv-units 2] [--seconds 90] [--warmup 20] [--seed 4]
 
 Generates a synthetic park day (simulators/scenario_gen.py; every company a
-battery, PV on about 90 % of them), serves it with `hubctl simulate` from
+grid meter, a battery and PV on two inverters: 4 devices per company, 200 for
+50 companies), serves it with `hubctl simulate --pv-units 2` from
 midday (`--start-s`, so that PV produces and the caps bite) and runs `hubctl
 run` against the config the simulator wrote, at the config's 1 s cycle, in
 real time, with `--trace`. After the service is ready and a warm-up, it
@@ -176,6 +177,7 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
         companies=args.companies,
         battery_share=1.0,
         pv_share=1.0,
+        pv_fraction=1.0,
     )
     scenario = write_scenario(opts, work / "scenario")
     site = work / "site.yaml"
@@ -183,7 +185,11 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
     sim_err = (work / "simulate.log").open("wb")
     run_err = (work / "run.log").open("wb")
     sim = spawn(
-        ["simulate", "--scenario", str(scenario), "--start-s", str(MIDDAY_S), "--write-config", str(site)],
+        [
+            "simulate",
+            *("--scenario", str(scenario), "--start-s", str(MIDDAY_S)),
+            *("--write-config", str(site), "--pv-units", str(args.pv_units)),
+        ],
         subprocess.PIPE,
         sim_err,
     )
@@ -236,6 +242,7 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--companies", type=int, default=50)
+    parser.add_argument("--pv-units", type=int, default=2, help="PV inverters per company (default 2)")
     parser.add_argument("--seconds", type=float, default=90.0, help="measured window, real seconds")
     parser.add_argument("--warmup", type=float, default=20.0, help="real seconds after ready, not measured")
     parser.add_argument("--seed", type=int, default=4)
