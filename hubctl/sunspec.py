@@ -237,7 +237,8 @@ async def read_models(read: ReadRegisters, headers: Sequence[ModelHeader]) -> di
 
 # pysunspec2 builds a Model and one object per point each time it is given data: about half of the
 # gateway's CPU at 140 devices (bench/gateway.py), and refilling a kept Model with `set_mb` still
-# cost 40 % at 200 devices. So a model without repeating groups is built by pysunspec2 once per
+# cost 40 % at 200 devices. hubctl decodes a model's top-level points only (they come before any
+# group, so their offsets do not depend on the groups). So a model is built by pysunspec2 once per
 # (id, address, length); its layout (each point's offset, length and pysunspec2's own type codec
 # `PointInfo.data_to` / `is_impl`, the same calls `Point.set_mb` makes) is kept, and later reads
 # decode the words through that layout without building objects. tests/test_sunspec.py checks
@@ -334,7 +335,7 @@ def decode_model(header: ModelHeader, words: Sequence[int]) -> DecodedModel:
     points: Mapping[str, SunSpecPoint]
     if layout is None:
         raw, texts, points, model = _decode_with_pysunspec2(header, data)
-        if not model.groups and len(_LAYOUTS) < _MAX_CACHED_MODELS:
+        if len(_LAYOUTS) < _MAX_CACHED_MODELS:  # top-level points sit before any group: a fixed layout
             _LAYOUTS[key] = _layout(model, points)
     else:
         raw, texts, points = {}, {}, layout.points

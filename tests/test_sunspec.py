@@ -272,6 +272,8 @@ _MODEL_HEADERS = [
     sunspec.ModelHeader(123, 40182, 24),
     sunspec.ModelHeader(124, 40208, 24),
     sunspec.ModelHeader(203, 40234, 105),
+    sunspec.ModelHeader(704, 40341, 65),  # with groups (PF settings): top-level points only
+    sunspec.ModelHeader(802, 40408, 62),
 ]
 
 
