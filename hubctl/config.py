@@ -255,7 +255,8 @@ class Service(_Model):
         ge=10,
         le=3600,
         description="revert timer written with every setpoint: a device whose controller died falls back "
-        "to its own fallback power after this long",
+        "after this long, to the fallback hubctl configured where the device has a register for it "
+        "(docs/failsafe.md), else to its own",
     )
     fail_after: int = Field(default=3, ge=1, description="failed polls in a row: a device is down")
     recover_after: int = Field(default=2, ge=1, description="good polls in a row: a device is up again")

@@ -414,6 +414,7 @@ class _Target:
     device: Device
     kind: str  # "battery" | "pv_limit"
     deadband_kw: float
+    rated_kw: float = 0.0  # PV: this inverter's share of its company's peak
     written_kw: float | None = None  # the last value confirmed; None: nothing held
     held: bool = False
 
@@ -440,7 +441,9 @@ class SetpointWriter:
             bat_kw = max(c.battery.max_charge_kw, c.battery.max_discharge_kw) if c.battery else 1.0
             peak = c.pv.peak_kw if c.pv else 1.0
             self.batteries.append([_Target(d, "battery", max(0.01 * bat_kw, 0.05)) for d in bats])
-            self.inverters.append([_Target(d, "pv_limit", max(0.01 * peak, 0.05)) for d in pvs])
+            self.inverters.append(
+                [_Target(d, "pv_limit", max(0.01 * peak, 0.05), peak / max(len(pvs), 1)) for d in pvs]
+            )
         self._inflight: dict[str, asyncio.Task[bool]] = {}
 
     def targets(self) -> list[_Target]:
@@ -465,7 +468,7 @@ class SetpointWriter:
             for group, value in zip(groups, values, strict=True):
                 if not group:
                     continue
-                share = None if value is None else value / len(group)
+                share = None if value is None else self._share(group, value)
                 for target in group:
                     device_id = target.device.id
                     if device_id in self.uncontrollable:
@@ -485,6 +488,24 @@ class SetpointWriter:
             return 0, 0
         done, _ = await asyncio.wait(jobs, timeout=budget_s)
         return len(done), sum(1 for t in done if t.cancelled() or t.exception() or not t.result())
+
+    def _share(self, group: list[_Target], value: float) -> float:
+        """Each device's part of its company's setpoint or limit: an even split.
+
+        A PV inverter that is down or refuses limits runs at what it last had, up to its rating:
+        while one is lost, the others hold the company's limit as if it gave its full share
+        (safe for the export caps; more curtailment than needed until it is back).
+        """
+        if group[0].kind != "pv_limit":
+            return value / len(group)
+        lost = [
+            t
+            for t in group
+            if t.device.id in self.uncontrollable or self.health.state(t.device.id) is HealthState.DOWN
+        ]
+        if not lost or len(lost) == len(group):
+            return value / len(group)
+        return max(0.0, value - sum(t.rated_kw for t in lost)) / (len(group) - len(lost))
 
     def pending(self) -> list[str]:
         """Devices with a write still running."""

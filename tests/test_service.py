@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from hubctl.config import parse_config
-from hubctl.control import Overrides, Params, State, fallback_pv_limits, step
+from hubctl.control import Decision, Overrides, Params, State, fallback_pv_limits, step
 from hubctl.device_config import Device as DeviceConfig
 from hubctl.device_config import DeviceRole
-from hubctl.devices import Device, FallbackResult, Reading
+from hubctl.devices import Device, FallbackResult, Reading, SetpointResult
 from hubctl.health import Health
 from hubctl.health import State as H
-from hubctl.limits import LimitClock
+from hubctl.limits import NO_LIMITS, LimitClock
 from hubctl.modbus import DeviceError, DeviceProtocolError, DeviceUnavailableError
-from hubctl.service import Clock, FallbackKeeper, Gateway, Options, QuarterMeter
+from hubctl.service import Clock, FallbackKeeper, Gateway, Options, QuarterMeter, SetpointWriter
 from hubctl.store import Layout, ReadingStore
 
 CONFIG = {
@@ -270,3 +270,45 @@ def test_an_operators_lower_export_cap_lowers_the_fallbacks() -> None:
     gateway._sync_operator(api, NOON)  # type: ignore[arg-type]  # the control loop's call
     assert keeper.wanted["a-pv"] == pytest.approx(8.5)  # (20 - 3) / 2
     assert keeper.wanted["a-bat"] == 0.0
+
+
+# --- the setpoint writer ------------------------------------------------------------------------------------
+
+
+class LimitRecorder(FakeDevice):
+    """Takes every PV limit and battery setpoint, records them."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        super().__init__(config)
+        self.limits: list[float] = []
+
+    async def _set_pv_limit(self, kw: float) -> SetpointResult:
+        self.limits.append(kw)
+        return SetpointResult(self.id, "pv_limit", kw, kw, kw)
+
+    async def _set_battery(self, kw: float) -> SetpointResult:
+        self.limits.append(kw)
+        return SetpointResult(self.id, "battery", kw, kw, kw)
+
+
+def test_a_lost_inverter_counts_at_its_full_share_against_its_companys_limit() -> None:
+    """Company a: 80 kW peak on two inverters of 40 kW. A limit of 50 kW is 25 + 25; with a-pv2 down
+    it could still give its 40 kW, so a-pv alone gets 10 kW and the company stays within 50 kW."""
+    cfg, _, health, clock, _ = keeper_setup()
+    devices = {d.id: LimitRecorder(d) for d in cfg.devices}
+    writer = SetpointWriter(cfg, dict[str, Device](devices), health, clock)
+    for device_id in devices:
+        health.ok(device_id, 0.0)
+
+    def decide(limit_kw: float) -> Decision:
+        return Decision((0.0, None), (limit_kw, None), "normal", NO_LIMITS, {}, 0.0, 0.0, "test")
+
+    asyncio.run(writer.apply(decide(50.0)))
+    assert devices["a-pv"].limits == devices["a-pv2"].limits == [pytest.approx(25.0)]
+    for t in (1.0, 2.0, 3.0):
+        health.failed("a-pv2", DeviceUnavailableError("no answer"), t)
+    asyncio.run(writer.apply(decide(50.0)))
+    assert devices["a-pv"].limits[-1] == pytest.approx(10.0)
+    asyncio.run(writer.apply(decide(30.0)))
+    assert devices["a-pv"].limits[-1] == pytest.approx(0.0)  # never below 0
+    assert devices["a-pv2"].limits == [pytest.approx(25.0)]  # nothing written to the lost one
