@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,3 +30,43 @@ def wait_for_port(port: int, what: str, timeout_s: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise RuntimeError(f"{what} did not start")
+
+
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Mosquitto:
+    """A private mosquitto on a free loopback port, from a config of its listener plus `extra` lines;
+    restartable on the same port."""
+
+    def __init__(self, directory: Path, extra: str = "allow_anonymous true\n") -> None:
+        self.port = free_port()
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\n{extra}", encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, "mosquitto")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(5)
+            self.process = None

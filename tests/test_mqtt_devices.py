@@ -7,17 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import socket
-import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import pytest
 import yaml
-from support import wait_for_port
+from support import MOSQUITTO, Mosquitto
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
 from hubctl.cli import main as cli_main
@@ -27,10 +23,7 @@ from hubctl.mqtt_devices import MqttDevice, MqttHub, extract_value, parse_broker
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
-
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
-)
+    from pathlib import Path
 
 
 # --- Pure parts ---------------------------------------------------------------------------------------------
@@ -81,33 +74,8 @@ def test_render_setpoint_and_broker_urls() -> None:
 # --- Against mosquitto --------------------------------------------------------------------------------------
 
 
-class Broker:
-    def __init__(self, directory: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port(self.port, "mosquitto")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(5)
-            self.process = None
+class Broker(Mosquitto):
+    """mosquitto for anonymous device traffic."""
 
 
 @pytest.fixture

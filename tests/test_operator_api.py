@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_for_port
+from support import MOSQUITTO, Mosquitto
 from test_commands import CONFIG, KEYS, _within_rules, payloads
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
@@ -37,9 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
-)
+
 PASSWD = shutil.which("mosquitto_passwd")
 USERS = {"hubctl": "hub-secret", "operator": "op-secret", "viewer": "view-secret"}
 CFG = parse_config(CONFIG)
@@ -52,40 +49,21 @@ STATE_DOC = {
 }
 
 
-class Broker:
+class Broker(Mosquitto):
     """mosquitto with a password file and deploy/mosquitto/acl on a free port; restartable on that port."""
 
     def __init__(self, directory: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
         assert PASSWD is not None
         passwd = directory / "passwd"
         passwd.touch(mode=0o600)
         for user, password in USERS.items():
             subprocess.run([PASSWD, "-b", str(passwd), user, password], check=True, capture_output=True)
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
-            f"password_file {passwd}\nacl_file {ROOT / 'deploy/mosquitto/acl'}\n"
+        super().__init__(
+            directory,
+            f"allow_anonymous false\npassword_file {passwd}\nacl_file {ROOT / 'deploy/mosquitto/acl'}\n"
             # as root, mosquitto would switch to user "mosquitto", which cannot read the test's files
             f"user {getpass.getuser()}\n",
-            encoding="utf-8",
         )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port(self.port, "mosquitto")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(5)
-            self.process = None
 
 
 @pytest.fixture
