@@ -111,14 +111,17 @@ def _summary(records: list[dict[str, Any]], rc: int | None, mqtt: bool) -> Table
     cycles = [r for r in records if r["kind"] == "cycle"]
     quarters = [r for r in records if r["kind"] == "quarter"]
     over_s = 0.0
+    run = longest = 0
     for a, b in itertools.pairwise(cycles):
         p = a["park_grid_kw"]
-        if p is None:
-            continue
-        if (a["import_cap_kw"] is not None and p > a["import_cap_kw"]) or (
-            a["export_cap_kw"] is not None and -p > a["export_cap_kw"]
-        ):
+        over = p is not None and (
+            (a["import_cap_kw"] is not None and p > a["import_cap_kw"])
+            or (a["export_cap_kw"] is not None and -p > a["export_cap_kw"])
+        )
+        if over:
             over_s += b["ts_utc"] - a["ts_utc"]
+        run = run + 1 if over else 0
+        longest = max(longest, run)
     seen = [c["park_grid_kw"] for c in cycles if c["park_grid_kw"] is not None]
     latency = [c["latency_ms"] for c in cycles]
     span_s = cycles[-1]["ts_utc"] - cycles[0]["ts_utc"] if len(cycles) > 1 else 0.0
@@ -128,6 +131,7 @@ def _summary(records: list[dict[str, Any]], rc: int | None, mqtt: bool) -> Table
         ("cycles in fail-safe", str(sum(c["mode"] == "failsafe" for c in cycles))),
         ("highest park import / export", f"{max(seen, default=0):.1f} / {-min(seen, default=0):.1f} kW"),
         ("seconds over a park cap (instant)", f"{over_s:.0f} s"),
+        ("longest time over a park cap", f"{longest} cycles in a row"),
         ("quarter-hours closed / over the cap", f"{len(quarters)} / {sum(q['over'] for q in quarters)}"),
         ("cycle latency p50 / p99", f"{_percentile(latency, 0.5):.1f} / {_percentile(latency, 0.99):.1f} ms"),
         (
