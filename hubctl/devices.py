@@ -704,7 +704,8 @@ class SunSpecDevice(Device):
         elif 704 in models:
             control = models[704]
             timer = self.revert_s
-            writes = [("WMaxLimPctRvrtTms", timer), ("WMaxLimPct", applied), ("WMaxLimPctEna", 1)]
+            # in 704's register order: enable and limit in one request, the timer after (when it changed)
+            writes = [("WMaxLimPctEna", 1), ("WMaxLimPct", applied), ("WMaxLimPctRvrtTms", timer)]
             if self._ceiling_pct is not None and self._fallback_pct is None:
                 # no fallback configured (yet): the installer's limit is the reversion value at least
                 writes = [("WMaxLimPctRvrt", self._ceiling_pct), ("WMaxLimPctEnaRvrt", 1), *writes]
@@ -906,17 +907,20 @@ class SunSpecDevice(Device):
         and ramp times between the limit and its enable point), so one request re-arms a control.
         """
         items: list[tuple[sunspec.SunSpecPoint, list[int]]] = []
+        held: dict[int, list[int]] = {}  # settings the device holds already: not written, but may fill a gap
         for name, value in writes:
             point = model.points.get(name)
             if point is None or not point.writable:
                 raise CommandRejectedError(f"{self.id}: model {model.header.model_id} has no writable {name}")
+            words = sunspec.encode_value(point, value, model.exponent(point))
             if name in unless_set and model.values.get(name) == value:
+                held[point.address] = words
                 continue
-            items.append((point, sunspec.encode_value(point, value, model.exponent(point))))
+            items.append((point, words))
         requests: list[tuple[int, list[int]]] = []
         end = -1
         for point, words in items:
-            fill = _gap_words(model, end, point.address) if requests else None
+            fill = _gap_words(model, end, point.address, held) if requests else None
             if fill is not None:
                 requests[-1][1].extend([*fill, *words])
             else:
@@ -971,18 +975,31 @@ _MAX_FILL_REGISTERS = 4
 _RECENT_S = 2.0
 
 
-def _gap_words(model: sunspec.DecodedModel, start: int, end: int) -> list[int] | None:
-    """The words of the writable points filling registers [start, end) as `model` shows them; None if
-    the gap is too wide, runs backwards, or holds a point that is read-only or not implemented."""
+def _gap_words(
+    model: sunspec.DecodedModel, start: int, end: int, held: Mapping[int, list[int]]
+) -> list[int] | None:
+    """The words filling registers [start, end): a setting of this write that the device holds
+    already (`held`, by address), or a control's window or ramp time (`*WinTms`, `*RmpTms`, which
+    hubctl never sets) as `model` shows it. None if the gap is too wide, runs backwards or holds
+    anything else. Never a reversion value: `model` may be older than the fallback
+    `configure_fallback` wrote, and writing it back would undo that."""
     if end < start or end - start > _MAX_FILL_REGISTERS:
         return None
     words: list[int] = []
     at = start
     by_address = {p.address: p for p in model.points.values()}
     while at < end:
+        if at in held:
+            if at + len(held[at]) > end:
+                return None
+            words.extend(held[at])
+            at += len(held[at])
+            continue
         point = by_address.get(at)
         value = None if point is None else model.values.get(point.name)
         if point is None or not point.writable or value is None or at + point.size > end:
+            return None
+        if not point.name.endswith(("WinTms", "RmpTms")):
             return None
         try:
             words.extend(sunspec.encode_value(point, value, model.exponent(point)))

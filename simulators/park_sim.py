@@ -12,8 +12,10 @@ Driver assignment (decisions):
   role (the k-th PV inverter starts at the k-th candidate), so that a park of a
   few companies exercises every map:
   grid meters eastron-sdm630, janitza-umg96rm, carlo-gavazzi-em24, SunSpec 203;
-  PV SunSpec inverter (123), huawei-sun2000; batteries SunSpec storage 124,
-  SunSpec storage 802 + 704, victron-gx-ess. Not huawei-sun2000 as a
+  PV SunSpec inverter (123), huawei-sun2000, SunSpec inverter with 704 (no
+  123: its reversion limit takes hubctl's fallback PV limit; last, so that
+  the first two PV companies keep 123 and Huawei); batteries SunSpec storage
+  124, SunSpec storage 802 + 704, victron-gx-ess. Not huawei-sun2000 as a
   battery: its map has no battery setpoint (the forcible charge/discharge
   registers are not mapped to one), so `hubctl run` could not command it and
   would drop it from dispatch. (victron-gx-ess has no battery setpoint
@@ -66,6 +68,7 @@ from simulators.mqtt_sim import MqttMeter
 from simulators.physics import Profiles
 from simulators.sunspec_sim import (
     SunSpecInverter,
+    SunSpecInverter704,
     SunSpecKind,
     SunSpecMeter,
     SunSpecStorage124,
@@ -79,7 +82,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRID_CANDIDATES = ("eastron-sdm630", "janitza-umg96rm", "carlo-gavazzi-em24", "sunspec:meter")
-PV_CANDIDATES = ("sunspec:inverter", "huawei-sun2000")
+PV_CANDIDATES = ("sunspec:inverter", "huawei-sun2000", "sunspec:inverter-704")
 BATTERY_CANDIDATES = ("sunspec:storage-124", "sunspec:storage-802", "victron-gx-ess")
 _MARGIN = 1.2  # headroom over the largest power the scenario can produce
 
@@ -309,6 +312,7 @@ class SimulatedPark:
     def _unit(self, plan: DevicePlan) -> ModbusUnit:
         owned = {
             SunSpecKind.INVERTER: SunSpecInverter,
+            SunSpecKind.INVERTER_704: SunSpecInverter704,
             SunSpecKind.STORAGE_124: SunSpecStorage124,
             SunSpecKind.STORAGE_802: SunSpecStorage802,
         }

@@ -1,4 +1,4 @@
-"""Simulated SunSpec devices: a PV inverter, two kinds of storage, and a meter, on pysunspec2's models.
+"""Simulated SunSpec devices: two kinds of PV inverter and of storage, and a meter, on pysunspec2's models.
 
 Model chains (from 40000, ending 0xFFFF):
 
@@ -7,10 +7,27 @@ Model chains (from 40000, ending 0xFFFF):
   which is the scenario's `peak_kw`) while `WMaxLim_Ena` = 1. A write of
   `WMaxLimPct`, `WMaxLimPct_RvrtTms` or `WMaxLim_Ena` (re)arms the revert timer
   `WMaxLimPct_RvrtTms` (seconds, 0 = never); when it runs out `WMaxLim_Ena`
-  reads 0 again and the output follows the fallback (no limit, or the
-  configured fallback limit). `Conn` = 0 disconnects (0 kW).
+  reads 0 again and the output follows the fallback: the installer's fallback
+  limit (`DeviceOptions.pv_fallback_limit_pct`), else no limit (123 has no
+  reversion limit a client could set). `Conn` = 0 disconnects (0 kW).
   `WMaxLimPct_WinTms` and `_RmpTms` are accepted and stored but not applied:
   the scenario's PV ramp is the ramp.
+- `inverter-704`: 1, 103, 120, 121, 704 DER AC controls (no 123), the PV limit
+  as inverters with 704 have it: `WMaxLimPct` (percent of `WMax`) while
+  `WMaxLimPctEna` = 1. A write of `WMaxLimPct`, `WMaxLimPctEna` or
+  `WMaxLimPctRvrtTms` (re)arms the revert timer `WMaxLimPctRvrtTms` (seconds,
+  0 = never) when `WMaxLimPctEna` = 1; `WMaxLimPctRvrtRem` counts down. When
+  the timer runs out `WMaxLimPctEna` reads 0 again and the output falls back to
+  the reversion limit `WMaxLimPctRvrt` when `WMaxLimPctEnaRvrt` = 1 (what
+  hubctl configures), else to the installer's fallback limit
+  (`DeviceOptions.pv_fallback_limit_pct`), else to no limit. The reversion
+  points are read when the fallback applies: a write to them during a
+  fallback moves it.
+- Both inverters: a write of the limit or its timer while the limit is off
+  (never enabled, switched off, or lapsed: the enable point reads 0) only
+  stores the value; writing the enable point 0 switches the limit off (and
+  ends a fallback). After a communication loss (`DeviceOptions.comm_loss_s`)
+  the output follows the same fallback as after a lapse, limit or not.
 - `storage-124`: 1, 103 (W: + discharge), 120, 121, 124 basic storage
   controls. `StorCtl_Mod` bit 0 bounds charging to `InWRte` % of `WChaMax`,
   bit 1 bounds discharging to `OutWRte` % of `MaxDisChaRte`; a negative rate
@@ -43,7 +60,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pymodbus.constants import ExcCodes
 
@@ -68,6 +85,7 @@ _U32_MAX = 2**32 - 2
 
 class SunSpecKind(StrEnum):
     INVERTER = "inverter"
+    INVERTER_704 = "inverter-704"
     STORAGE_124 = "storage-124"
     STORAGE_802 = "storage-802"
     METER = "meter"
@@ -75,12 +93,14 @@ class SunSpecKind(StrEnum):
 
 MODELS: dict[SunSpecKind, tuple[int, ...]] = {
     SunSpecKind.INVERTER: (1, 103, 120, 121, 123),
+    SunSpecKind.INVERTER_704: (1, 103, 120, 121, 704),
     SunSpecKind.STORAGE_124: (1, 103, 120, 121, 124),
     SunSpecKind.STORAGE_802: (1, 103, 120, 121, 802, 704),
     SunSpecKind.METER: (1, 203),
 }
 ROLE_OF_KIND = {
     SunSpecKind.INVERTER: "pv",
+    SunSpecKind.INVERTER_704: "pv",
     SunSpecKind.STORAGE_124: "battery",
     SunSpecKind.STORAGE_802: "battery",
     SunSpecKind.METER: "grid_meter",
@@ -241,10 +261,14 @@ class SunSpecUnit(ModbusUnit):
         img.set_value(121, "VRefOfs", 0.0)
 
 
-class SunSpecInverter(SunSpecUnit):
-    """PV inverter with model 123's WMaxLimPct (see the module docstring)."""
+class _Inverter(SunSpecUnit):
+    """What both inverter kinds share: ratings, 103, the PV unit, and the limit `WMaxLimPct` (percent
+    of WMax) under an enable point with a revert timer, held as a `Setpoint` (see the module docstring).
+    """
 
-    kind = SunSpecKind.INVERTER
+    control: ClassVar[int]  # the model with the limit
+    enable: ClassVar[str]  # its enable point
+    timer: ClassVar[str]  # its revert timer (seconds)
 
     def __init__(
         self,
@@ -262,9 +286,65 @@ class SunSpecInverter(SunSpecUnit):
         self.unit = park.pv_unit(self.owner.id, share=share, limit_kw=self.pv_limit_kw)
         peak_kw = self.peak_kw = self.unit.peak_kw
         self.limit_pct = Setpoint()
-        img = self.image
         self._inverter_ac(peak_kw * 1000.0)
         self._nameplate(der_type=4, rating_w=peak_kw * 1000.0, settings_w=peak_kw * 1000.0)
+
+    def on_write(self, updates: dict[Key, float]) -> None:
+        m = self.control
+        if not {(m, "WMaxLimPct"), (m, self.timer), (m, self.enable)} & updates.keys():
+            return
+        img = self.image
+        enabled = updates.get((m, self.enable))
+        if enabled == 0:
+            self.limit_pct.cancel()
+            return
+        if enabled is None:
+            self.limit_pct.update(self.now_s)
+            if self.limit_pct.value is None:  # off or lapsed: the enable point reads 0, the value is stored
+                img.set_raw(m, self.enable, 0)
+                return
+        pct = img.get_value(m, "WMaxLimPct") or 0.0
+        self.limit_pct.write(pct, self.now_s, img.get_raw(m, self.timer))
+
+    def connected(self) -> bool:
+        return True
+
+    def reversion_pct(self) -> float | None:
+        """The limit (% of WMax) after a lapse or a communication loss; None: no limit."""
+        return self.options.pv_fallback_limit_pct
+
+    def pv_limit_kw(self, now_s: float) -> float | None:
+        if not self.connected():
+            return 0.0
+        fallback_pct = self.reversion_pct()
+        pct = fallback_pct if self.comm_lost() else self.limit_pct.effective(now_s, fallback_pct)
+        return None if pct is None else pct / 100.0 * self.peak_kw
+
+    def update(self) -> None:
+        pv, avail = self.unit.kw, self.unit.available_kw
+        status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else _ST_MPPT
+        self._inverter_live(pv, self.unit.energy_kwh, status)
+        self.limit_pct.update(self.now_s)
+        self.image.set_raw(self.control, self.enable, 0 if self.limit_pct.value is None else 1)
+
+
+class SunSpecInverter(_Inverter):
+    """PV inverter with model 123's WMaxLimPct (see the module docstring)."""
+
+    kind = SunSpecKind.INVERTER
+    control, enable, timer = 123, "WMaxLim_Ena", "WMaxLimPct_RvrtTms"
+
+    def __init__(
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options, share)
+        img = self.image
         self._scale_factors(123, {"WMaxLimPct_SF": -2, "OutPFSet_SF": -3})
         for name, value in (
             ("Conn", 1),
@@ -284,28 +364,51 @@ class SunSpecInverter(SunSpecUnit):
             self.allow_write(123, name, 0, _U16_MAX)
         self.allow_write(123, "WMaxLim_Ena", 0, 1)
 
-    def on_write(self, updates: dict[Key, float]) -> None:
-        if {(123, "WMaxLimPct"), (123, "WMaxLimPct_RvrtTms"), (123, "WMaxLim_Ena")} & updates.keys():
-            img = self.image
-            if img.get_raw(123, "WMaxLim_Ena") == 1:
-                pct = img.get_value(123, "WMaxLimPct") or 0.0
-                self.limit_pct.write(pct, self.now_s, img.get_raw(123, "WMaxLimPct_RvrtTms"))
-            else:
-                self.limit_pct.cancel()
+    def connected(self) -> bool:
+        return self.image.get_raw(123, "Conn") != 0
 
-    def pv_limit_kw(self, now_s: float) -> float | None:
-        if self.image.get_raw(123, "Conn") == 0:
-            return 0.0
-        fallback_pct = self.options.pv_fallback_limit_pct
-        pct = fallback_pct if self.comm_lost() else self.limit_pct.effective(now_s, fallback_pct)
-        return None if pct is None else pct / 100.0 * self.peak_kw
+
+class SunSpecInverter704(_Inverter):
+    """PV inverter whose limit is model 704's WMaxLimPct, with a reversion limit (module docstring)."""
+
+    kind = SunSpecKind.INVERTER_704
+    control, enable, timer = 704, "WMaxLimPctEna", "WMaxLimPctRvrtTms"
+
+    def __init__(
+        self,
+        device_id: str,
+        unit_id: int,
+        park: Park,
+        company: str,
+        options: DeviceOptions | None = None,
+        share: float = 1.0,
+    ) -> None:
+        super().__init__(device_id, unit_id, park, company, options, share)
+        img = self.image
+        self._scale_factors(704, {"WMaxLimPct_SF": -2})
+        for name, value in (
+            ("WMaxLimPctEna", 0),
+            ("WMaxLimPct", 100.0),
+            ("WMaxLimPctRvrt", 100.0),
+            ("WMaxLimPctEnaRvrt", 0),
+            ("WMaxLimPctRvrtTms", 0),
+            ("WMaxLimPctRvrtRem", 0),
+        ):
+            img.set_value(704, name, value)
+        for name in ("WMaxLimPctEna", "WMaxLimPctEnaRvrt"):
+            self.allow_write(704, name, 0, 1)
+        for name in ("WMaxLimPct", "WMaxLimPctRvrt"):
+            self.allow_write(704, name, 0, 100)
+        self.allow_write(704, "WMaxLimPctRvrtTms", 0, _U32_MAX)
+
+    def reversion_pct(self) -> float | None:
+        if self.image.get_raw(704, "WMaxLimPctEnaRvrt") == 1:
+            return self.image.get_value(704, "WMaxLimPctRvrt")
+        return super().reversion_pct()
 
     def update(self) -> None:
-        pv, avail = self.unit.kw, self.unit.available_kw
-        status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else _ST_MPPT
-        self._inverter_live(pv, self.unit.energy_kwh, status)
-        self.limit_pct.update(self.now_s)
-        self.image.set_raw(123, "WMaxLim_Ena", 0 if self.limit_pct.value is None else 1)
+        super().update()
+        self.image.set_value(704, "WMaxLimPctRvrtRem", math.ceil(self.limit_pct.remaining_s(self.now_s)))
 
 
 class _Storage(SunSpecUnit):

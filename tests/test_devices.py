@@ -808,3 +808,19 @@ def test_hubctl_scan_of_a_device_without_sunspec(
     port = servers.serve([unit_for(image)])
     assert cli_main(["scan", f"127.0.0.1:{port}"]) == 1
     assert "identity: no SunSpec marker" in capsys.readouterr().err
+
+
+def test_a_704_pv_limit_is_enable_and_limit_in_one_request_then_the_timer_once(servers: ServerThread) -> None:
+    unit, make = sunspec_device(servers, "pv", pv_704())
+
+    async def body(device: Device) -> tuple[list[list[int]], list[list[int]]]:
+        await device.set_pv_limit_kw(25.0)  # 50 % of 50 kW, WMaxLimPct_SF -1
+        first = [words for _, words in unit.writes]
+        unit.writes.clear()
+        await device.read()
+        await device.set_pv_limit_kw(20.0)
+        return first, [words for _, words in unit.writes]
+
+    first, second = with_device(make, body)
+    assert first == [[1, 500], [0, 60]]  # WMaxLimPctEna 1 + WMaxLimPct; WMaxLimPctRvrtTms 60 s (uint32)
+    assert second == [[1, 400]]  # the device holds the timer already

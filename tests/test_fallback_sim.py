@@ -1,8 +1,12 @@
-"""hubctl's `configure_fallback` against the project's simulated SunSpec battery, over Modbus TCP.
+"""hubctl's `configure_fallback` against the project's simulated SunSpec devices, over Modbus TCP.
 
 The simulated 802 + 704 battery is given an installer's fallback power of +20 kW (discharge, what
 `hubctl simulate --battery-fallback-kw 20` sets): without hubctl's fallback a lapsed setpoint
 leaves it discharging; with it, the battery falls back to 0 kW.
+
+The simulated PV inverter with 704 (no 123) is given an installer's fallback of 100 % (what
+`hubctl simulate --pv-fallback-pct 100` sets: no effective limit): without hubctl's fallback a
+lapsed limit leaves it at full output; with it, the inverter falls back to hubctl's limit.
 """
 
 from __future__ import annotations
@@ -19,18 +23,18 @@ from hubctl.device_config import Device as DeviceConfig
 from hubctl.devices import FallbackResult, SunSpecDevice
 from hubctl.modbus import ConnectionPool
 from simulators.modbus_sim import DeviceOptions
-from simulators.sunspec_sim import SunSpecStorage802
+from simulators.sunspec_sim import SunSpecInverter704, SunSpecStorage802
 
 INSTALLER_FALLBACK_KW = 20.0
 REVERT_S = 5.0
 
 
-def battery_config(port: int) -> DeviceConfig:
+def device_config(port: int, role: str = "battery") -> DeviceConfig:
     return DeviceConfig.model_validate(
         {
-            "id": "alpha-battery",
+            "id": f"alpha-{role}",
             "company": "alpha",
-            "role": "battery",
+            "role": role,
             "driver": "sunspec",
             "modbus": {"host": "127.0.0.1", "port": port, "timeout_s": 2},
         }
@@ -50,7 +54,7 @@ def test_a_lapsed_setpoint_falls_back_to_hubctls_0_kw_not_the_installers_power(
     async def main() -> FallbackResult | None:
         async with served(battery) as endpoint, ConnectionPool() as pool:
             device = SunSpecDevice(
-                battery_config(endpoint.port), pool.get("127.0.0.1", endpoint.port), revert_s=REVERT_S
+                device_config(endpoint.port), pool.get("127.0.0.1", endpoint.port), revert_s=REVERT_S
             )
             result = await device.configure_fallback() if configure else None
             await device.set_battery_kw(-30.0)  # charging, with hubctl's 5 s revert timer
@@ -66,3 +70,38 @@ def test_a_lapsed_setpoint_falls_back_to_hubctls_0_kw_not_the_installers_power(
     if result is not None:
         assert result.configured
         assert result.confirmed_kw == 0.0
+
+
+@pytest.mark.parametrize(("configure", "falls_back_to_kw"), [(True, 12.0), (False, 80.0)])
+def test_a_lapsed_704_pv_limit_falls_back_to_hubctls_limit_not_full_output(
+    configure: bool,
+    falls_back_to_kw: float,
+) -> None:
+    park = make_park()  # alpha: 100 kW peak, 80 kW of sun, 10 kW per step
+    inverter = SunSpecInverter704("alpha-pv", 1, park, "alpha", DeviceOptions(pv_fallback_limit_pct=100.0))
+
+    async def main() -> FallbackResult | None:
+        async with served(inverter) as endpoint, ConnectionPool() as pool:
+            device = SunSpecDevice(
+                device_config(endpoint.port, "pv"), pool.get("127.0.0.1", endpoint.port), revert_s=REVERT_S
+            )
+            result = await device.configure_fallback(12.0) if configure else None
+            limit = await device.set_pv_limit_kw(40.0)  # with hubctl's 5 s revert timer
+            assert limit.confirmed_kw == pytest.approx(40.0)
+            park.advance(4)
+            assert float(park.record.pv_kw[0]) == pytest.approx(40.0)
+            reading = await device.read()
+            assert reading.values["power_kw"] == pytest.approx(40.0)
+            assert reading.values["limit_pct"] == pytest.approx(40.0)
+            park.advance(12)  # no controller re-writes: the limit lapses after 5 s, then the ramp
+            reading = await device.read()
+            assert reading.values["limit_pct"] == 100.0  # WMaxLimPctEna reads 0 again
+            assert reading.point_values["704.WMaxLimPctEnaRvrt"] == (1 if configure else 0)
+            return result
+
+    result = arun(main)
+    assert float(park.record.pv_kw[0]) == pytest.approx(falls_back_to_kw)
+    if result is not None:
+        assert result.configured
+        assert result.fallback_kw == pytest.approx(12.0)
+        assert result.confirmed_kw == pytest.approx(12.0)

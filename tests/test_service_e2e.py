@@ -16,7 +16,11 @@ Run B: SIGKILL while a PV limit is active; the simulated SunSpec inverter revert
 within the revert time hubctl wrote. The simulator's batteries have an installer's fallback of
 +20 kW (discharge); hubctl configured the SunSpec 802 battery's own fallback (704 `WSetRvrt`) to
 0 kW at start, so after the SIGKILL that battery falls back to 0 kW, not to the installer's power.
-(The 124 battery has no fallback value register: it goes to the installer's power.)
+(The 124 battery has no fallback value register: it goes to the installer's power.) Gamma has PV
+in run B, so the third PV company gets the simulator's third PV model, a SunSpec inverter whose
+limit is 704's: its installer's fallback is 100 % (no effective limit); hubctl configured its
+reversion limit (704 `WMaxLimPctRvrt`) to the fallback PV limit at start, so after the SIGKILL it
+ends at that limit, not at full output.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import yaml
 from support import open_sockets
 
 from hubctl.config import load_config
+from hubctl.control import Params, fallback_pv_limits
 from hubctl.devices import build_device
 from hubctl.modbus import ConnectionPool, ModbusConnection
 from simulators.faults import control_request
@@ -70,26 +75,28 @@ companies:
     pv: {{peak_kw: 60, ramp_pct_per_s: 10}}
     battery: {{capacity_kwh: 80, max_charge_kw: {beta_kw}, max_discharge_kw: {beta_kw},
                soc_pct: {soc}, ramp_pct_per_s: 50}}
-  - id: gamma
+  - id: gamma{gamma_pv}
 sharing: {{key: pro_rata, interval_s: 900}}
 """
+GAMMA_PV_KW = 40.0  # run B only: gamma's peak, and its sun all the time
 # a load step at t = 60 s: gamma 30 -> 230 kW, the park would import 170 kW against a 150 kW cap;
 # the rows wobble by a few kW so that every meter's reading keeps changing, as real meters' do
 STEP_PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n" + "".join(
     f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < 60 else 230) + (t // 5) % 2},0\n"
     for t in [*range(0, 60, 5), 59, *range(60, 7200, 5)]
 )
-# run B: little load, small batteries: the export cap needs the PV limited
+# run B: little load, small batteries: the export cap needs the PV limited; gamma has PV too
 SUNNY_PROFILES = (
     "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n"
     + "".join(
-        f"{t},{10 + (t // 7) % 3},100,{10 + (t // 11) % 2},60,{10 + (t // 5) % 2},0\n"
+        f"{t},{10 + (t // 7) % 3},100,{10 + (t // 11) % 2},60,{10 + (t // 5) % 2},{GAMMA_PV_KW:g}\n"
         for t in range(0, 7200, 5)
     )
 )
 SPEED = 30.0
 IMPORT_CAP_KW = 150.0
 INSTALLER_FALLBACK_KW = 20.0  # run B: the simulated batteries' own fallback power (discharge)
+INSTALLER_PV_FALLBACK_PCT = 100.0  # run B: the simulated inverters' own fallback limit (none in effect)
 
 
 _CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -153,11 +160,22 @@ def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) ->
 class Park:
     """A running `hubctl simulate` and the site config it wrote (with the service's test settings)."""
 
-    def __init__(self, tmp: Path, profiles: str, battery_kw: tuple[float, float], *extra: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        profiles: str,
+        battery_kw: tuple[float, float],
+        *extra: str,
+        gamma_pv_kw: float | None = None,
+    ) -> None:
         (tmp / "profiles.csv").write_text(profiles, encoding="utf-8")
         scenario = tmp / "scenario.yaml"
+        gamma_pv = (
+            "" if gamma_pv_kw is None else f"\n    pv: {{peak_kw: {gamma_pv_kw:g}, ramp_pct_per_s: 10}}"
+        )
         scenario.write_text(
-            SCENARIO.format(soc=60, alpha_kw=battery_kw[0], beta_kw=battery_kw[1]), encoding="utf-8"
+            SCENARIO.format(soc=60, alpha_kw=battery_kw[0], beta_kw=battery_kw[1], gamma_pv=gamma_pv),
+            encoding="utf-8",
         )
         self.config_path = tmp / "site.yaml"
         self.proc = _spawn(
@@ -404,7 +422,19 @@ def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path)
 
 
 def test_after_sigkill_the_devices_fall_back_by_themselves(tmp_path: Path) -> None:
-    park = Park(tmp_path, SUNNY_PROFILES, (10, 5), "--battery-fallback-kw", str(INSTALLER_FALLBACK_KW))
+    park = Park(
+        tmp_path,
+        SUNNY_PROFILES,
+        (10, 5),
+        *("--battery-fallback-kw", str(INSTALLER_FALLBACK_KW)),
+        *("--pv-fallback-pct", str(INSTALLER_PV_FALLBACK_PCT)),
+        gamma_pv_kw=GAMMA_PV_KW,
+    )
+    assert next(d for d in park.config.devices if d.id == "gamma-pv").driver == "sunspec"
+    # hubctl's fallback PV limit for gamma (its only inverter): the tightest export cap, shared by peak
+    gamma_fallback_kw = fallback_pv_limits(Params.from_config(park.config), park.now_utc())[2]
+    assert gamma_fallback_kw is not None
+    assert gamma_fallback_kw < GAMMA_PV_KW / 2  # well below full output: the check below tells them apart
     service = Service(tmp_path, park)
     try:
         service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
@@ -424,6 +454,15 @@ def test_after_sigkill_the_devices_fall_back_by_themselves(tmp_path: Path) -> No
             if (battery["704.WSetEna"], battery["704.WSetEnaRvrt"], battery["704.WSetRvrt"]) == (1, 1, 0):
                 break
             assert time.monotonic() < deadline, f"hubctl's fallback never reached the battery: {battery}"
+            time.sleep(0.05)
+        # the 704 inverter holds a limit, and the fallback limit hubctl configured at start
+        while True:
+            gamma = asyncio.run(_read_points(park.config_path, "gamma-pv"))
+            held = (gamma["704.WMaxLimPctEna"], gamma["704.WMaxLimPctEnaRvrt"]) == (1, 1)
+            rvrt_pct = gamma["704.WMaxLimPctRvrt"]
+            if held and rvrt_pct == pytest.approx(gamma_fallback_kw / GAMMA_PV_KW * 100, abs=0.011):
+                break
+            assert time.monotonic() < deadline, f"hubctl's fallback never reached the 704 inverter: {gamma}"
             time.sleep(0.05)
         service.proc.send_signal(signal.SIGKILL)
         service.proc.wait(timeout=5)
@@ -453,6 +492,15 @@ def test_after_sigkill_the_devices_fall_back_by_themselves(tmp_path: Path) -> No
         power = asyncio.run(_read_points(park.config_path, "beta-battery"))["role.power_kw"]
         assert power is not None
         assert abs(power) < 0.5, f"the battery fell back to {power} kW, not to hubctl's 0 kW"
+        # the 704 inverter: its limit lapsed within the revert time, then it ramps (4 kW per simulated
+        # second) to hubctl's fallback limit, not to the installer's 100 % (full output)
+        while park.now_utc() < killed_at + revert_s + 2 + GAMMA_PV_KW / 4:
+            time.sleep(0.02)
+        gamma = asyncio.run(_read_points(park.config_path, "gamma-pv"))
+        assert gamma["704.WMaxLimPctEna"] == 0, "the 704 inverter kept hubctl's limit after the revert time"
+        assert gamma["role.power_kw"] == pytest.approx(gamma_fallback_kw, abs=0.1), (
+            f"the 704 inverter fell back to {gamma['role.power_kw']} kW, not hubctl's {gamma_fallback_kw} kW"
+        )
     finally:
         service.close()
         park.stop()

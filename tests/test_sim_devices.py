@@ -41,6 +41,7 @@ from simulators.sunspec_image import BASE_ADDRESS, END_MODEL_ID, MARKER
 from simulators.sunspec_sim import (
     MODELS,
     SunSpecInverter,
+    SunSpecInverter704,
     SunSpecKind,
     SunSpecMeter,
     SunSpecStorage124,
@@ -307,6 +308,8 @@ def test_sunspec_images_scan_with_pysunspec2(kind: SunSpecKind) -> None:
     unit: SunSpecUnit
     if kind is SunSpecKind.INVERTER:
         unit = SunSpecInverter("inv", 1, park, "alpha")
+    elif kind is SunSpecKind.INVERTER_704:
+        unit = SunSpecInverter704("inv", 1, park, "alpha")
     elif kind is SunSpecKind.STORAGE_124:
         unit = SunSpecStorage124("bat", 1, park, "alpha")
     elif kind is SunSpecKind.STORAGE_802:
@@ -330,6 +333,14 @@ def test_sunspec_images_scan_with_pysunspec2(kind: SunSpecKind) -> None:
             assert models[103]["W"] == pytest.approx(float(r.pv_kw[0]) * 1000, abs=10)
             assert models[121]["WMax"] == pytest.approx(100_000)
             assert models[123]["WMaxLim_Ena"] == 0
+        elif kind is SunSpecKind.INVERTER_704:
+            assert models[103]["W"] == pytest.approx(float(r.pv_kw[0]) * 1000, abs=10)
+            assert models[121]["WMax"] == pytest.approx(100_000)
+            control = models[704]
+            assert (control["WMaxLimPctEna"], control["WMaxLimPct"]) == (0, pytest.approx(100.0))
+            assert (control["WMaxLimPctEnaRvrt"], control["WMaxLimPctRvrt"]) == (0, pytest.approx(100.0))
+            assert (control["WMaxLimPctRvrtTms"], control["WMaxLimPctRvrtRem"]) == (0, 0)
+            assert control["WSetEna"] is None  # not a battery: 704's other controls are not implemented
         elif kind is SunSpecKind.METER:
             assert models[203]["W"] == pytest.approx(float(r.grid_kw[0]) * 1000, abs=100)
             assert models[203]["W"] < 0  # + import / - export: alpha exports
@@ -388,6 +399,87 @@ def test_inverter_rewrites_keep_the_limit_and_a_fallback_limit_holds_after_a_lap
             park.advance(10)
             assert await sunspec_read(client, inverter, 123, "WMaxLim_Ena") == 0
             assert float(park.record.pv_kw[0]) == pytest.approx(30.0)  # the fallback, not full output
+
+    arun(main)
+
+
+def test_inverter_704_follows_wmaxlimpct_at_the_pv_ramp_and_reverts_to_wmaxlimpctrvrt() -> None:
+    park = make_park()
+    inverter = SunSpecInverter704("inv", 1, park, "alpha", DeviceOptions(pv_fallback_limit_pct=60.0))
+
+    async def main() -> None:
+        async with served(inverter) as endpoint, modbus(endpoint.port) as client:
+            # reversion first (what hubctl configures at start): WMaxLimPctRvrt 25 % (sf -2), EnaRvrt 1
+            rr = await sunspec_write(client, inverter, 704, "WMaxLimPctRvrt", [2500, 1])
+            assert not rr.isError(), rr
+            assert float(park.record.pv_kw[0]) == pytest.approx(80.0)  # no limit yet: nothing to revert
+            # RvrtTms 5 s, then WMaxLimPctEna 1 with WMaxLimPct 50 %: as hubctl writes them
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPctRvrtTms", u32(5))).isError()
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPctEna", [1, 5000])).isError()
+            seen = []
+            for _ in range(4):
+                park.step()
+                seen.append(await sunspec_read(client, inverter, 103, "W"))
+            assert seen == pytest.approx([70_000, 60_000, 50_000, 50_000], abs=10)  # 10 kW per step
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 1
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctRvrtRem") == 1
+            park.advance(1)  # the step starting 5 s after the write runs at the reversion limit
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 0
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctRvrtRem") == 0
+            down = [float(park.record.pv_kw[0])]
+            for _ in range(3):
+                park.step()
+                down.append(float(park.record.pv_kw[0]))
+            assert down == pytest.approx([40.0, 30.0, 25.0, 25.0])  # to 25 % of 100 kW at the ramp
+            assert await sunspec_read(client, inverter, 103, "W") == pytest.approx(25_000, abs=10)
+            # a write of the limit alone while it is off only stores it: the reversion holds
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPct", [9000])).isError()
+            park.advance(3)
+            assert float(park.record.pv_kw[0]) == pytest.approx(25.0)
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 0
+            # the reversion limit is read when it applies: EnaRvrt 0 leaves the installer's 60 %
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPctEnaRvrt", [0])).isError()
+            park.advance(5)
+            assert float(park.record.pv_kw[0]) == pytest.approx(60.0)
+            # Ena 1 again: the limit (90 %, stored above) is back; Ena 0 switches it off: no limit
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPctEna", [1])).isError()
+            park.advance(3)
+            assert float(park.record.pv_kw[0]) == pytest.approx(80.0)  # 90 kW allowed, 80 kW of sun
+            assert not (await sunspec_write(client, inverter, 704, "WMaxLimPctEna", [0])).isError()
+            park.advance(10)
+            assert float(park.record.pv_kw[0]) == pytest.approx(80.0)
+
+    arun(main)
+
+
+@pytest.mark.parametrize(("installer_pct", "falls_back_to_kw"), [(30.0, 30.0), (None, 80.0)])
+def test_inverter_704_without_enarvrt_falls_back_to_the_installers_limit_or_none(
+    installer_pct: float | None, falls_back_to_kw: float
+) -> None:
+    park = make_park()
+    inverter = SunSpecInverter704("inv", 1, park, "alpha", DeviceOptions(pv_fallback_limit_pct=installer_pct))
+
+    async def main() -> None:
+        async with served(inverter) as endpoint, modbus(endpoint.port) as client:
+            # WMaxLimPctEna 1, WMaxLimPct 50 %, WMaxLimPctRvrt 20 % (not enabled: EnaRvrt 0), RvrtTms 3 s
+            rr = await sunspec_write(client, inverter, 704, "WMaxLimPctEna", [1, 5000, 2000, 0, *u32(3)])
+            assert not rr.isError(), rr
+            for _ in range(4):  # re-written every 2 s with a 3 s timer: never lapses
+                park.advance(2)
+                assert not (await sunspec_write(client, inverter, 704, "WMaxLimPct", [5000])).isError()
+                assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 1
+            assert float(park.record.pv_kw[0]) == pytest.approx(50.0)
+            park.advance(10)
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 0
+            assert float(park.record.pv_kw[0]) == pytest.approx(falls_back_to_kw)
+            # out of bounds: exception 3, nothing applied; the countdown is read-only: exception 2
+            rr = await sunspec_write(client, inverter, 704, "WMaxLimPctEna", [1, 10100])
+            assert rr.exception_code == 3
+            assert await sunspec_read(client, inverter, 704, "WMaxLimPctEna") == 0
+            rr = await sunspec_write(client, inverter, 704, "WMaxLimPctEnaRvrt", [2])
+            assert rr.exception_code == 3
+            rr = await sunspec_write(client, inverter, 704, "WMaxLimPctRvrtRem", u32(5))
+            assert rr.exception_code == 2
 
     arun(main)
 
@@ -556,6 +648,36 @@ def test_comm_loss_watchdog_falls_back_when_nobody_asks() -> None:
             assert float(park.record.battery_kw[0]) == pytest.approx(30.0)
             park.advance(10)  # no request for 10 s
             assert float(park.record.battery_kw[0]) == pytest.approx(0.0)
+
+    arun(main)
+
+
+@pytest.mark.parametrize(
+    ("kind", "falls_back_to_kw"),
+    [(SunSpecKind.INVERTER, 30.0), (SunSpecKind.INVERTER_704, 20.0)],  # installer's 30 %; 704's own 20 %
+)
+def test_inverter_comm_loss_watchdog_falls_back_like_a_lapse(
+    kind: SunSpecKind, falls_back_to_kw: float
+) -> None:
+    park = make_park()
+    options = DeviceOptions(pv_fallback_limit_pct=30.0, comm_loss_s=5.0)
+    inverter: SunSpecInverter | SunSpecInverter704
+    if kind is SunSpecKind.INVERTER:
+        inverter = SunSpecInverter("inv", 1, park, "alpha", options)
+        limit = (123, "WMaxLimPct", [5000, 0, 0, 0, 1])  # 50 %, no revert timer
+    else:
+        inverter = SunSpecInverter704("inv", 1, park, "alpha", options)
+        limit = (704, "WMaxLimPctEna", [1, 5000, 2000, 1])  # 50 %, reversion 20 % enabled, no timer
+
+    async def main() -> None:
+        async with served(inverter) as endpoint, modbus(endpoint.port) as client:
+            assert not (await sunspec_write(client, inverter, *limit)).isError()
+            for _ in range(3):
+                park.advance(3)
+                await sunspec_read(client, inverter, 103, "W")  # polled: the controller is alive
+            assert float(park.record.pv_kw[0]) == pytest.approx(50.0)
+            park.advance(10)  # no request for 10 s
+            assert float(park.record.pv_kw[0]) == pytest.approx(falls_back_to_kw)
 
     arun(main)
 

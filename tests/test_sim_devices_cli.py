@@ -305,6 +305,7 @@ def test_plan_rotates_models_and_skips_registers_too_small(scenario_file: Path) 
     plans = {p.device_id: p for p in plan_devices(scenario, profiles, park_meter=True)}
     assert plans["alpha-pv"].sunspec_kind is SunSpecKind.INVERTER
     assert plans["beta-pv"].driver == "huawei-sun2000"
+    assert plans["delta-pv"].sunspec_kind is SunSpecKind.INVERTER_704  # the third PV company
     assert plans["alpha-battery"].sunspec_kind is SunSpecKind.STORAGE_124
     assert plans["beta-battery"].sunspec_kind is SunSpecKind.STORAGE_802
     assert plans["gamma-battery"].driver == "victron-gx-ess"  # 20 kW fits its int16 W register
