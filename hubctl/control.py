@@ -67,7 +67,6 @@ _FOLLOW_TOL_FRAC = 0.02  # a battery more than 2 % of its power (+1 kW) short of
 _FOLLOW_CYCLES = 3  # ... this many cycles in a row is held to what it gives
 _SELF_CONSUMPTION_GAIN = 0.5  # share of the self-consumption error corrected per cycle (caps: always all)
 _CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
-_FOLLOW_CYCLES_AHEAD = 2  # cycles from a decision until the meters show a battery's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,12 +512,12 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     trend = math.copysign(min(abs(slope), abs(state.last_slope_kw_per_s)), slope)
     if slope * state.last_slope_kw_per_s <= 0:
         trend = 0.0
-    # a ramp goes on while the meters lag and until a battery has followed a new setpoint: the
-    # meters' age, then a cycle until the write takes effect and a cycle until it is read back
+    # extrapolated over the meters' age only: over the two more cycles a battery takes to show its
+    # answer the live demo's ramps were met sooner, but noise in the slope (meters and batteries read
+    # at different moments) was tripled too and set the batteries swinging (docs/control.md)
     lag_s = max(r.grid_age_s for r in snap.companies)
-    ahead_s = lag_s + _FOLLOW_CYCLES_AHEAD * dt_s
-    net_hi = park_net + max(0.0, trend) * ahead_s
-    net_lo = park_net + min(0.0, trend) * ahead_s
+    net_hi = park_net + max(0.0, trend) * lag_s
+    net_lo = park_net + min(0.0, trend) * lag_s
 
     # battery capabilities this step (energy-limited near the SoC limits)
     dis_cap = [0.0] * n
