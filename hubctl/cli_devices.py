@@ -110,9 +110,7 @@ async def _read_devices(
     async with ConnectionPool() as pool:
         for config in devices:
             try:
-                built.append(
-                    build_device(config, pool=pool, mqtt=hub, rated_kw=rated.get(config.id))
-                )
+                built.append(build_device(config, pool=pool, mqtt=hub, rated_kw=rated.get(config.id)))
             except DeviceConfigError as exc:
                 results[config.id] = f"configuration: {exc}"
         hub_error: DeviceError | None = None

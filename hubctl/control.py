@@ -67,6 +67,7 @@ _FOLLOW_TOL_FRAC = 0.02  # a battery more than 2 % of its power (+1 kW) short of
 _FOLLOW_CYCLES = 3  # ... this many cycles in a row is held to what it gives
 _SELF_CONSUMPTION_GAIN = 0.5  # share of the self-consumption error corrected per cycle (caps: always all)
 _CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
+_DRAIN_HEADROOM_FRAC = 0.05  # of the export cap: discharging into export stops this much short of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +605,11 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     # caps: N - B <= I  and  N - B >= -E
     b_lo = net_hi - imp_cap
     b_hi = net_lo + exp_cap
+    # discharging while the park exports (draining for the sun ahead, covering a company's load) is
+    # a choice: it stops a headroom short of the export cap, for the loads that fall and the clouds
+    # that clear while the meters lag and the batteries follow. Holding a cap uses all of it.
+    if pref > 0 and math.isfinite(exp_cap):
+        pref = min(pref, max(0.0, b_hi - _DRAIN_HEADROOM_FRAC * exp_cap))
     total = min(max(pref, b_lo), b_hi)
     if total != pref:
         reason = "holding the park import cap" if total == b_lo else "holding the park export cap"

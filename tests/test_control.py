@@ -393,3 +393,15 @@ def test_a_missing_pv_reading_does_not_hide_the_export_the_meter_shows(soc: floa
         sp = d.battery_setpoint_kw[1] or 0.0
         assert sum(r.grid_kw or 0.0 for r in snap.companies) - sp >= -200 - 1e-6
         snap = Snapshot(snap.ts_utc + 1, snap.companies)
+
+
+def test_draining_into_export_stops_a_headroom_short_of_the_cap() -> None:
+    """A full battery drains for the sun ahead while the park exports 140 kW against a 200 kW cap: it
+    may add export up to the cap less 5 % (50 kW), not up to the cap itself (60 kW)."""
+    p = park(exp=200)
+    snap = Snapshot(NOON, (reading(50, pv=150), reading(20, pv=60, soc=95)))
+    d, _ = decide(p, snap)
+    sp = d.battery_setpoint_kw[1]
+    assert sp is not None
+    assert "making room" in d.reason  # draining
+    assert sp == pytest.approx(50.0, abs=0.5)
