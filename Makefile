@@ -27,7 +27,7 @@ system-packages:
 	@scripts/ensure-apt.sh $(APT_PACKAGES)
 
 # the gateway service (`hubctl run`) against a simulated park over real Modbus TCP, a private
-# mosquitto, a live view and a KPI table (3 minutes; `hubctl demo --help` for the options)
+# mosquitto, a live view and a KPI table (4.5 minutes; `hubctl demo --help` for the options)
 demo: $(BIN)/.installed
 	$(BIN)/hubctl demo
 

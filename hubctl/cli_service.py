@@ -67,9 +67,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=4.0,
         help="simulated seconds per second (default 4; devices with real-time quirks limit it)",
     )
-    d.add_argument("--minutes", type=_positive, default=3.0, help="real minutes to run (default 3)")
     d.add_argument(
-        "--start", default="11:00", help="local time of the scenario day to start at (default 11:00)"
+        "--minutes",
+        type=_positive,
+        default=4.5,
+        help="real minutes to run (default 4.5: at 4x, the quarter-hour from 11:00 closes on screen)",
+    )
+    d.add_argument(
+        "--start", default="10:59", help="local time of the scenario day to start at (default 10:59)"
     )
     d.add_argument("--no-mqtt", action="store_true", help="do not start a private mosquitto")
     d.add_argument("--out", default="out/demo-live", help="where the trace and the config go")
