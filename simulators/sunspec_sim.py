@@ -288,6 +288,10 @@ class _Inverter(SunSpecUnit):
         self.limit_pct = Setpoint()
         self._inverter_ac(peak_kw * 1000.0)
         self._nameplate(der_type=4, rating_w=peak_kw * 1000.0, settings_w=peak_kw * 1000.0)
+        self._configure()
+
+    def _configure(self) -> None:
+        """The kind's own points (called at the end of construction)."""
 
     def on_write(self, updates: dict[Key, float]) -> None:
         m = self.control
@@ -334,16 +338,7 @@ class SunSpecInverter(_Inverter):
     kind = SunSpecKind.INVERTER
     control, enable, timer = 123, "WMaxLim_Ena", "WMaxLimPct_RvrtTms"
 
-    def __init__(
-        self,
-        device_id: str,
-        unit_id: int,
-        park: Park,
-        company: str,
-        options: DeviceOptions | None = None,
-        share: float = 1.0,
-    ) -> None:
-        super().__init__(device_id, unit_id, park, company, options, share)
+    def _configure(self) -> None:
         img = self.image
         self._scale_factors(123, {"WMaxLimPct_SF": -2, "OutPFSet_SF": -3})
         for name, value in (
@@ -374,16 +369,7 @@ class SunSpecInverter704(_Inverter):
     kind = SunSpecKind.INVERTER_704
     control, enable, timer = 704, "WMaxLimPctEna", "WMaxLimPctRvrtTms"
 
-    def __init__(
-        self,
-        device_id: str,
-        unit_id: int,
-        park: Park,
-        company: str,
-        options: DeviceOptions | None = None,
-        share: float = 1.0,
-    ) -> None:
-        super().__init__(device_id, unit_id, park, company, options, share)
+    def _configure(self) -> None:
         img = self.image
         self._scale_factors(704, {"WMaxLimPct_SF": -2})
         for name, value in (
@@ -448,6 +434,10 @@ class _Storage(SunSpecUnit):
         img.set_value(120, "AhrRtg", capacity_wh / _BATTERY_V)
         img.set_value(120, "MaxChaRte", 1000.0 * battery.max_charge_kw)
         img.set_value(120, "MaxDisChaRte", 1000.0 * battery.max_discharge_kw)
+        self._configure()
+
+    def _configure(self) -> None:
+        """The kind's own points (called at the end of construction)."""
 
     def battery_setpoint_kw(self, now_s: float) -> float | None:
         fallback = self.reversion_kw()
@@ -479,16 +469,7 @@ class SunSpecStorage124(_Storage):
 
     kind = SunSpecKind.STORAGE_124
 
-    def __init__(
-        self,
-        device_id: str,
-        unit_id: int,
-        park: Park,
-        company: str,
-        options: DeviceOptions | None = None,
-        share: float = 1.0,
-    ) -> None:
-        super().__init__(device_id, unit_id, park, company, options, share)
+    def _configure(self) -> None:
         b = self.battery
         img = self.image
         self._scale_factors(
@@ -561,16 +542,7 @@ class SunSpecStorage802(_Storage):
 
     kind = SunSpecKind.STORAGE_802
 
-    def __init__(
-        self,
-        device_id: str,
-        unit_id: int,
-        park: Park,
-        company: str,
-        options: DeviceOptions | None = None,
-        share: float = 1.0,
-    ) -> None:
-        super().__init__(device_id, unit_id, park, company, options, share)
+    def _configure(self) -> None:
         b = self.battery
         img = self.image
         rating_w = 1000.0 * max(b.max_charge_kw, b.max_discharge_kw)
