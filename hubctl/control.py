@@ -559,6 +559,17 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     stored = sum(energy)
     pool_span = sum(span)
     hyst = _HYSTERESIS_FRAC * pool_span
+    # the band is planned for every battery; while one is not seen (down, no state of charge) the
+    # others are held to their share of it, not to all of it: a battery that drops out of view
+    # must not make the rest look empty and switch them from discharging to charging at once
+    seen_cap = sum(
+        c.battery.capacity_kwh
+        for c, r in zip(comps, snap.companies, strict=True)
+        if c.battery is not None and r.soc_pct is not None
+    )
+    all_cap = sum(c.battery.capacity_kwh for c in comps if c.battery is not None)
+    seen_share = seen_cap / all_cap if all_cap > 0 else 1.0
+    band_floor, band_ceiling = floor_kwh * seen_share, ceiling_kwh * seen_share
 
     # what own export caps will curtail anyway changes the park's surplus for self-consumption
     forced_curt = 0.0
@@ -570,26 +581,26 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
 
     # band preference with hysteresis
     mode = state.band_mode
-    if stored < floor_kwh - hyst:
+    if stored < band_floor - hyst:
         mode = "charge"
-    elif stored > ceiling_kwh + hyst:
+    elif stored > band_ceiling + hyst:
         mode = "drain"
-    elif (mode == "charge" and stored >= floor_kwh + hyst) or (mode == "drain" and stored <= ceiling_kwh):
+    elif (mode == "charge" and stored >= band_floor + hyst) or (mode == "drain" and stored <= band_ceiling):
         mode = "free"
     if mode == "charge":
         pref = -total_ch
         reason = "charging towards the floor for the caps ahead"
     elif mode == "drain":
         # behind the plan: catch up within `_CATCH_UP_S`, covering the park's own import first
-        catch_up = (stored - ceiling_kwh) * 3600.0 / _CATCH_UP_S
+        catch_up = (stored - band_ceiling) * 3600.0 / _CATCH_UP_S
         pref = min(total_dis, max(park_net_sc, catch_up))
         reason = "making room for the solar excess ahead"
     else:
         excess = max(0.0, abs(park_net_sc) - params.deadband_kw)
         pref = math.copysign(excess, park_net_sc)
-        if pref > 0 and stored <= floor_kwh:
+        if pref > 0 and stored <= band_floor:
             pref = 0.0
-        if pref < 0 and stored >= ceiling_kwh:
+        if pref < 0 and stored >= band_ceiling:
             pref = 0.0
         # move half way each cycle: on a gateway the meters and batteries are read at slightly
         # different moments, and a full step on such a snapshot sets up a cycle-to-cycle swing
