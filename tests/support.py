@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import selectors
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 
 def open_sockets() -> set[str]:
@@ -70,3 +73,24 @@ class Mosquitto:
             self.process.terminate()
             self.process.wait(5)
             self.process = None
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:
+    """stdout lines of `proc` (started unbuffered) up to one that is `marker`; the test fails after
+    `timeout_s` or when the process ends first, with what it printed."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.decode().rstrip("\n"))
+            if lines[-1] == marker:
+                return lines
+    stderr = proc.stderr.read().decode() if proc.stderr is not None and proc.poll() is not None else ""
+    pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}; stderr {stderr}")

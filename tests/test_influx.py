@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import free_port
 
 from hubctl.influx import (
     Forwarder,
@@ -136,20 +136,13 @@ def test_line_protocol_round_trip(tags: dict[str, str], fields: dict[str, float]
 # --- VictoriaMetrics fixture --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class VictoriaMetrics:
     """A real single-node VictoriaMetrics on loopback; stop() and start() keep the port and the data."""
 
     def __init__(self, data: Path) -> None:
         assert VM_BIN is not None
         self.data = data
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -448,7 +441,7 @@ def test_spool_bound_during_outage_keeps_the_newest(vm: VictoriaMetrics, tmp_pat
 
 
 def test_writer_maps_a_refused_connection_to_unavailable() -> None:
-    writer = InfluxWriter(f"http://127.0.0.1:{_free_port()}", "hubctl", timeout_s=1)
+    writer = InfluxWriter(f"http://127.0.0.1:{free_port()}", "hubctl", timeout_s=1)
     with pytest.raises(InfluxUnavailableError):
         writer.write(["park,site=x grid_kw=1.0 1"])
     writer.close()

@@ -29,8 +29,6 @@ import asyncio
 import itertools
 import json
 import os
-import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
-from support import open_sockets
+from support import MOSQUITTO, free_port, open_sockets, read_until, wait_for_port
 
 from hubctl.config import load_config
 from hubctl.control import Params, fallback_pv_limits
@@ -54,10 +52,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-)
-
 SCENARIO = """\
 name: gateway-e2e
 start: "2026-06-22T12:14:55+02:00"
@@ -120,12 +114,6 @@ def no_leaks() -> Iterator[None]:
     assert not leaked, f"sockets left open: {sorted(leaked)}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubctl.cli", *args],
@@ -137,24 +125,6 @@ def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[by
     )
     _CHILDREN.append(proc)
     return proc
-
-
-def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.decode().rstrip("\n"))
-            if lines[-1] == marker:
-                return lines
-    pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}")
 
 
 class Park:
@@ -182,7 +152,7 @@ class Park:
             "simulate", "--scenario", str(scenario), "--speed", str(SPEED),
             "--write-config", str(self.config_path), *extra,
         )  # fmt: skip
-        lines = _read_until(self.proc, "ready", 30)
+        lines = read_until(self.proc, "ready", 30)
         control = next(line for line in lines if line.startswith("control"))
         self.control_port = int(control.split()[1].rsplit(":", 1)[1])
         data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
@@ -292,19 +262,14 @@ def _start_broker(port: int) -> subprocess.Popen[bytes]:
         [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     _CHILDREN.append(proc)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    pytest.fail("mosquitto did not start")
+    wait_for_port(port, "mosquitto")
+    return proc
 
 
 def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path) -> None:
     park = Park(tmp_path, STEP_PROFILES, battery_kw=(100, 40))
-    mqtt_port = _free_port()  # nothing listens yet: the broker is down at start
-    db_port = _free_port()  # nor a database
+    mqtt_port = free_port()  # nothing listens yet: the broker is down at start
+    db_port = free_port()  # nor a database
     service = Service(
         tmp_path,
         park,

@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
+from support import MOSQUITTO, free_port
 from test_influx import VM_BIN, VictoriaMetrics
 from test_service_e2e import (  # pytest puts tests/ on sys.path
-    MOSQUITTO,
     STEP_PROFILES,
     Park,
     Service,
     _cycle,
-    _free_port,
     _start_broker,
     no_leaks,  # noqa: F401 - autouse fixture: no child, socket or connection left behind
 )
@@ -125,7 +124,7 @@ def test_operator_command_lowers_the_cap_and_survives_a_broker_restart(tmp_path:
     state_dir = tmp_path / "state"
     _with_state_dir(park, state_dir)
     site = park.config.site.id
-    port = _free_port()
+    port = free_port()
     first = _start_broker(port)
     broker: subprocess.Popen[bytes] | None = first
     service = Service(tmp_path, park, "--mqtt-url", f"mqtt://127.0.0.1:{port}")

@@ -15,11 +15,7 @@ import asyncio
 import contextlib
 import json
 import math
-import shutil
-import socket
-import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiomqtt
@@ -29,7 +25,7 @@ from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
-from support import open_sockets
+from support import MOSQUITTO, Mosquitto, free_port, open_sockets
 
 from hubctl.registers import RegisterMap, decode_reads, role_values
 from simulators.faults import ControlServer, Fault, FaultControl, FaultError, control_request
@@ -51,6 +47,7 @@ from simulators.sunspec_sim import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -685,12 +682,6 @@ def test_inverter_comm_loss_watchdog_falls_back_like_a_lapse(
 # ------------------------------------------------------------------------------------------ faults
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_fault_refuse_closes_the_port_until_cleared() -> None:
     park = make_park()
     meter = SunSpecMeter("meter", 1, park, "alpha", range_kw=200.0)
@@ -824,7 +815,7 @@ def test_fault_frozen_holds_the_readings_while_the_park_moves() -> None:
 def test_control_channel_injects_clears_and_reports() -> None:
     park = make_park()
     inverter = SunSpecInverter("inv", 1, park, "alpha")
-    mqtt_meter = MqttMeter("mq", park, "beta", "127.0.0.1", _free_port())
+    mqtt_meter = MqttMeter("mq", park, "beta", "127.0.0.1", free_port())
     control = FaultControl()
     control.register(inverter)
     control.register(mqtt_meter)
@@ -867,30 +858,17 @@ def test_control_channel_injects_clears_and_reports() -> None:
 
 # ------------------------------------------------------------------------------------------ MQTT
 
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None  # sbin is not on every PATH
-)
-
 
 @pytest.fixture
-def broker() -> Iterator[int]:
+def broker(tmp_path: Path) -> Iterator[int]:
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    mosquitto = Mosquitto(tmp_path)
+    mosquitto.start()
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield port
+        yield mosquitto.port
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+        mosquitto.stop()
 
 
 def test_mqtt_meter_publishes_the_grid_and_honours_faults(broker: int) -> None:

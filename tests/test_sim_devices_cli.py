@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
-from support import open_sockets
+from support import MOSQUITTO, Mosquitto, open_sockets, read_until
 
 from hubctl.config import load_config
 from hubctl.registers import decode_reads, role_values
@@ -40,10 +38,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None  # sbin is not on every PATH
-)
-
 SCENARIO = """\
 name: sim-devices-cli
 start: "2026-06-22T12:00:00+02:00"
@@ -100,32 +94,17 @@ def scenario_file(tmp_path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def broker() -> Iterator[int | None]:
+def broker(tmp_path: Path) -> Iterator[int | None]:
     if MOSQUITTO is None:
         yield None
         return
-    port = _free_port()
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    mosquitto = Mosquitto(tmp_path)
+    mosquitto.start()
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield port
+        yield mosquitto.port
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+        mosquitto.stop()
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
@@ -139,25 +118,6 @@ def _start(*args: str) -> subprocess.Popen[bytes]:
     )
     _CHILDREN.append(proc)
     return proc
-
-
-def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.decode().rstrip("\n"))
-            if lines[-1] == marker:
-                return lines
-    stderr = proc.stderr.read().decode() if proc.stderr is not None and proc.poll() is not None else ""
-    pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}; stderr {stderr}")
 
 
 async def _one_mqtt_message(port: int, topic: str) -> dict[str, Any]:
@@ -223,7 +183,7 @@ def test_simulate_serves_writes_a_valid_config_and_stops_on_sigterm(
     if broker is not None:
         args += ["--mqtt-url", f"mqtt://127.0.0.1:{broker}"]
     proc = _start(*args)
-    lines = _read_until(proc, "ready", 20)
+    lines = read_until(proc, "ready", 20)
     control_port = int(
         next(line for line in lines if line.startswith("control")).split()[1].rsplit(":", 1)[1]
     )
