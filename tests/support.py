@@ -94,3 +94,22 @@ def read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> 
                 return lines
     stderr = proc.stderr.read().decode() if proc.stderr is not None and proc.poll() is not None else ""
     pytest.fail(f"no {marker!r} within {timeout_s} s; stdout {lines}; stderr {stderr}")
+
+
+def reap_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """Kill the children still running, forget them all, and fail if any was still running."""
+    running = [p for p in children if p.poll() is None]
+    for p in running:
+        p.kill()
+        p.wait(timeout=5)
+    children.clear()
+    assert not running, f"child processes left running: {[p.args for p in running]}"
+
+
+def assert_no_new_sockets(before: set[str], grace_s: float = 2.0) -> None:
+    """Fail if this process holds sockets it did not hold `before`, after `grace_s` for closing ones
+    (a closed transport lets go of its socket on the event loop's last turn)."""
+    deadline = time.monotonic() + grace_s
+    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked, f"sockets left open: {sorted(leaked)}"

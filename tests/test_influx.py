@@ -56,7 +56,6 @@ from hubctl.influx import (
 from hubctl.spool import Spool, SpoolBounds
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 VM_BIN = shutil.which("victoria-metrics") or shutil.which("victoria-metrics-prod")
@@ -192,18 +191,6 @@ class VictoriaMetrics:
                 key = (name, tuple(sorted(metric.items())))
                 out[key].extend(zip(item["timestamps"], item["values"], strict=True))
         return out
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    if VM_BIN is None:
-        pytest.skip("victoria-metrics not installed")
-    server = VictoriaMetrics(tmp_path / "vm")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _drain(spool: Spool, timeout_s: float) -> None:

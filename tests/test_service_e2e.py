@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
-from support import MOSQUITTO, free_port, open_sockets, read_until, wait_for_port
+from support import (
+    MOSQUITTO,
+    assert_no_new_sockets,
+    free_port,
+    open_sockets,
+    read_until,
+    reap_children,
+    wait_for_port,
+)
 
 from hubctl.config import load_config
 from hubctl.control import Params, fallback_pv_limits
@@ -101,17 +109,9 @@ def no_leaks() -> Iterator[None]:
     """Fail a test that leaves a child process running, a socket open or a Modbus connection."""
     before = open_sockets()
     yield
-    running = [p for p in _CHILDREN if p.poll() is None]
-    for p in running:
-        p.kill()
-        p.wait(timeout=5)
-    _CHILDREN.clear()
-    assert not running, f"child processes left running: {[p.args for p in running]}"
+    reap_children(_CHILDREN)
     assert not ModbusConnection.open_connections()
-    deadline = time.monotonic() + 2.0
-    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not leaked, f"sockets left open: {sorted(leaked)}"
+    assert_no_new_sockets(before)
 
 
 def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

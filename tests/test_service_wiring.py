@@ -27,7 +27,6 @@ import aiomqtt
 import pytest
 import yaml
 from support import MOSQUITTO, free_port
-from test_influx import VM_BIN, VictoriaMetrics
 from test_service_e2e import (  # pytest puts tests/ on sys.path
     STEP_PROFILES,
     Park,
@@ -39,8 +38,9 @@ from test_service_e2e import (  # pytest puts tests/ on sys.path
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from test_influx import VictoriaMetrics
 
 START_UTC = 1782123295.0  # the scenario's start, 2026-06-22T12:14:55+02:00
 LOWERED_KW = 120.0  # below the contracted 150 kW; the load step would take the park to 170 kW
@@ -174,18 +174,6 @@ def test_operator_command_lowers_the_cap_and_survives_a_broker_restart(tmp_path:
         if broker is not None:
             broker.terminate()
             broker.wait(timeout=5)
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    if VM_BIN is None:
-        pytest.skip("victoria-metrics not installed")
-    server = VictoriaMetrics(tmp_path / "vm")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_points_reach_the_database_and_the_ledger_settles_quarters(

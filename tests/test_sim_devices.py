@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
-from support import MOSQUITTO, Mosquitto, free_port, open_sockets
+from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, free_port, open_sockets
 
 from hubctl.registers import RegisterMap, decode_reads, role_values
 from simulators.faults import ControlServer, Fault, FaultControl, FaultError, control_request
@@ -65,10 +65,7 @@ def no_leaks() -> Iterator[None]:
     leaked_tasks = list(_LEAKED_TASKS)
     _LEAKED_TASKS.clear()
     assert not leaked_tasks, f"tasks still running at the end of the test: {leaked_tasks}"
-    deadline = time.monotonic() + 2.0
-    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
-        time.sleep(0.05)  # a closed transport lets go of its socket on the loop's last turn
-    assert not leaked, f"sockets left open: {sorted(leaked)}"
+    assert_no_new_sockets(before)
 
 
 def arun(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:

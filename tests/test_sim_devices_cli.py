@@ -15,14 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
-from support import MOSQUITTO, Mosquitto, open_sockets, read_until
+from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, open_sockets, read_until, reap_children
 
 from hubctl.config import load_config
 from hubctl.registers import decode_reads, role_values
@@ -74,16 +73,8 @@ def no_leaks() -> Iterator[None]:
     """Fail a test that leaves sockets open or a child process running (and kill the child)."""
     before = open_sockets()
     yield
-    running = [p for p in _CHILDREN if p.poll() is None]
-    for p in running:
-        p.kill()
-        p.wait(timeout=5)
-    _CHILDREN.clear()
-    assert not running, f"child processes left running: {[p.args for p in running]}"
-    deadline = time.monotonic() + 2.0
-    while (leaked := open_sockets() - before) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not leaked, f"sockets left open: {sorted(leaked)}"
+    reap_children(_CHILDREN)
+    assert_no_new_sockets(before)
 
 
 @pytest.fixture
