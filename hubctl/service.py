@@ -79,7 +79,6 @@ import signal
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hubctl.config import ConfigError
@@ -111,10 +110,12 @@ from hubctl.ledger import Ledger, ParkStep, rule_from_config
 from hubctl.modbus import CommandRejectedError, ConnectionPool, DeviceError
 from hubctl.notify import Notifier
 from hubctl.spool import Spool, bounds_from_config
+from hubctl.state_dir import resolve_state_dir
 from hubctl.store import Layout, ReadingStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Sequence
+    from pathlib import Path
 
     from hubctl.config import SiteConfig
     from hubctl.devices import Device
@@ -754,11 +755,7 @@ class Gateway:
 
     def state_dir(self) -> Path | None:
         """`storage.dir`, else `service.state_dir`, else `$STATE_DIRECTORY`; None: no durable state."""
-        env = self.options.env
-        for candidate in (self.cfg.storage.dir, self.cfg.service.state_dir, env.get("STATE_DIRECTORY")):
-            if candidate:
-                return Path(candidate.split(":")[0])
-        return None
+        return resolve_state_dir(self.cfg, self.options.env)
 
     def _open_storage(self) -> None:
         """Spool, ledger and (with an InfluxDB URL) forwarder in the state directory."""

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -63,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubctl.influx import encode_line
+from hubctl.state_dir import resolve_state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -502,17 +504,7 @@ def export_lines(path: Path, from_ms: int | None = None, to_ms: int | None = Non
 def storage_dir(cfg: SiteConfig) -> Path:
     """Where the spool and the ledger live: ``storage.dir``, else ``service.state_dir``, else
     ``$STATE_DIRECTORY`` (systemd's StateDirectory=), else /var/lib/hubctl."""
-    import os  # noqa: PLC0415
-
-    service = getattr(cfg, "service", None)
-    for candidate in (
-        cfg.storage.dir,
-        getattr(service, "state_dir", None),
-        os.environ.get("STATE_DIRECTORY"),
-    ):
-        if candidate:
-            return Path(candidate.split(":")[0])
-    return Path("/var/lib/hubctl")
+    return resolve_state_dir(cfg, os.environ) or Path("/var/lib/hubctl")
 
 
 def bounds_from_config(cfg: SiteConfig) -> SpoolBounds:
