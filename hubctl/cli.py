@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from hubctl import cli_data, cli_devices, cli_service, cli_simulate
+from hubctl import cli_data, cli_devices, cli_history, cli_service, cli_simulate
 from hubctl.config import ConfigError, SiteConfig, load_config, report_problems
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_devices.register(sub)
     cli_data.register(sub)
     cli_service.register(sub)
+    cli_history.register(sub)
     return ap
 
 
