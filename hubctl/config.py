@@ -92,6 +92,36 @@ class Window(_Model):
         return hhmm_to_s(self.end)
 
 
+class Hours(_Model):
+    """A daily span of local time, `[start, end)`; start later than end runs across midnight."""
+
+    start: str = Field(description='local time "HH:MM"')
+    end: str = Field(description='local time "HH:MM" or "24:00"')
+
+    @field_validator("start", "end")
+    @classmethod
+    def _is_hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f'{value!r} is not a local time "HH:MM" (00:00 to 24:00)')
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        if self.start == "24:00":
+            raise ValueError('cannot start at "24:00"')
+        return self
+
+    @property
+    def start_s(self) -> int:
+        return hhmm_to_s(self.start)
+
+    @property
+    def end_s(self) -> int:
+        return hhmm_to_s(self.end)
+
+
 class DaySchedule(_Model):
     """Windows that apply on one local date only (a day-ahead call of the grid operator)."""
 
@@ -208,9 +238,57 @@ class Control(_Model):
     plan_step_s: float = Field(default=300.0, ge=60, description="resolution of the horizon plan")
     horizon_h: float = Field(default=24.0, ge=1, le=72, description="plan horizon")
     default_reserve_soc_pct: Pct = Field(
-        default=50.0,
-        description="kept in each battery while the load of the coming hours is unknown (no history)",
+        default=0.0,
+        description="kept in each battery while the load of the coming 12 h is mostly unknown (no history "
+        "for their day type); clamped to the battery's SoC window, so 0 keeps nothing beyond the ramp hours",
     )
+    ramp_windows: list[Hours] = Field(
+        default_factory=lambda: [Hours(start="05:00", end="09:00")],
+        description="local hours in which parks typically ramp up (offices, workshops, logistics halls "
+        "starting; fleets returning): while the controller has seen no day of any type at such an hour, "
+        "the batteries keep all the energy an import cap may need then (docs/control.md)",
+    )
+    holidays_country: str | None = Field(
+        default="NL",
+        description="public holidays (the `holidays` package's country code) that count as their own day "
+        "type; null: none",
+    )
+    holidays_subdivision: str | None = Field(
+        default=None, description="a province or state, where it matters"
+    )
+    closed_dates: list[dt.date] = Field(
+        default_factory=list, description="the park's own closed days: counted as public holidays"
+    )
+    history_half_life_days: float = Field(
+        default=21.0, gt=0, le=365, description="a day's weight in the load profiles halves over this age"
+    )
+    history_max_days: int = Field(
+        default=400, ge=7, le=800, description="days of load history kept (in the state directory)"
+    )
+
+    @field_validator("holidays_country")
+    @classmethod
+    def _known_country(cls, value: str | None) -> str | None:
+        if value is not None:
+            import holidays  # noqa: PLC0415 - only where a config names a country
+
+            if value not in holidays.list_supported_countries():
+                raise ValueError(f"{value!r} is not a country the holidays package knows (e.g. NL, BE, DE)")
+        return value
+
+    @model_validator(mode="after")
+    def _known_subdivision(self) -> Self:
+        if self.holidays_subdivision is not None:
+            import holidays  # noqa: PLC0415
+
+            subdivs = holidays.list_supported_countries().get(self.holidays_country or "", [])
+            if self.holidays_subdivision not in subdivs:
+                raise ValueError(
+                    f"holidays_subdivision {self.holidays_subdivision!r} is not one of "
+                    f"{self.holidays_country}'s: {', '.join(subdivs) or 'none'}"
+                )
+        return self
+
     deadband_kw: float = Field(default=2.0, ge=0, description="park imbalance the batteries leave alone")
     pv_clear_sky_ratio: float = Field(
         default=0.8,

@@ -49,13 +49,15 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from hubctl.forecast import LoadHistory, PvIndex, forecast
+from hubctl.forecast import PvIndex, RecentLoad, forecast
+from hubctl.history import Calendar, History
 from hubctl.limits import NO_LIMITS, LimitClock, LimitsInForce, with_operator
 from hubctl.plan import BatteryPool, Plan, make_plan
 from hubctl.solar import clear_sky_shape_minute
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from zoneinfo import ZoneInfo
 
     from hubctl.config import SiteConfig
 
@@ -66,8 +68,9 @@ _QUARTER_S = 900.0
 _FOLLOW_TOL_FRAC = 0.02  # a battery more than 2 % of its power (+1 kW) short of its setpoint ...
 _FOLLOW_CYCLES = 3  # ... this many cycles in a row is held to what it gives
 _SELF_CONSUMPTION_GAIN = 0.5  # share of the self-consumption error corrected per cycle (caps: always all)
-_CATCH_UP_S = 1800.0  # a battery above its ceiling drains the excess within this time at least
+_CATCH_UP_S = 7200.0  # a battery above its ceiling drains the excess within this time at least
 _DRAIN_HEADROOM_FRAC = 0.05  # of the export cap: discharging into export stops this much short of it
+_FREE_SPEND_S = 3600.0  # self-consumption spends the energy above the floor no faster than over this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,11 @@ class Params:
     deadband_kw: float
     pv_prior_k: float
     contract_import_kw: float | None
+    tz: ZoneInfo = field(compare=False)
+    calendar: Calendar = field(compare=False)
+    ramp_windows: tuple[tuple[int, int], ...] = ()  # local [start, end) s of day; see hubctl.forecast
+    history_half_life_days: float = 21.0
+    history_max_days: int = 400
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> Params:
@@ -148,6 +156,20 @@ class Params:
             ctl.deadband_kw,
             ctl.pv_clear_sky_ratio,
             cfg.park.import_limit_kw,
+            cfg.tz,
+            Calendar(ctl.holidays_country, ctl.holidays_subdivision, ctl.closed_dates),
+            tuple((w.start_s, w.end_s) for w in ctl.ramp_windows),
+            ctl.history_half_life_days,
+            ctl.history_max_days,
+        )
+
+    def empty_history(self) -> History:
+        return History.empty(
+            [c.id for c in self.companies],
+            self.tz,
+            self.calendar,
+            half_life_days=self.history_half_life_days,
+            max_days=self.history_max_days,
         )
 
     def margin(self, cap_kw: float) -> float:
@@ -226,7 +248,8 @@ class QuarterBudget:
 class State:
     battery_kw: tuple[float, ...]  # last setpoints (0 where no battery)
     pv_limit_kw: tuple[float | None, ...]
-    history: LoadHistory
+    history: History  # quarter-hours per company and local day (persisted by the gateway)
+    recent: RecentLoad  # the park's last day in 5-minute buckets
     pv_index: PvIndex
     plan: Plan | None
     budget: QuarterBudget
@@ -240,12 +263,14 @@ class State:
     short_discharge: tuple[int, ...] = ()
 
     @classmethod
-    def initial(cls, params: Params) -> State:
+    def initial(cls, params: Params, history: History | None = None) -> State:
+        """The state of a controller that starts now, knowing `history` (an import, a reload)."""
         n = len(params.companies)
         return cls(
             (0.0,) * n,
             (None,) * n,
-            LoadHistory.empty(n),
+            history if history is not None else params.empty_history(),
+            RecentLoad.empty(),
             PvIndex.prior(n, params.pv_prior_k),
             None,
             QuarterBudget(-1, 0.0, 0.0),
@@ -289,10 +314,27 @@ def _limits_now(params: Params, ts: float, ov: Overrides) -> tuple[LimitsInForce
     return park_lim, comp_lim
 
 
-def _renew_plan(ts: float, state: State, params: Params, ov: Overrides = NO_OVERRIDES) -> Plan:
+def _renew_plan(
+    ts: float,
+    state: State,
+    params: Params,
+    ov: Overrides = NO_OVERRIDES,
+    stored_kwh: float | None = None,
+) -> Plan:
     steps = max(1, int(params.horizon_h * 3600 / params.plan_step_s))
     peaks = tuple(c.pv_peak_kw for c in params.companies)
-    fc = forecast(ts, steps, params.plan_step_s, state.history, state.pv_index, peaks, params.lat, params.lon)
+    fc = forecast(
+        ts,
+        steps,
+        params.plan_step_s,
+        state.recent,
+        state.history,
+        state.pv_index,
+        peaks,
+        params.lat,
+        params.lon,
+        params.ramp_windows,
+    )
     imp, exp, reduced = [], [], []
     for j in range(steps):
         park, _ = _limits_now(params, ts + (j + 0.5) * params.plan_step_s, ov)  # operator limits held
@@ -309,6 +351,7 @@ def _renew_plan(ts: float, state: State, params: Params, ov: Overrides = NO_OVER
         reduced,
         math.inf if contract is None else contract,
         _pool(params),
+        stored_kwh=stored_kwh,
     )
 
 
@@ -452,7 +495,8 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     shape = clear_sky_shape_minute(int(ts // 60), params.lat, params.lon)
     peaks = tuple(c.pv_peak_kw for c in comps)
     pv_index = state.pv_index.update(shape, tuple(pv), peaks, curtailed, dt_s)
-    history = state.history.add(ts, tuple(load))
+    history = state.history.observe(ts, tuple(load), tuple(pv), dt_s)
+    recent = state.recent.add(ts, sum(load))
 
     # 1. limits less margin, with the quarter-hour budget
     imp_cap = _cap(park_lim.import_kw, params)
@@ -478,7 +522,13 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     # 3. the plan
     plan = state.plan
     if plan is None or ts - plan.ts_utc >= params.plan_every_s:
-        plan = _renew_plan(ts, replace(state, history=history, pv_index=pv_index), params, snap.overrides)
+        plan = _renew_plan(
+            ts,
+            replace(state, history=history, recent=recent, pv_index=pv_index),
+            params,
+            snap.overrides,
+            _stored_kwh(comps, snap.companies),
+        )
     floor_kwh, ceiling_kwh = plan.band_at(ts)
 
     # 4. predicted uncontrolled net for the next step
@@ -598,8 +648,10 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     else:
         excess = max(0.0, abs(park_net_sc) - params.deadband_kw)
         pref = math.copysign(excess, park_net_sc)
-        if pref > 0 and stored <= band_floor:
-            pref = 0.0
+        if pref > 0:
+            # energy above the floor is free, but spent no faster than over `_FREE_SPEND_S`: a kWh
+            # saves the same import now or later, and a forecast that was too kind finds some left
+            pref = min(pref, max(0.0, stored - band_floor) * 3600.0 / _FREE_SPEND_S)
         if pref < 0 and stored >= band_ceiling:
             pref = 0.0
         # move half way each cycle: on a gateway the meters and batteries are read at slightly
@@ -663,6 +715,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         tuple(bat),
         tuple(pv_limits),
         history,
+        recent,
         pv_index,
         plan,
         budget,
@@ -674,6 +727,21 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         short_dis,
     )
     return decision, new_state
+
+
+def _stored_kwh(comps: tuple[CompanyParams, ...], readings: tuple[CompanyReading, ...]) -> float | None:
+    """Energy the park's batteries hold (kWh); a battery without a state of charge counts at its minimum."""
+    total, seen = 0.0, False
+    for c, r in zip(comps, readings, strict=True):
+        b = c.battery
+        if b is None:
+            continue
+        if r.soc_pct is None or not math.isfinite(r.soc_pct):
+            total += b.e_min_kwh
+        else:
+            total += b.capacity_kwh * r.soc_pct / 100.0
+            seen = True
+    return total if seen else None
 
 
 def _spread(

@@ -45,11 +45,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hubctl.forecast import Forecast
 
-_CHARGE_CREDIT = 0.5  # of the headroom a cap leaves: a forecast, so counted at half
+_CHARGE_CREDIT = 1.0  # of the headroom a cap leaves under the high load: a forecast, so not all of it
 _DISCHARGE_CREDIT = 0.5
 _EXCESS_CREDIT = 0.5  # of the forecast clear-sky excess above the export cap: it fills the batteries anyway
 _POWER_CREDIT = 0.9  # of the batteries' rated power: known, so counted almost whole
-_BLIND_LEAD_S = 2 * 3600.0  # without history, import needs at normal caps are planned this far ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +88,7 @@ def make_plan(
     pool: BatteryPool,
     *,
     reserve_coverage: float = 0.5,
+    stored_kwh: float | None = None,
 ) -> Plan:
     """Energy bands over the horizon.
 
@@ -96,45 +96,43 @@ def make_plan(
     `reduced_import` marks steps where a window or schedule lowers the import cap
     below the contract: without a history for such a step the floor is planned
     for the highest load of the last 24 h (a lower cap announced ahead must find
-    the batteries charged).
+    the batteries charged). `stored_kwh` is what the batteries hold now: the floor keeps up to
+    that much for the needs a stand-in day type forecasts (`Forecast.load_soft_need_kw`).
     """
     steps = len(import_limit_kw)
     h = step_s / 3600.0
     eta = pool.efficiency
     floor = [pool.e_min_kwh] * (steps + 1)
+    soft = [pool.e_min_kwh] * (steps + 1)
     room = [0.0] * (steps + 1)
     span = pool.e_max_kwh - pool.e_min_kwh
+    contract = contract_import_kw if contract_import_kw < math.inf else 0.0
     for j in range(steps - 1, -1, -1):
         imp, exp = import_limit_kw[j], export_limit_kw[j]
-        net_hi = fc.load_high_kw[j] - fc.pv_low_kw[j]
-        blind = not fc.covered[j] and (j + 0.5) * step_s > _BLIND_LEAD_S
+        pv_low = fc.pv_low_kw[j]
+        net_hi = fc.load_high_kw[j] - pv_low
+        net_need = fc.need_kw(j) - pv_low
+        net_soft = fc.soft_need_kw(j) - pv_low
         if not fc.covered[j] and reduced_import[j]:
             # an announced lower cap with no history behind it: plan for the load the park
             # has shown or is contracted for, whichever is higher
-            load = max(
-                fc.load_high_kw[j],
-                fc.load_peak_kw,
-                contract_import_kw if contract_import_kw < math.inf else 0.0,
-            )
-            net_hi = load - fc.pv_low_kw[j]
-        elif blind:
-            net_hi = -math.inf  # unknown load: neither a need nor a chance to charge; the reserve covers it
-        need = min(pool.discharge_kw, max(0.0, net_hi - imp))
+            load = max(fc.load_high_kw[j], fc.load_peak_kw, contract)
+            net_hi = net_need = net_soft = load - pv_low
         # the solar excess above the export cap charges the batteries whatever else happens
-        net_lo = fc.load_low_kw[j] - fc.pv_clear_kw[j]
+        net_lo = fc.room_kw(j) - fc.pv_clear_kw[j]
         absorb = min(pool.charge_kw, max(0.0, -net_lo - exp))
-        charge = absorb * _EXCESS_CREDIT
-        if need == 0 and net_hi > -math.inf:
-            charge = max(charge, max(0.0, imp - net_hi) * _CHARGE_CREDIT)
-        charge = 0.0 if need > 0 else min(pool.charge_kw * _POWER_CREDIT, charge)
-        f = floor[j + 1] + need / eta * h - charge * eta * h
-        floor[j] = min(pool.e_max_kwh, max(pool.e_min_kwh, f))
+        excess_charge = absorb * _EXCESS_CREDIT
+        headroom_charge = max(0.0, imp - net_hi) * _CHARGE_CREDIT
+        floor[j] = _floor_step(floor[j + 1], net_need - imp, excess_charge, headroom_charge, pool, h)
+        soft[j] = _floor_step(soft[j + 1], net_soft - imp, excess_charge, headroom_charge, pool, h)
         discharge = (
             0.0
             if absorb > 0
             else min(pool.discharge_kw * _POWER_CREDIT, max(0.0, net_lo + exp) * _DISCHARGE_CREDIT)
         )
         room[j] = min(span, max(0.0, room[j + 1] + absorb * eta * h - discharge / eta * h))
+    if stored_kwh is not None:  # energy kept for a stand-in day type's needs, never bought for them
+        floor = [max(f, min(sf, stored_kwh)) for f, sf in zip(floor, soft, strict=True)]
     ceiling = [pool.e_max_kwh - r for r in room[:steps]]
     reserve_used = fc.coverage < reserve_coverage and pool.reserve_kwh > pool.e_min_kwh
     floors = []
@@ -146,3 +144,14 @@ def make_plan(
         floors.append(f)
         ceilings.append(max(ceiling[j], f))
     return Plan(ts_utc, step_s, tuple(floors), tuple(ceilings), reserve_used)
+
+
+def _floor_step(
+    after_kwh: float, over_kw: float, excess_kw: float, headroom_kw: float, pool: BatteryPool, h: float
+) -> float:
+    """One step of the backward floor recursion: the energy needed at the start of a step whose net
+    is `over_kw` above the import cap, given the energy needed after it and the charging it allows."""
+    need = min(pool.discharge_kw, max(0.0, over_kw))
+    charge = 0.0 if need > 0 else min(pool.charge_kw * _POWER_CREDIT, max(excess_kw, headroom_kw))
+    f = after_kwh + need / pool.efficiency * h - charge * pool.efficiency * h
+    return min(pool.e_max_kwh, max(pool.e_min_kwh, f))

@@ -30,6 +30,7 @@ from simulators.physics import BatterySpec, CompanySpec, ParkPhysics, Profiles, 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from hubctl.history import History
     from hubctl.scenario import Scenario
 
 ProgressFn = Callable[[int, int], None]
@@ -70,8 +71,16 @@ def sharing_rule(scenario: Scenario) -> SharingRule:
     return SharingRule(SharingKey(s.key.value), dict(s.shares), tuple(s.order))
 
 
-def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -> dict[str, object]:
-    """Simulate the scenario and write the three output files; returns the summary."""
+def run(
+    scenario: Scenario,
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+    history: History | None = None,
+) -> dict[str, object]:
+    """Simulate the scenario and write the three output files; returns the summary.
+
+    `history` is what the controller knows at t = 0 (the scenario's `history.csv` through
+    `hubctl.history_import`, as `hubctl history import` gives it to the gateway)."""
     wall0 = time.perf_counter()
     cfg = scenario.config
     ids = [c.id for c in cfg.companies]
@@ -80,7 +89,7 @@ def run(scenario: Scenario, out_dir: Path, progress: ProgressFn | None = None) -
     profiles = Profiles.from_csv(scenario.profiles_path, ids)
     physics = ParkPhysics(specs, profiles, scenario.step_s)
     params = Params.from_config(cfg)
-    state = State.initial(params)
+    state = State.initial(params, history)
     steps = scenario.steps
     dt = scenario.step_s
     # the controller sees the record of `delay` steps ago (at least the previous step: it cannot see the

@@ -412,7 +412,8 @@ def test_a_battery_dropping_out_of_view_does_not_make_the_others_charge_for_the_
     (82 kWh) is held to its share of the floor, not to all of it: no switch from discharging to
     charging because half of the pool went out of view (seen in the gateway e2e run, then the import
     cap was over for 4 cycles when the unseen battery's last setpoint lapsed)."""
-    battery = {"capacity_kwh": 100, "max_charge_kw": 50, "max_discharge_kw": 50}
+    # an installer's reserve of 50 % sets the pool's floor (no history: it holds)
+    battery = {"capacity_kwh": 100, "max_charge_kw": 50, "max_discharge_kw": 50, "reserve_soc_pct": 50}
     comps: list[dict[str, Any]] = [
         {"id": "a", "battery": battery},
         {"id": "b", "battery": battery},
