@@ -102,13 +102,13 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     return "file is not a database" in text or "malformed" in text
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool = False, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     else:
         db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={round(busy_timeout_s * 1000)}")
     except BaseException:
         db.close()
         raise
@@ -276,8 +276,17 @@ def store_size_bytes(path: Path) -> int:
 class HistoryStore:
     """`history.sqlite` of one state directory (see the module docstring)."""
 
-    def __init__(self, path: Path | str, params: Params, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        params: Params,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        """`busy_timeout_s`: how long a write waits for another writer (`hubctl history import`)."""
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
         self.params = params
         self._clock = clock
         self.moved_to: Path | None = None  # where a damaged file went
@@ -289,7 +298,7 @@ class HistoryStore:
     def _open(self) -> sqlite3.Connection:
         if not _looks_like_sqlite(self.path):
             return self._move_aside("not an SQLite file", None)  # before SQLite touches its -wal
-        db = _connect(self.path)
+        db = _connect(self.path, busy_timeout_s=self.busy_timeout_s)
         try:
             new = _check(db)
         except _DamagedError as exc:
@@ -331,7 +340,7 @@ class HistoryStore:
             reason,
             target.name,
         )
-        db = _connect(self.path)
+        db = _connect(self.path, busy_timeout_s=self.busy_timeout_s)
         try:
             _prepare(db, new=_check(db))
         except BaseException:
@@ -481,8 +490,13 @@ def day_slots(date: dt.date, tz: ZoneInfo) -> frozenset[int]:
     start = dt.datetime(date.year, date.month, date.day, tzinfo=tz).timestamp()
     nxt = date + dt.timedelta(days=1)
     end = dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
+    if end - start >= SLOTS * QUARTER_S:
+        return _ALL_SLOTS  # an ordinary day, or the autumn one (its repeated hour fills slots twice)
     quarters = LocalQuarters(tz)
     return frozenset(quarters.of(q)[1] for q in range(int(start // QUARTER_S), int(end // QUARTER_S)))
+
+
+_ALL_SLOTS = frozenset(range(SLOTS))
 
 
 BoolArray = np.ndarray[tuple[int], np.dtype[np.bool_]]

@@ -64,6 +64,15 @@ and stopped only after the fail-safe setpoints are written:
   `Ledger` (`<state dir>/ledger.sqlite`) takes every cycle with all grid
   meters read (`add_step`) and settles its intervals from the quarter-hour
   job (from the control loop in accelerated mode).
+- **Load history** (`hubctl.history_store`, `<state dir>/history.sqlite`): loaded
+  at start into the controller's first state (`State.initial(params, history)`;
+  the log says how many days of which type), saved whenever the history's
+  revision moves (a quarter-hour completed: one day's row, a few ms, in the
+  control loop) and at stop. A damaged file is moved aside and the service
+  starts empty; a failed save is logged once and the days are written with the
+  next quarter-hour. Without a state directory the history lives in memory only.
+  The quarter in progress at a stop is not kept (it is not complete). The state
+  document carries its summary (`history`).
 """
 
 from __future__ import annotations
@@ -96,6 +105,8 @@ from hubctl.device_config import DeviceRole
 from hubctl.devices import DeviceConfigError, build_device
 from hubctl.health import Health
 from hubctl.health import State as HealthState
+from hubctl.history_store import FILE_NAME as HISTORY_FILE
+from hubctl.history_store import HistoryStore, summarize
 from hubctl.influx import (
     Forwarder,
     InfluxWriter,
@@ -737,6 +748,10 @@ class Gateway:
         self.ledger: Ledger | None = None
         self.forwarder: Forwarder | None = None
         self._ledger_failed = False
+        self.history_store: HistoryStore | None = None
+        self._history_revision = self.state.history.revision
+        self._history_failed = False
+        self._history_doc: tuple[int, dict[str, Any]] | None = None  # (revision, summary) for the state
         self.fallbacks: FallbackKeeper | None = None
         self._fallback_day: dt.date | None = None
 
@@ -841,7 +856,9 @@ class Gateway:
             return None
         ts, decision, readings = self._cycle_view
         devices = {d: {"health": h} for d, h in self.health.summary().items()}
-        return state_document(self.cfg, ts, decision, readings, devices)
+        doc = state_document(self.cfg, ts, decision, readings, devices)
+        doc["history"] = self._history_summary()
+        return doc
 
     def _sync_operator(self, api: OperatorApi, ts: float) -> None:
         """Rebuild the LimitClock (operator schedules) and the ledger's sharing key when the API changed."""
@@ -917,6 +934,7 @@ class Gateway:
         code = EX_OK
         try:
             self._open_storage()
+            self._open_history()
             self.api = self._make_api()
             hub = self._make_hub()
             async with ConnectionPool() as pool:
@@ -941,6 +959,7 @@ class Gateway:
                 loop.remove_signal_handler(sig)
             for sink in self.sinks:
                 sink.close()
+            self._close_history()
             self._close_storage()
             self.notifier.close()
         return code
@@ -971,6 +990,87 @@ class Gateway:
         if self.forwarder is not None:
             self.forwarder.writer.close()
             self.forwarder = None
+
+    # -- the load history (hubctl.history_store)
+    def _open_history(self) -> None:
+        """Start the controller with the history stored in the state directory (none: memory only)."""
+        directory = self.state_dir()
+        if directory is None:
+            log.info("no state directory: the load history is kept in memory only (a restart forgets it)")
+            return
+        path = directory / HISTORY_FILE
+        try:
+            store = HistoryStore(path, self.params)
+        except (OSError, sqlite3.Error):
+            log.exception("cannot open the load history %s: keeping it in memory only", path)
+            return
+        try:
+            history = store.load()
+        except (OSError, sqlite3.Error):
+            store.close()
+            log.exception("cannot read the load history %s: keeping it in memory only", path)
+            return
+        self.history_store = store
+        self.state = State.initial(self.params, history)
+        self._history_revision = history.revision
+        s = summarize(history)
+        if s.days:
+            log.info(
+                "load history: %d day(s) loaded from %s, %s to %s, %d quarter-hours; days with at least half "
+                "of them: %s",
+                s.days,
+                path,
+                s.first_date,
+                s.last_date,
+                s.quarters,
+                s.types_text(),
+            )
+        else:
+            log.info("load history: nothing stored in %s yet; the controller learns it as it runs", path)
+
+    def _save_history(self) -> None:
+        """Write the days that changed (one row per completed quarter-hour). A failure is logged once and
+        the same days are written with the next quarter-hour's save; it never stops control."""
+        history = self.state.history
+        self._history_revision = history.revision
+        store = self.history_store
+        if store is None:
+            return
+        try:
+            store.save(history)
+        except (OSError, sqlite3.Error):
+            if not self._history_failed:
+                log.exception(
+                    "the load history could not be saved (logged once); trying again next quarter-hour"
+                )
+            self._history_failed = True
+        else:
+            if self._history_failed:
+                log.info("the load history is saved again")
+            self._history_failed = False
+
+    def _close_history(self) -> None:
+        """The last save (the quarter in progress is not complete, so not kept), then close."""
+        store = self.history_store
+        if store is None:
+            return
+        if self.state.history.revision != self._history_revision:
+            self._save_history()
+        try:
+            store.close()
+        except sqlite3.Error:
+            log.exception("the load history could not be closed cleanly")
+        self.history_store = None
+
+    def _history_summary(self) -> dict[str, Any]:
+        """What the controller knows of the park's load, for the state document (cached per revision)."""
+        history = self.state.history
+        cached = self._history_doc
+        if cached is None or cached[0] != history.revision:
+            doc = summarize(history).as_dict()
+            doc["persisted"] = self.history_store is not None
+            cached = self._history_doc = (history.revision, doc)
+        return cached[1]
 
     def stop(self) -> None:
         self._stop.set()
@@ -1112,6 +1212,8 @@ class Gateway:
         dt_s = self.cfg.control.cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
         self.quarters.add(ts, park, dt_s, decision)
         self._ledger_step(snap, decision, ts, dt_s)
+        if self.state.history.revision != self._history_revision:
+            self._save_history()  # a quarter-hour completed: one day's row
         if self.clock.accelerated:
             self._close_quarters(ts)
             self._check_limits(ts)

@@ -18,6 +18,7 @@ CORE = [
     "hubctl/quarters.py",
     "hubctl/metrics.py",
     "hubctl/registers.py",
+    "hubctl/history_import.py",
     "simulators/physics.py",
 ]
 FORBIDDEN = {
