@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,26 +81,51 @@ def _kpi_table(summary: dict[str, object]) -> None:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     from hubctl import sim
+    from hubctl.control import Params
+    from hubctl.history_import import HistoryImportError
     from hubctl.scenario import load_scenario
 
     try:
         scenario = load_scenario(Path(args.scenario))
     except ConfigError as exc:
         return report_problems(exc.source, exc.problems)
+    history = None
+    if not args.no_history:
+        try:
+            history = sim.scenario_history(scenario, Params.from_config(scenario.config))
+        except OSError as exc:
+            return report_problems(args.scenario, [f"history: cannot read {exc.filename}: {exc.strerror}"])
+        except HistoryImportError as exc:
+            print(f"{exc.source}: the scenario's history is not usable:", file=sys.stderr)
+            for line in exc.lines():
+                print(f"  {line}", file=sys.stderr)
+            return HistoryImportError.exit_code
+    if history is None:
+        history = Params.from_config(scenario.config).empty_history()
     out = Path(args.out)
     if args.progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        day_steps = 86400.0 / scenario.step_s
+        days = max(1, math.ceil(scenario.steps / day_steps))
         with Progress(
             TextColumn(f"[bold]{scenario.name}"),
+            TextColumn("day {task.fields[day]}/" + str(days)),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
             TimeRemainingColumn(),
         ) as bar:
-            task = bar.add_task("sim", total=scenario.steps)
-            summary = sim.run(scenario, out, lambda done, _total: bar.update(task, completed=done))
+            task = bar.add_task("sim", total=scenario.steps, day=1)
+            summary = sim.run(
+                scenario,
+                out,
+                lambda done, _total: bar.update(
+                    task, completed=done, day=min(days, int((done - 1) // day_steps) + 1)
+                ),
+                history=history,
+            )
     else:
-        summary = sim.run(scenario, out)
+        summary = sim.run(scenario, out, history=history)
     _kpi_table(summary)
     print(f"wrote {out / 'timeseries.csv'}, {out / 'allocations.csv'}, {out / 'summary.json'}")
     return 0
@@ -111,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run the controller against a scenario's physics in simulated time")
     p.add_argument("--scenario", required=True, help="scenario.yaml (SCENARIOS.md)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--progress", action="store_true", help="show a progress bar (with the day)")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="start the controller knowing nothing, even where the scenario has a history.csv",
+    )
     p.set_defaults(func=_cmd_sim)
     p = sub.add_parser("check-config", help="validate a site config; exit 78 listing every problem")
     p.add_argument("file")

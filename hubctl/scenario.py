@@ -29,6 +29,7 @@ class _Sim(BaseModel):
     duration_s: float = Field(gt=0)
     step_s: float = Field(default=1.0, gt=0)
     profiles: str = "profiles.csv"
+    history: str | None = None
     measurement_delay_s: float = Field(default=0.0, ge=0)
 
 
@@ -41,6 +42,7 @@ class Scenario:
     step_s: float
     measurement_delay_s: float
     profiles_path: Path
+    history_path: Path | None = None  # what was measured before t = 0 (SCENARIOS.md), if any
 
     @property
     def steps(self) -> int:
@@ -115,4 +117,5 @@ def load_scenario(path: Path) -> Scenario:
         step_s=sim.step_s,
         measurement_delay_s=sim.measurement_delay_s,
         profiles_path=(path.parent / sim.profiles),
+        history_path=None if sim.history is None else path.parent / sim.history,
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubctl.control import CompanyReading, Params, Snapshot, State, step
+from hubctl.history_import import parse_contract
 from hubctl.metrics import CapSeries, summarize
 from hubctl.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from simulators.physics import BatterySpec, CompanySpec, ParkPhysics, Profiles, PvSpec, StepRecord
@@ -66,6 +67,17 @@ def _at_rest(profiles: Profiles, specs: list[CompanySpec], step_s: float) -> Ste
     return StepRecord(-step_s, load, avail, avail.copy(), bat, soc, load - avail)
 
 
+def scenario_history(scenario: Scenario, params: Params) -> History | None:
+    """The scenario's `history.csv` as the controller's history at t = 0, through the same import
+    as `hubctl history import` (`hubctl.history_import.parse_contract`); None without one.
+    Raises HistoryImportError for a bad file, OSError for an unreadable one."""
+    if scenario.history_path is None:
+        return None
+    text = scenario.history_path.read_text(encoding="utf-8")
+    imported = parse_contract(text, scenario.start_utc, params, source=str(scenario.history_path))
+    return params.empty_history().with_records(imported.records)
+
+
 def sharing_rule(scenario: Scenario) -> SharingRule:
     s = scenario.config.sharing
     return SharingRule(SharingKey(s.key.value), dict(s.shares), tuple(s.order))
@@ -79,8 +91,8 @@ def run(
 ) -> dict[str, object]:
     """Simulate the scenario and write the three output files; returns the summary.
 
-    `history` is what the controller knows at t = 0 (the scenario's `history.csv` through
-    `hubctl.history_import`, as `hubctl history import` gives it to the gateway)."""
+    `history` is what the controller knows at t = 0; by default the scenario's `history.csv`
+    (`scenario_history`), as `hubctl history import` gives it to the gateway."""
     wall0 = time.perf_counter()
     cfg = scenario.config
     ids = [c.id for c in cfg.companies]
@@ -89,7 +101,7 @@ def run(
     profiles = Profiles.from_csv(scenario.profiles_path, ids)
     physics = ParkPhysics(specs, profiles, scenario.step_s)
     params = Params.from_config(cfg)
-    state = State.initial(params, history)
+    state = State.initial(params, history if history is not None else scenario_history(scenario, params))
     steps = scenario.steps
     dt = scenario.step_s
     # the controller sees the record of `delay` steps ago (at least the previous step: it cannot see the
