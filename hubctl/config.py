@@ -367,7 +367,11 @@ class InfluxTarget(_Model):
 class Storage(_Model):
     """The local spool and ledger (hubctl.spool, hubctl.ledger); without `influx` the spool is the store."""
 
-    dir: str | None = Field(default=None, description="default: service.state_dir, else /var/lib/hubctl")
+    dir: str | None = Field(
+        default=None,
+        description="default: service.state_dir, else $STATE_DIRECTORY (hubctl export and report also look "
+        "in /var/lib/hubctl)",
+    )
     influx: InfluxTarget | None = None
     spool_max_mb: float = Field(default=512.0, gt=0, description="stored (compressed) size of the spool")
     spool_max_points: int | None = Field(default=None, gt=0)

@@ -368,7 +368,7 @@ def forecast(
         expected.append(level)
         drop = min(_MAX_DROP, uncertainty + _DROP_PER_H * lead / 3600.0)
         low.append(max(base * (1 - uncertainty), lo_now * (1 - drop)))
-        room.append(low[-1])
+        room.append(0.5 * (low[-1] + level))
         local_sod = slot * QUARTER_S + t % QUARTER_S  # UTC offsets are whole quarter-hours
         high.append(persisted)
         if not avail and in_windows(local_sod, ramp_windows):  # never seen: keep what a ramp may need

@@ -442,6 +442,13 @@ class History:
         )
         return replace(done, current=acc)
 
+    def complete_current(self) -> History:
+        """The history with the quarter in progress kept (if measured for at least half of it): for a
+        stop, so that a restart loses no quarter the gateway saw most of."""
+        if self.current.quarter < 0:
+            return self
+        return replace(self._complete(self.current), current=QuarterAccumulator())
+
     def _complete(self, acc: QuarterAccumulator) -> History:
         if acc.seconds < _MIN_COVER * QUARTER_S:
             return self

@@ -1050,10 +1050,11 @@ class Gateway:
             self._history_failed = False
 
     def _close_history(self) -> None:
-        """The last save (the quarter in progress is not complete, so not kept), then close."""
+        """The last save (with the quarter in progress, if it was seen for at least half), then close."""
         store = self.history_store
         if store is None:
             return
+        self.state = replace(self.state, history=self.state.history.complete_current())
         if self.state.history.revision != self._history_revision:
             self._save_history()
         try:
