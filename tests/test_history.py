@@ -147,7 +147,9 @@ def test_the_history_is_bounded_and_profiles_forget_dropped_days() -> None:
     ),
     st.floats(min_value=0.0, max_value=1.0),
 )
-def test_weighted_quantiles_are_monotone_and_within_the_data(pairs: list[tuple[float, float]], q: float) -> None:
+def test_weighted_quantiles_are_monotone_and_within_the_data(
+    pairs: list[tuple[float, float]], q: float
+) -> None:
     x = np.array([p[0] for p in pairs])
     w = np.array([p[1] for p in pairs])
     lo, mid, hi = weighted_quantiles(x, w, (0.0, q, 1.0))
