@@ -1,86 +1,155 @@
-"""Synthetic park days: a deterministic generator of scenarios (SCENARIOS.md).
+"""Synthetic park runs: a deterministic generator of scenarios (SCENARIOS.md).
 
-`generate(opts)` returns the content of `scenario.yaml` (a dict), the header of
-`profiles.csv` and its rows; `write_scenario` writes both files. Everything is
-drawn from numpy Generators seeded by `opts.seed` (separate streams for the
-park layout, the weather and each company), so the same options give the same
-day bit for bit, and changing only `sky` keeps the companies, their loads and
-their PV fields. Pure numpy; the only I/O is `write_scenario` (and the tz data
-behind `zoneinfo`).
+`generate_run(opts)` returns a `GeneratedRun`: the content of `scenario.yaml` (a
+dict), the header and rows of `profiles.csv` and, with `history_days`, those of
+`history.csv`; `generate(opts)` returns the first three as before, and
+`write_scenario` writes the files. Everything is drawn from numpy Generators
+seeded by `opts.seed` (separate streams for the park layout, the weather, the
+caps and each company), so the same options give the same run bit for bit, and
+changing only `sky` keeps the companies, their loads and their PV fields. Pure
+numpy; the only I/O is `write_scenario` (and the tz data behind `zoneinfo`, the
+holiday tables of `holidays`).
 
-Time
-    The day starts at local midnight in Europe/Amsterdam, with the UTC offset
-    of that moment; `duration_s` runs to the next local midnight (82800 s on
-    the spring DST day, 90000 s on the autumn one). Rows every `step_s` from 0
-    to `duration_s` inclusive. Load shapes follow the local wall clock; the sun
-    follows UTC.
+Options (`GenOptions`)
+    seed, date      the stream and the first local day
+    companies       1-50 (default 6)
+    season          summer | winter | auto (default: April-September is summer,
+                    decided per day)
+    sky             clear | broken | overcast (every day, the history too) |
+                    mixed (each day draws one; see PV)
+    pv_share        PV peak scale (1.0); pv_fraction: share of companies with PV (0.9)
+    battery_share   share of companies with a battery (0.5)
+    company_caps    two companies get own caps (False)
+    import_window   ("HH:MM", "HH:MM"): a lower park import cap every day in that
+                    local window (None)
+    sharing_key     pro_rata | static | equal | priority
+    step_s          row spacing of profiles.csv, a divisor of 900 (10)
+    days            1-28 local days from midnight of `date` (1)
+    history_days    0-400: history.csv for that many local days before `date` (0)
+
+Time and day types
+    The run starts at local midnight of `date` in Europe/Amsterdam, with the UTC
+    offset of that moment, and lasts `days` local days: `duration_s` is the sum
+    of their lengths (82800 s on the spring DST day, 90000 s on the autumn one).
+    Rows every `step_s` from 0 to `duration_s` inclusive. Load shapes follow the
+    local wall clock; the sun follows UTC. Each day is a working day
+    (Monday-Friday), a Saturday or a Sunday; a Dutch public holiday
+    (`holidays.country_holidays("NL")`: New Year, Good Friday, Easter, King's
+    Day, Liberation Day in lustrum years, Ascension, Whitsun, Christmas) is a
+    Sunday for every archetype, on a single day as well.
+
+Several days and history
+    The history days, the scenario days and the evening before the first of
+    them are one timeline on which every company model runs at once, so
+    compressors, machines, slow noise and EV fleets carry on across midnight
+    (last evening's charging runs into the next morning, fewer vehicles charge
+    after a Saturday or Sunday) and the history leads into t = 0. A company has
+    habits, drawn from a stream of its own per parameter so that they do not
+    depend on which days came first: when the office fills and empties, when a
+    shift ends, how busy the hall or the shop is, whether a workshop runs one
+    shift or two, whether the bakery bakes or the supermarket opens on Sundays.
+    Each day varies around them: start and stop times by 5-15 min (sd), the
+    day's activity by a factor 1 + N(0, s) within 0.8..1.2 (s = 3-8 %, a habit),
+    offices are emptier on Mondays (85-100 %) and Fridays (70-100 %), machines
+    and compressors switch differently every day, a different number of vans
+    (85-100 %) returns at a different hour with a different charge, and now and
+    then a day is unusual: an office event until 20-22h (4 % of working days),
+    a two-shift workshop's overtime until 23-23:40 (5 %) or a one-shift
+    workshop's extra evening shift (8 %), a fleet returning 1.5-3 h late (6 %
+    of working-day evenings). A single day without history (days=1,
+    history_days=0) is drawn exactly as before these options existed: no
+    habits, no day-to-day factors, nothing unusual (so existing options give
+    the same day bit for bit, except on public holidays, now Sundays).
 
 Company archetypes (ids `<archetype>-<n>`; sizes are the nominal peak load)
-    office          30-300 kW. Weekdays: arrival ramp ~07-08:30, plateau, lunch
-                    dip 12-13, evening drop ~17-18:30, cleaners after; night
-                    base 8-15 % (servers, ventilation). Summer: afternoon air
-                    conditioning; winter: lighting at the dark ends of the day
-                    and a cycling heat pump. Weekends: base only.
+    office          30-300 kW. Working days: arrival ramp ~07-08:30, plateau,
+                    lunch dip 12-13, evening drop ~17-18:30, cleaners after;
+                    night base 8-15 % (servers, ventilation). Summer: afternoon
+                    air conditioning; winter: lighting at the dark ends of the
+                    day and a cycling heat pump. Weekends: base only.
     cold-store      80-500 kW. Flat base with 1-3 compressors cycling (period
-                    15-40 min, duty higher in summer and in the afternoon),
-                    defrost heaters every 6-8 h, daytime door/forklift load.
-    metal-workshop  150-600 kW. Shift ~06-22 on weekdays: hall base plus
-                    machines of 20-150 kW switching on and off (exponential
-                    dwell times, breaks at 10:00, 12:00, 18:00), so the load
-                    jumps between rows. Saturdays sometimes a short morning
-                    shift; otherwise off (night base only).
-    logistics       120-600 kW, a hall with an EV fleet. Hall 06-22; vans
-                    (and on larger sites 0-3 e-trucks on 44 kW points) return
+                    15-40 min, duty higher in summer and in the afternoon; in a
+                    run +-3 % from day to day), defrost heaters every 6-8 h,
+                    daytime door/forklift load.
+    metal-workshop  150-600 kW. Shift ~06-22 on working days (in a run 40 % of
+                    the workshops work one shift, to 15:00-16:30): hall base
+                    plus machines of 20-150 kW switching on and off
+                    (exponential dwell times, breaks at 10:00, 12:00, 18:00), so
+                    the load jumps between rows. Saturdays sometimes a short
+                    morning shift (35 %; in a run a habit of 10-60 %); otherwise
+                    off (night base only).
+    logistics       120-600 kW, a hall with an EV fleet. Hall 06-22; vans (and
+                    on larger sites 0-3 e-trucks on 44 kW points) return
                     ~16-20:30 and charge (11 or 22 kW, constant power then a
-                    taper), queueing for fewer charge points than vans, a
-                    third on an off-peak timer (22-23h); half of the depots
-                    charge smart instead (constant power to finish by
-                    01-05:30). So a large charging block 18-06, cut when the
-                    vehicles leave 05-07; last night's charging runs into the
-                    morning (fewer vehicles after a Saturday or Sunday); some
-                    midday top-ups.
+                    taper), queueing for fewer charge points than vans, a third
+                    on an off-peak timer (22-23h); half of the depots charge
+                    smart instead (constant power to finish by 01-05:30). So a
+                    large charging block 18-06, cut when the vehicles leave
+                    05-07 (not on Sundays); last night's charging runs into the
+                    morning; only 30 % of the vans charge on Saturday evenings
+                    and 50 % on Sunday or holiday evenings (fewer vehicles after a
+                    weekend); some midday top-ups.
     bakery          60-350 kW. Ovens (thermostatic cycling) and mixers from
                     ~03 to ~10, then shop/cleaning until ~15-16. Saturdays as
-                    weekdays, Sundays mostly closed.
+                    working days, Sundays mostly closed (30 % bake at half
+                    load; in a run 30 % of the bakeries bake on 50-100 % of the
+                    Sundays).
     supermarket     80-400 kW. Refrigeration racks cycling day and night; store
-                    load 07-21 (Sundays 12-18). Summer cooling, winter heating.
+                    load 07-21 (Sundays 12-18, if open: 80 %; in a run 80 % of
+                    the stores open every Sunday; Saturdays up to 15 % busier).
+                    Summer cooling, winter heating.
     All loads carry slow (5-15 min) and fast (per row) noise and are >= 0.
 
 PV
-    Per company (`pv_fraction`, default 90 %, have PV): peak = min(500, 1.0-2.5 x its peak load)
-    x `pv_share`. Fields flat, south, south-east/-west or east-west with
-    10-35 deg tilt: output = peak x 0.8 x (85 % direct on the tilted plane with
-    air-mass attenuation + 15 % diffuse ~ sin(elevation)), clipped at peak. The
-    sun comes from a NOAA solar-position function at lat 52.09, lon 5.12. Sky:
-    `clear` (1-2 % haze), `broken` (cumulus: output drops to 20-40 % within
-    one row for 30 s-10 min and returns, sometimes with cloud enhancement
-    after the edge; clouds reach companies with a lag of up to 2 min and miss
-    some), `overcast` (0.15-0.4 of clear, varying over tens of minutes).
+    Per company (`pv_fraction`, default 90 %, have PV): peak = min(500, 1.0-2.5 x
+    its peak load) x `pv_share`. Fields flat, south, south-east/-west or
+    east-west with 10-35 deg tilt: output = peak x 0.8 x (85 % direct on the
+    tilted plane with air-mass attenuation + 15 % diffuse ~ sin(elevation)),
+    clipped at peak. The sun comes from a NOAA solar-position function at lat
+    52.09, lon 5.12. Sky, per day: `clear` (1-2 % haze), `broken` (cumulus:
+    output drops to 20-40 % within one row for 30 s-10 min and returns,
+    sometimes with cloud enhancement after the edge; clouds reach companies
+    with a lag of up to 2 min and miss some), `overcast` (0.15-0.4 of clear,
+    varying over tens of minutes). `mixed`: each day keeps the day before's
+    sky with 40 %, else draws clear/broken/overcast with 35/40/25 % on summer
+    days and 20/30/50 % on winter days.
+
+History (`history_days` > 0)
+    `history.csv` per SCENARIOS.md, and `history: history.csv` in scenario.yaml:
+    the same companies and models over the `history_days` local days before
+    `date` (day types, holidays, habits, day-to-day variation and weather draws
+    as above, so the days are like the scenario's, not copies of them), sampled
+    in the middle of every 60 s and averaged per quarter-hour: one row per 900 s
+    aligned to local quarter-hours, from the local midnight starting the first
+    history day (t_s < 0) to -900, for every company its load and its available
+    PV (what it gave: PV limits are off before t = 0). Header as profiles.csv.
 
 Batteries
     `round(battery_share x companies)` companies: 100-1000 kWh, C-rate 0.5-1,
-    SoC 20-80 %, limits 5/95 %, efficiency 0.92-0.96, ramp 50 %/s. PV ramp
-    10 %/s.
+    SoC 20-80 %, limits 5/95 %, efficiency 0.92-0.96, ramp 50 %/s. PV ramp 10 %/s.
 
-Caps (the day must be challenging and feasible)
+Caps (the run must be challenging and feasible)
     Feasibility is checked by a greedy per-battery simulation on 60 s blocks
-    (block maximum of the uncontrolled net load, so conservative): a battery
+    over the whole run (block maximum of the uncontrolled net load, so
+    conservative; batteries carry their energy from day to day): a battery
     discharges exactly what lies above the cap, shared in proportion to the
-    power each can still give, and charges with the headroom below the cap;
-    at most 85 % of the available discharge power and 90 % of the charge
-    power and headroom are used, and 5 % of each battery's usable energy is
-    kept in reserve. Caps are multiples of 5 kW.
-    - Import: target 85-95 % of the uncontrolled peak net import; raised to
-      the lowest cap the batteries can hold if the target is not feasible
-      (without batteries that is the peak itself).
-    - Window (`import_window`): the lowest window cap (not below 20 % of the
-      base cap) that the batteries can just hold, given the base cap.
-    - Export: with a midday surplus X >= 20 kW, a cap between 30 % and 80 % of
-      X chosen so that the surplus energy above it is 0.6-1.6 x the room the
-      batteries have at the start (so they must be used, and curtailment may
-      be needed); without batteries 50-85 % of X. With no real surplus a
-      loose cap above it (a park with little PV; about 1 in 100 default
-      summer weekdays). Curtailment always keeps an export cap feasible.
+    power each can still give, and charges with the headroom below the cap; at
+    most 85 % of the available discharge power and 90 % of the charge power and
+    headroom are used, and 5 % of each battery's usable energy is kept in
+    reserve. Caps are multiples of 5 kW, the same every day.
+    - Import, `peak`: target 85-95 % of the uncontrolled peak net import of the
+      run; raised to the lowest cap the batteries can hold if the target is not
+      feasible (without batteries that is the peak itself).
+    - Window (`import_window`, every day at local time): the lowest window cap
+      (not below 20 % of the base cap) that the batteries can just hold over the
+      whole run, given the base cap.
+    - Export: with a midday surplus X >= 20 kW (the run's largest), a cap between
+      30 % and 80 % of X chosen so that the surplus energy above it on the day
+      with the most of it is 0.6-1.6 x the room the batteries have at the start
+      (so they must be used, and curtailment may be needed); without batteries
+      50-85 % of X. With no real surplus a loose cap above it (a park with
+      little PV; about 1 in 100 default summer weekdays). Curtailment always
+      keeps an export cap feasible.
     - `company_caps`: two companies (one with a battery where possible) get
       own caps near their own peaks: import 85-95 % of their own peak net
       import if their own battery can hold it (else just above the peak),
@@ -95,20 +164,23 @@ companies (the rest follow in config order).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import heapq
 import math
 import re
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import holidays
 import numpy as np
 import yaml
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import numpy.typing as npt
 
@@ -120,8 +192,13 @@ LAT_DEG = 52.09
 LON_DEG = 5.12
 SEASONS = ("summer", "winter", "auto")
 SKIES = ("clear", "broken", "overcast")
+SKY_OPTIONS = (*SKIES, "mixed")
 SHARING_KEYS = ("pro_rata", "static", "equal", "priority")
 ARCHETYPES = ("office", "cold-store", "metal-workshop", "logistics", "bakery", "supermarket")
+MAX_DAYS = 28
+MAX_HISTORY_DAYS = 400
+HISTORY_STEP_S = 900
+_HISTORY_SAMPLE_S = 60  # history is sampled at the midpoints of 60 s steps, then averaged per quarter-hour
 _SIZE_KW = {
     "office": (30.0, 300.0),
     "cold-store": (80.0, 500.0),
@@ -132,6 +209,8 @@ _SIZE_KW = {
 }
 _EXTRA_WEIGHTS = (0.3, 0.12, 0.15, 0.15, 0.1, 0.18)  # archetype mix beyond the first six companies
 _HHMM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
+_SKY_P = {True: (0.35, 0.4, 0.25), False: (0.2, 0.3, 0.5)}  # mixed: clear/broken/overcast, summer/winter
+_SKY_KEEP = 0.4  # mixed: chance that a day has the sky of the day before
 
 # greedy feasibility check (see the module docstring)
 _BLOCK_S = 60.0
@@ -141,9 +220,9 @@ _RESERVE_FRACTION = 0.05
 _CANDIDATES = 96
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class GenOptions:
-    """What kind of day to generate; see the module docstring."""
+    """What kind of park run to generate; see the module docstring."""
 
     seed: int
     date: dt.date
@@ -157,6 +236,8 @@ class GenOptions:
     import_window: tuple[str, str] | None = None
     sharing_key: str = "pro_rata"
     step_s: int = 10
+    days: int = 1
+    history_days: int = 0
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -165,8 +246,8 @@ class GenOptions:
             raise ValueError(f"companies must be 1..50, got {self.companies}")
         if self.season not in SEASONS:
             raise ValueError(f"season must be one of {SEASONS}, got {self.season!r}")
-        if self.sky not in SKIES:
-            raise ValueError(f"sky must be one of {SKIES}, got {self.sky!r}")
+        if self.sky not in SKY_OPTIONS:
+            raise ValueError(f"sky must be one of {SKY_OPTIONS}, got {self.sky!r}")
         if not (math.isfinite(self.pv_share) and self.pv_share >= 0):
             raise ValueError(f"pv_share must be >= 0, got {self.pv_share}")
         if not 0.0 <= self.pv_fraction <= 1.0:
@@ -183,21 +264,60 @@ class GenOptions:
                 raise ValueError(
                     f"import_window must be two different 'HH:MM' times, got {self.import_window}"
                 )
+        if not 1 <= self.days <= MAX_DAYS:
+            raise ValueError(f"days must be 1..{MAX_DAYS}, got {self.days}")
+        if not 0 <= self.history_days <= MAX_HISTORY_DAYS:
+            raise ValueError(f"history_days must be 0..{MAX_HISTORY_DAYS}, got {self.history_days}")
 
     @property
     def is_summer(self) -> bool:
-        if self.season == "auto":
-            return 4 <= self.date.month <= 9
-        return self.season == "summer"
+        """The season of the first day."""
+        return _is_summer(self.season, self.date)
 
     @property
     def default_name(self) -> str:
         season = "summer" if self.is_summer else "winter"
-        return f"gen-{self.date:%Y%m%d}-{season}-{self.sky}-{self.companies}c-s{self.seed}"
+        days = f"-{self.days}d" if self.days > 1 else ""
+        name = f"gen-{self.date:%Y%m%d}{days}-{season}-{self.sky}-{self.companies}c-s{self.seed}"
+        return name + (f"-h{self.history_days}" if self.history_days else "")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GeneratedRun:
+    """What `generate_run` returns: scenario.yaml as a dict, profiles.csv (header
+    and rows) and, with `history_days`, history.csv (header and rows)."""
+
+    scenario: dict[str, Any]
+    header: list[str]
+    rows: Arr
+    history_header: list[str] | None = None
+    history_rows: Arr | None = None
+
+
+# ---------------------------------------------------------------- calendar
+@functools.cache
+def _holidays_nl(year: int) -> dict[dt.date, str]:
+    return {day: str(name) for day, name in holidays.country_holidays("NL", years=year).items()}
+
+
+def public_holiday(date: dt.date) -> str | None:
+    """The name of the Dutch public holiday on date (the `holidays` package), or None."""
+    return _holidays_nl(date.year).get(date)
+
+
+def day_type(date: dt.date) -> int:
+    """0-4: a working day (Monday-Friday), 5: Saturday, 6: Sunday or a public holiday."""
+    return 6 if public_holiday(date) is not None else date.weekday()
+
+
+def _is_summer(season: str, date: dt.date) -> bool:
+    if season == "auto":
+        return 4 <= date.month <= 9
+    return season == "summer"
 
 
 # ---------------------------------------------------------------- time and sun
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Clock:
     start: dt.datetime
     duration_s: int
@@ -213,13 +333,18 @@ class _Clock:
         return np.where(wall >= self.transition_wall_s + max(self.delta_s, 0.0), wall - self.delta_s, wall)
 
 
-def _day_clock(date: dt.date, step_s: int) -> _Clock:
+def _day_clock(date: dt.date, step_s: int, *, midpoints: bool = False) -> _Clock:
+    """One local day: rows every step_s from 0 to its length inclusive, or with
+    midpoints one row in the middle of each step (none at the end)."""
     tz = ZoneInfo(TIMEZONE)
     start = dt.datetime.combine(date, dt.time(0), tzinfo=tz)
     end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
     start_utc = start.timestamp()
     duration = round(end.timestamp() - start_utc)
-    t = np.arange(duration // step_s + 1, dtype=np.float64) * step_s
+    if midpoints:
+        t = (np.arange(duration // step_s, dtype=np.float64) + 0.5) * step_s
+    else:
+        t = np.arange(duration // step_s + 1, dtype=np.float64) * step_s
     # UTC offsets change on quarter-hours: one offset per quarter of the day
     quarters = duration // 900 + 1
     offsets = np.array(
@@ -243,6 +368,99 @@ def _day_clock(date: dt.date, step_s: int) -> _Clock:
 def _utc_offset_s(utc_s: float, tz: ZoneInfo) -> float:
     offset = dt.datetime.fromtimestamp(utc_s, tz).utcoffset()
     return 0.0 if offset is None else offset.total_seconds()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Day:
+    """One local day of the timeline."""
+
+    date: dt.date
+    weekday: int  # day type (day_type): 0-4 working day, 5 Saturday, 6 Sunday or public holiday
+    prev_weekday: int  # day type of the day before
+    summer: bool
+    clock: _Clock  # the day on its own clock (DST)
+    start_t: float  # t of its local midnight on the timeline
+    rows: slice  # its rows on the timeline
+
+    @property
+    def workday(self) -> bool:
+        return self.weekday < 5
+
+    def wall_to_t(self, hours: Arr) -> Arr:
+        """Timeline seconds of local wall-clock hours of this day."""
+        return self.start_t + self.clock.wall_to_t(hours)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Timeline:
+    """The history days (sampled every 60 s) and the scenario days (rows every
+    step_s up to the end inclusive) as one run of time, t = 0 at the start of the
+    scenario. Every company model runs over all of it at once, so processes
+    (compressors, machines, noise, an EV fleet charging past midnight) carry on
+    from day to day and from the history into the scenario."""
+
+    start: dt.datetime
+    duration_s: int  # of the scenario
+    t: Arr
+    utc_s: Arr
+    hour: Arr  # local wall-clock hour of the row's day (24.0 at the very end)
+    days: tuple[_Day, ...]
+    history_days: int
+    history_rows: int
+    legacy: bool  # a single day without history: the draws of earlier versions
+
+    @property
+    def scenario_days(self) -> tuple[_Day, ...]:
+        return self.days[self.history_days :]
+
+    def scenario_slice(self, day: _Day) -> slice:
+        """The rows of a scenario day among the scenario rows."""
+        return slice(day.rows.start - self.history_rows, day.rows.stop - self.history_rows)
+
+
+def _timeline(opts: GenOptions) -> _Timeline:
+    tz = ZoneInfo(TIMEZONE)
+    start = dt.datetime.combine(opts.date, dt.time(0), tzinfo=tz)
+    start_utc = start.timestamp()
+    first = opts.date - dt.timedelta(days=opts.history_days)
+    n_days = opts.history_days + opts.days
+    ts: list[Arr] = []
+    hours: list[Arr] = []
+    days: list[_Day] = []
+    row = 0
+    for k in range(n_days):
+        date = first + dt.timedelta(days=k)
+        history = k < opts.history_days
+        clock = _day_clock(date, _HISTORY_SAMPLE_S if history else opts.step_s, midpoints=history)
+        start_t = float(round(clock.start.timestamp() - start_utc))
+        n = clock.t.size if (history or k == n_days - 1) else clock.t.size - 1  # midnight: the next day's
+        ts.append(start_t + clock.t[:n])
+        hours.append(clock.hour[:n])
+        days.append(
+            _Day(
+                date=date,
+                weekday=day_type(date),
+                prev_weekday=day_type(date - dt.timedelta(days=1)),
+                summer=_is_summer(opts.season, date),
+                clock=clock,
+                start_t=start_t,
+                rows=slice(row, row + n),
+            )
+        )
+        row += n
+    t = ts[0] if len(ts) == 1 else np.concatenate(ts)
+    end = dt.datetime.combine(opts.date + dt.timedelta(days=opts.days), dt.time(0), tzinfo=tz)
+    return _Timeline(
+        start=start,
+        duration_s=round(end.timestamp() - start_utc),
+        t=t,
+        utc_s=start_utc + t,
+        hour=hours[0] if len(hours) == 1 else np.concatenate(hours),
+        days=tuple(days),
+        history_days=opts.history_days,
+        history_rows=sum(d.rows.stop - d.rows.start for d in days[: opts.history_days]),
+        legacy=opts.days == 1 and opts.history_days == 0,
+    )
 
 
 def solar_position(utc_s: Arr, lat_deg: float = LAT_DEG, lon_deg: float = LON_DEG) -> tuple[Arr, Arr]:
@@ -296,7 +514,7 @@ def _window(h: Arr, on_a: float, on_b: float, off_a: float, off_b: float) -> Arr
 
 
 def _slow_noise(rng: np.random.Generator, t: Arr, spacing_s: float, sigma: float) -> Arr:
-    knots = np.arange(-spacing_s, float(t[-1]) + 2 * spacing_s, spacing_s)
+    knots = np.arange(float(t[0]) - spacing_s, float(t[-1]) + 2 * spacing_s, spacing_s)
     return np.interp(t, knots, rng.normal(0.0, sigma, knots.size))
 
 
@@ -304,7 +522,7 @@ def _switching(rng: np.random.Generator, t: Arr, mean_on_s: float, mean_off_s: f
     """A 0/1 on-off process with exponential dwell times (at least 60 s)."""
     first_on = bool(rng.random() < p_on)
     state = first_on
-    s = -float(rng.uniform(0.0, mean_on_s if state else mean_off_s))
+    s = float(t[0]) - float(rng.uniform(0.0, mean_on_s if state else mean_off_s))
     edges: list[float] = []
     while s <= t[-1]:
         s += max(60.0, float(rng.exponential(mean_on_s if state else mean_off_s)))
@@ -318,9 +536,11 @@ def _switching(rng: np.random.Generator, t: Arr, mean_on_s: float, mean_off_s: f
 def _cycler(rng: np.random.Generator, t: Arr, period_s: float, duty: Arr, jitter: float = 0.15) -> Arr:
     """A 0/1 thermostat cycle: on for duty x period at the start of each period
     (duty per row, read at the start of each cycle), periods jittered."""
-    n = int(t[-1] / (period_s * (1.0 - jitter))) + 3
+    n = int((t[-1] - t[0]) / (period_s * (1.0 - jitter))) + 3
     periods = period_s * rng.uniform(1.0 - jitter, 1.0 + jitter, n)
-    starts = np.concatenate(([0.0], np.cumsum(periods[:-1]))) - float(rng.uniform(0.0, period_s))
+    starts = (
+        float(t[0]) + np.concatenate(([0.0], np.cumsum(periods[:-1]))) - float(rng.uniform(0.0, period_s))
+    )
     d = np.clip(np.interp(starts, t, duty) + rng.normal(0.0, 0.03, n), 0.05, 0.97)
     k = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, n - 1)
     return ((t - starts[k]) < d[k] * periods[k]).astype(np.float64)
@@ -337,94 +557,197 @@ def _step_sum(t: Arr, starts: Arr, ends: Arr, power: Arr) -> Arr:
     return np.maximum(np.where(idx > 0, level[np.maximum(idx - 1, 0)], 0.0), 0.0)
 
 
-@dataclass(frozen=True, slots=True)
-class _Day:
-    clock: _Clock
-    weekday: int  # 0 = Monday
-    prev_weekday: int
-    summer: bool
+def _rows(tl: _Timeline, days: Sequence[_Day]) -> BoolArr:
+    mask = np.zeros(tl.t.size, dtype=np.bool_)
+    for day in days:
+        mask[day.rows] = True
+    return mask
 
-    @property
-    def workday(self) -> bool:
-        return self.weekday < 5
+
+class _Draw:
+    """Where a company's random draws come from. `rng` is the company's stream,
+    drawn in sequence. In a run (several days or history) a parameter of a day
+    is the company's habit for it (its own stream per name, so a habit does not
+    depend on which days came first) plus that day's jitter, and `level` and
+    `chance` give the day-to-day variation; a single day without history draws
+    exactly as earlier versions did (a plain uniform, no level, nothing unusual)."""
+
+    __slots__ = ("_habits", "_seed", "legacy", "rng")
+
+    def __init__(self, rng: np.random.Generator, *, legacy: bool, habit_seed: Sequence[int]) -> None:
+        self.rng = rng
+        self.legacy = legacy
+        self._seed = list(habit_seed)
+        self._habits: dict[str, float] = {}
+
+    def habit(self, key: str, lo: float, hi: float) -> float:
+        if key not in self._habits:
+            rng = np.random.default_rng([*self._seed, zlib.crc32(key.encode())])
+            self._habits[key] = float(rng.uniform(lo, hi))
+        return self._habits[key]
+
+    def pick(self, key: str, lo: float, hi: float, sd: float) -> float:
+        """A day's value: uniform in [lo, hi) on a single day; in a run the habit
+        (uniform in [lo, hi), the same every day) plus N(0, sd)."""
+        if self.legacy:
+            return float(self.rng.uniform(lo, hi))
+        return self.habit(key, lo, hi) + float(self.rng.normal(0.0, sd))
+
+    def vary(self, value: float, key: str, lo: float, hi: float, sd: float = 0.0) -> float:
+        """value on a single day; in a run the habit in [lo, hi) plus N(0, sd)."""
+        if self.legacy:
+            return value
+        base = self.habit(key, lo, hi)
+        return base + float(self.rng.normal(0.0, sd)) if sd > 0 else base
+
+    def level(self) -> float:
+        """The day's activity level: 1 on a single day; in a run 1 + N(0, s) within
+        0.8..1.2, s (3-8 %) a habit of the company."""
+        if self.legacy:
+            return 1.0
+        sd = self.habit("level-sd", 0.03, 0.08)
+        return float(np.clip(1.0 + self.rng.normal(0.0, sd), 0.8, 1.2))
+
+    def chance(self, p: float) -> bool:
+        """An unusual day (probability p); never on a single day without history."""
+        return not self.legacy and bool(self.rng.random() < p)
 
 
 # ---------------------------------------------------------------- archetypes (p.u. of the peak, or kW)
-def _office(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
-    base = float(rng.uniform(0.08, 0.15)) + (0.03 if not day.summer else 0.0)
-    pu = np.full_like(t, base)
-    if day.workday:
-        on = float(rng.uniform(6.8, 7.6))
-        off = float(rng.uniform(16.8, 17.5))
-        occ = _window(h, on, on + float(rng.uniform(0.8, 1.5)), off, off + float(rng.uniform(0.7, 1.3)))
-        lunch = 1.0 - float(rng.uniform(0.12, 0.25)) * _window(h, 11.9, 12.2, 12.9, 13.3)
-        pu += (0.82 - base) * occ * lunch
-        pu += 0.05 * _window(h, off + 1.2, off + 1.4, off + 2.6, off + 2.8)  # cleaners
-        if day.summer:
-            pu += float(rng.uniform(0.05, 0.15)) * _window(h, 10.5, 12.5, off + 0.5, off + 2.0)
-        else:
-            lights = _window(h, on - 0.2, on + 0.3, 9.0, 9.5) + _window(h, 15.8, 16.3, off + 0.8, off + 1.2)
-            pu += float(rng.uniform(0.05, 0.1)) * lights
-    elif rng.random() < 0.3:  # someone in for a few hours
-        s = float(rng.uniform(9.0, 13.0))
-        pu += float(rng.uniform(0.05, 0.15)) * _window(h, s, s + 0.3, s + 2.5, s + 2.8)
-    if not day.summer:  # heat pump
+def _office(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
+    base = float(rng.uniform(0.08, 0.15))
+    pu = np.empty_like(t)
+    weekday_factor = {0: d.vary(1.0, "monday", 0.85, 1.0), 4: d.vary(1.0, "friday", 0.7, 1.0)}  # hybrid work
+    for day in tl.days:
+        sl, hd = day.rows, h[day.rows]
+        day_base = base + (0.03 if not day.summer else 0.0)
+        pu[sl] = day_base
+        if day.workday:
+            on = d.pick("on", 6.8, 7.6, 0.2)
+            off = d.pick("off", 16.8, 17.5, 0.25)
+            occ = _window(
+                hd, on, on + d.pick("arrive", 0.8, 1.5, 0.1), off, off + d.pick("leave", 0.7, 1.3, 0.1)
+            )
+            lunch = 1.0 - d.pick("lunch", 0.12, 0.25, 0.02) * _window(hd, 11.9, 12.2, 12.9, 13.3)
+            busy = (0.82 - day_base) * occ * lunch
+            if not d.legacy:
+                busy *= d.level() * weekday_factor.get(day.weekday, 1.0)
+            pu[sl] += busy
+            pu[sl] += 0.05 * _window(hd, off + 1.2, off + 1.4, off + 2.6, off + 2.8)  # cleaners
+            if day.summer:
+                pu[sl] += d.pick("cooling", 0.05, 0.15, 0.03) * _window(hd, 10.5, 12.5, off + 0.5, off + 2.0)
+            else:
+                lights = _window(hd, on - 0.2, on + 0.3, 9.0, 9.5) + _window(
+                    hd, 15.8, 16.3, off + 0.8, off + 1.2
+                )
+                pu[sl] += d.pick("lights", 0.05, 0.1, 0.01) * lights
+            if d.chance(0.04):  # an evening event or a deadline
+                late = float(rng.uniform(20.0, 22.0))
+                pu[sl] += float(rng.uniform(0.15, 0.3)) * _window(hd, off, off + 0.5, late, late + 0.5)
+        elif rng.random() < 0.3:  # someone in for a few hours
+            s = float(rng.uniform(9.0, 13.0))
+            pu[sl] += float(rng.uniform(0.05, 0.15)) * _window(hd, s, s + 0.3, s + 2.5, s + 2.8)
+    winter = _rows(tl, [day for day in tl.days if not day.summer])
+    if winter.any():  # heat pump
         duty = np.where((h > 5.5) & (h < 9.0), 0.8, 0.45)
-        pu += float(rng.uniform(0.06, 0.12)) * _cycler(rng, t, float(rng.uniform(1500, 2700)), duty)
+        heat = float(rng.uniform(0.06, 0.12)) * _cycler(rng, t, float(rng.uniform(1500, 2700)), duty)
+        pu += heat if winter.all() else heat * winter
     pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.03)
     return peak_kw * pu + peak_kw * rng.normal(0.0, 0.012, t.size)
 
 
-def _cold_store(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
+def _cold_store(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
     pu = np.full_like(t, float(rng.uniform(0.3, 0.42)))
-    busy = 0.06 if day.weekday < 6 else 0.02
-    pu += busy * _window(h, 5.8, 6.3, 19.5, 20.5)
+    for day in tl.days:  # doors and forklifts
+        sl, hd = day.rows, h[day.rows]
+        busy = (0.06 if day.weekday < 6 else 0.02) * d.level()
+        on, off = d.vary(0.0, "doors-on", -0.3, 0.2, 0.1), d.vary(0.0, "doors-off", -0.5, 0.5, 0.2)
+        pu[sl] += busy * _window(hd, 5.8 + on, 6.3 + on, 19.5 + off, 20.5 + off)
     n_comp = int(rng.integers(1, 4))
     shares = rng.dirichlet(np.full(n_comp, 3.0)) * float(rng.uniform(0.4, 0.52))
-    lo, hi = (0.55, 0.72) if day.summer else (0.35, 0.52)
     for share in shares:
-        duty = float(rng.uniform(lo, hi)) + (0.12 if day.summer else 0.04) * _window(h, 11, 13, 17, 19)
+        u = float(rng.random())
+        duty = np.empty_like(t)
+        for day in tl.days:
+            lo, hi = (0.55, 0.72) if day.summer else (0.35, 0.52)
+            warm = (0.12 if day.summer else 0.04) * _window(h[day.rows], 11, 13, 17, 19)
+            duty[day.rows] = lo + (hi - lo) * u + d.vary(0.0, "duty", 0.0, 0.0, 0.03) + warm
         pu += share * _cycler(rng, t, float(rng.uniform(900, 2400)), duty)
     every = float(rng.choice([6.0, 8.0])) * 3600.0
     first = float(rng.uniform(0.0, every))
-    starts = np.arange(first - every, float(t[-1]), every)
+    starts = np.arange(t[0] + first - every, float(t[-1]), every)
     pu += 0.1 * _step_sum(t, starts, starts + float(rng.uniform(1200, 1800)), np.ones(starts.size))
     pu *= 1.0 + _slow_noise(rng, t, 900.0, 0.02)
     return peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
 
 
-def _metal_workshop(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
+def _workshop_shift(d: _Draw, day: _Day) -> tuple[float, float] | None:
+    """A day's shift (start, end), local hours, or None. Two shifts 06-22 (a single
+    day; in a run 60 % of the workshops, the others one shift to 15-16:30 with an
+    occasional evening shift); Saturdays sometimes a short morning shift."""
+    rng = d.rng
+    if day.workday:
+        s = 6.0 + d.pick("start", -0.25, 0.2, 0.1)
+        if d.legacy or d.habit("two-shifts", 0.0, 1.0) < 0.6:
+            e = 22.0 + d.pick("end", -0.3, 0.2, 0.15)
+            if d.chance(0.05):  # overtime into the night
+                e = float(rng.uniform(23.0, 23.7))
+        else:
+            e = 15.0 + d.pick("end-early", 0.0, 1.5, 0.2)
+            if d.chance(0.08):  # an extra evening shift
+                e = 22.0 + float(rng.uniform(-0.3, 0.2))
+        return s, e
+    if day.weekday == 5 and rng.random() < d.vary(0.35, "saturday", 0.1, 0.6):
+        return 7.0 + float(rng.uniform(-0.2, 0.3)), 12.5 + float(rng.uniform(0.0, 1.0))
+    return None
+
+
+def _metal_workshop(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
     night = float(rng.uniform(0.03, 0.06)) * peak_kw
     load = np.full_like(t, night)
-    if day.workday:
-        s, e = 6.0 + float(rng.uniform(-0.25, 0.2)), 22.0 + float(rng.uniform(-0.3, 0.2))
-    elif day.weekday == 5 and rng.random() < 0.35:
-        s, e = 7.0 + float(rng.uniform(-0.2, 0.3)), 12.5 + float(rng.uniform(0.0, 1.0))
-    else:
+    shifts = [_workshop_shift(d, day) for day in tl.days]
+    if all(s is None for s in shifts):
         return load + peak_kw * rng.normal(0.0, 0.004, t.size)
     hall = float(rng.uniform(0.08, 0.14)) * peak_kw
-    load += hall * _window(h, s - 0.3, s, e, e + 0.3)
+    levels: list[float] = []
+    for day, shift in zip(tl.days, shifts, strict=True):
+        levels.append(d.level())
+        if shift is not None:
+            s, e = shift
+            load[day.rows] += hall * _window(h[day.rows], s - 0.3, s, e, e + 0.3)
     budget = (peak_kw - night - hall) * float(rng.uniform(0.9, 1.2))
     powers: list[float] = []
     while sum(powers) < budget:
         powers.append(float(rng.uniform(20.0, 150.0)))
-    use = 1.0 if day.workday else 0.35
     breaks = [(10.0, 10.25), (12.0, 12.5), (18.0, 18.5)]
+    usual = d.vary(1.0, "use", 0.8, 1.0)
     for p in powers:
-        if rng.random() > use:
+        used = [
+            k
+            for k, (day, shift) in enumerate(zip(tl.days, shifts, strict=True))
+            if shift is not None and not rng.random() > (min(1.0, usual * levels[k]) if day.workday else 0.35)
+        ]
+        if not used:
             continue
         on = _switching(rng, t, float(rng.uniform(300, 2400)), float(rng.uniform(300, 2400)), 0.5)
-        ms = s + float(rng.uniform(0.0, 0.5))
-        me = e - float(rng.uniform(0.0, 0.4))
-        gate = (h >= ms) & (h < me)
-        for b0, b1 in breaks:
-            if rng.random() < 0.8:
-                gate &= ~((h >= b0 + float(rng.uniform(-0.05, 0.05))) & (h < b1))
+        gate = np.zeros(t.size, dtype=np.bool_)
+        for k in used:
+            day, (s, e) = tl.days[k], shifts[k]  # type: ignore[misc]
+            hd = h[day.rows]
+            ms = s + float(rng.uniform(0.0, 0.5))
+            me = e - float(rng.uniform(0.0, 0.4))
+            g = (hd >= ms) & (hd < me)
+            for b0, b1 in breaks:
+                if rng.random() < 0.8:
+                    g &= ~((hd >= b0 + float(rng.uniform(-0.05, 0.05))) & (hd < b1))
+            gate[day.rows] = g
         load += p * on * gate * (1.0 + _slow_noise(rng, t, 120.0, 0.04))
-    return load + peak_kw * rng.normal(0.0, 0.008, t.size)
+    quiet = ~_rows(tl, [day for day, s in zip(tl.days, shifts, strict=True) if s is not None])
+    noise = rng.normal(0.0, 0.008, t.size)
+    return load + peak_kw * (noise * np.where(quiet, 0.5, 1.0) if quiet.any() else noise)
 
 
 def _fleet(
@@ -436,16 +759,20 @@ def _fleet(
     departure_t: Arr | None,
     *,
     spread: bool,
+    late_h: float = 0.0,
 ) -> tuple[Arr, Arr, Arr]:
     """One evening's charging sessions as (start, end, kW) blocks: vehicles
-    arrive ~16-20:30 (a third wait for an off-peak timer at 22-23h), queue
-    for `chargers` charge points, charge at full power and then taper, and
-    stop when they leave. With `spread` (smart depot charging) each vehicle
-    instead charges at the constant power that finishes it between 01:00 and
-    05:30, within 50-100 % of its charger's power. offset_s shifts the evening (-86400:
-    last night)."""
+    arrive ~16-20:30 (late_h later on an unusual evening; a third wait for an
+    off-peak timer at 22-23h), queue for `chargers` charge points, charge at
+    full power and then taper, and stop when they leave. With `spread` (smart
+    depot charging) each vehicle instead charges at the constant power that
+    finishes it between 01:00 and 05:30, within 50-100 % of its charger's
+    power. offset_s is the t of the evening's local midnight (before it: last night)."""
     n = charger_kw.size
-    arrive = np.clip(rng.normal(17.8, 0.8, n), 16.0, 20.5) * 3600.0 + offset_s
+    mean, lo, hi = 17.8, 16.0, 20.5
+    if late_h:
+        mean, lo, hi = mean + late_h, lo + late_h, min(hi + late_h, 23.5)
+    arrive = np.clip(rng.normal(mean, 0.8, n), lo, hi) * 3600.0 + offset_s
     timer = rng.random(n) < 0.35
     ready = np.where(timer, np.maximum(arrive, offset_s + rng.uniform(22.0, 23.0, n) * 3600.0), arrive)
     leave = departure_t if departure_t is not None else np.full(n, math.inf)
@@ -473,14 +800,19 @@ def _fleet(
     return np.array(s_list), np.array(e_list), np.array(p_list)
 
 
-def _logistics(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
-    pu = np.full_like(t, float(rng.uniform(0.05, 0.08)) + (0.04 if not day.summer else 0.0))
-    hall = float(rng.uniform(0.15, 0.25)) if day.workday else 0.04
-    pu += hall * _window(h, 5.6, 6.1, 21.8, 22.3)
+def _logistics(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
+    base = float(rng.uniform(0.05, 0.08))
+    pu = np.empty_like(t)
+    for day in tl.days:
+        pu[day.rows] = base + (0.04 if not day.summer else 0.0)
+    for day in tl.days:
+        sl, hd = day.rows, h[day.rows]
+        hall = d.pick("hall", 0.15, 0.25, 0.01) * d.level() if day.workday else 0.04
+        on, off = d.vary(0.0, "hall-on", -0.4, 0.2, 0.1), d.vary(0.0, "hall-off", -0.5, 0.3, 0.15)
+        pu[sl] += hall * _window(hd, 5.6 + on, 6.1 + on, 21.8 + off, 22.3 + off)
     pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.04)
     load = peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
-    winter = 1.0 if day.summer else 1.2  # heating and cold batteries
     # e-trucks on their own 44 kW points, vans queueing for 11 or 22 kW points
     trucks = int(rng.integers(0, 4)) if peak_kw >= 250 else 0
     fleet_kw = float(rng.uniform(0.5, 0.8)) * peak_kw - 44.0 * trucks
@@ -491,73 +823,130 @@ def _logistics(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
     fleet_share = {5: 0.3, 6: 0.5}  # Saturday and Sunday evenings
     spread = bool(rng.random() < 0.5)
     blocks: list[tuple[Arr, Arr, Arr]] = []
-    for offset, weekday in ((-86400.0, day.prev_weekday), (0.0, day.weekday)):
-        share = fleet_share.get(weekday, 1.0)
+    first = tl.days[0]  # the evening before the first day, then every day's evening
+    evenings: list[tuple[float, int, bool, _Day | None]] = [
+        (first.start_t - 86400.0, first.prev_weekday, first.summer, first)
+    ]
+    evenings += [
+        (day.start_t, day.weekday, day.summer, tl.days[k + 1] if k + 1 < len(tl.days) else None)
+        for k, day in enumerate(tl.days)
+    ]
+    for offset, weekday, summer, morning in evenings:
+        winter = 1.0 if summer else 1.2  # heating and cold batteries
+        out = min(1.0, d.vary(1.0, "out", 0.85, 1.0, 0.05))  # vans out on the road that day
+        share = fleet_share.get(weekday, 1.0) * out
         n_van, n_truck = max(1, round(vans * share)), round(trucks * share)
+        late = float(rng.uniform(1.5, 3.0)) if weekday < 5 and d.chance(0.06) else 0.0
         leave = None
-        if offset < 0 and day.weekday != 6:  # they leave this morning (not on Sundays)
-            leave = day.clock.wall_to_t(rng.uniform(5.0, 7.0, n_van + n_truck))
+        if morning is not None and morning.weekday != 6:  # they leave the next morning (not on Sundays)
+            leave = morning.wall_to_t(rng.uniform(5.0, 7.0, n_van + n_truck))
         van_kwh = rng.uniform(0.3, 0.9, n_van) * rng.uniform(40.0, 75.0, n_van) * winter
         van_leave = None if leave is None else leave[:n_van]
-        blocks.append(_fleet(rng, offset, van_kw[:n_van], van_kwh, chargers, van_leave, spread=spread))
+        blocks.append(
+            _fleet(rng, offset, van_kw[:n_van], van_kwh, chargers, van_leave, spread=spread, late_h=late)
+        )
         if n_truck:
             truck_kwh = rng.uniform(0.4, 0.8, n_truck) * rng.uniform(150.0, 350.0, n_truck) * winter
             truck_leave = None if leave is None else leave[n_van:]
             blocks.append(
-                _fleet(rng, offset, np.full(n_truck, 44.0), truck_kwh, n_truck, truck_leave, spread=spread)
+                _fleet(
+                    rng,
+                    offset,
+                    np.full(n_truck, 44.0),
+                    truck_kwh,
+                    n_truck,
+                    truck_leave,
+                    spread=spread,
+                    late_h=late,
+                )
             )
-    if day.workday:  # midday top-ups
-        top = np.flatnonzero(rng.random(vans) < 0.25)
-        a = day.clock.wall_to_t(rng.uniform(11.5, 14.0, top.size))
-        blocks.append((a, a + rng.uniform(1200.0, 3000.0, top.size), van_kw[top]))
-    for starts, ends, power in blocks:
-        load += _step_sum(t, starts, ends, power)
+    for day in tl.days:
+        if day.workday:  # midday top-ups
+            top = np.flatnonzero(rng.random(vans) < 0.25)
+            a = day.wall_to_t(rng.uniform(11.5, 14.0, top.size))
+            blocks.append((a, a + rng.uniform(1200.0, 3000.0, top.size), van_kw[top]))
+    if d.legacy:
+        for starts, ends, power in blocks:
+            load += _step_sum(t, starts, ends, power)
+    else:  # one pass over the timeline for all sessions
+        load += _step_sum(t, *(np.concatenate(parts) for parts in zip(*blocks, strict=True)))
     return load
 
 
-def _bakery(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
+def _bakery(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
     pu = np.full_like(t, float(rng.uniform(0.1, 0.15)))
-    baking = day.weekday < 6 or rng.random() < 0.3
-    scale = 1.0 if day.weekday < 6 else 0.5
+    sunday = d.legacy or d.habit("sunday", 0.0, 1.0) < 0.3  # bakes on some Sundays (or every one)
+    bake: list[tuple[float, float, float] | None] = []  # per day: start, end, scale
+    for day in tl.days:
+        if day.weekday < 6 or (sunday and rng.random() < d.vary(0.3, "sundays", 0.5, 1.0)):
+            scale = (1.0 if day.weekday < 6 else 0.5) * d.level()
+            s = d.pick("start", 2.5, 3.5, 0.1) - (0.3 if day.weekday == 5 else 0.0)
+            bake.append((s, d.pick("end", 9.5, 10.5, 0.15), scale))
+        else:
+            bake.append(None)
+    baking = [(day, b) for day, b in zip(tl.days, bake, strict=True) if b is not None]
     if baking:
-        s = float(rng.uniform(2.5, 3.5)) - (0.3 if day.weekday == 5 else 0.0)
-        e = float(rng.uniform(9.5, 10.5))
-        active = ((h >= s) & (h < e)).astype(np.float64)
-        for _ in range(int(rng.integers(2, 4))):
-            share = float(rng.uniform(0.18, 0.3)) * scale
-            duty = np.where(h < s + 0.5, 0.95, float(rng.uniform(0.55, 0.75)))
-            o_s = s + float(rng.uniform(0.0, 0.4))
-            gate = (h >= o_s) & (h < e - float(rng.uniform(0.0, 0.5)))
-            pu += share * _cycler(rng, t, float(rng.uniform(240, 600)), duty) * gate
+        active = np.zeros_like(t)
+        for day, (s, e, _) in baking:
+            hd = h[day.rows]
+            active[day.rows] = ((hd >= s) & (hd < e)).astype(np.float64)
+        for k in range(int(rng.integers(2, 4))):  # ovens
+            share = float(rng.uniform(0.18, 0.3))
+            amp = np.zeros_like(t)
+            duty = np.full_like(t, 0.5)
+            gate = np.zeros(t.size, dtype=np.bool_)
+            for day, (s, e, scale) in baking:
+                sl, hd = day.rows, h[day.rows]
+                amp[sl] = share * scale
+                duty[sl] = np.where(hd < s + 0.5, 0.95, d.pick(f"oven{k}-duty", 0.55, 0.75, 0.03))
+                o_s = s + d.pick(f"oven{k}-on", 0.0, 0.4, 0.05)
+                gate[sl] = (hd >= o_s) & (hd < e - d.pick(f"oven{k}-off", 0.0, 0.5, 0.05))
+            pu += amp * _cycler(rng, t, float(rng.uniform(240, 600)), duty) * gate
         mixers = _switching(rng, t, float(rng.uniform(300, 900)), float(rng.uniform(300, 1200)), 0.5)
-        pu += float(rng.uniform(0.05, 0.15)) * scale * mixers * active * (h < 9.0)
-        shop_end = float(rng.uniform(15.0, 16.0))
-        pu += float(rng.uniform(0.15, 0.25)) * scale * _window(h, e - 0.3, e, shop_end, shop_end + 0.3)
+        for day, (_, e, scale) in baking:
+            sl, hd = day.rows, h[day.rows]
+            mix = d.pick("mixers", 0.05, 0.15, 0.01) * scale
+            pu[sl] += mix * mixers[sl] * active[sl] * (hd < 9.0)
+            shop_end = d.pick("shop-end", 15.0, 16.0, 0.15)
+            pu[sl] += (
+                d.pick("shop", 0.15, 0.25, 0.01) * scale * _window(hd, e - 0.3, e, shop_end, shop_end + 0.3)
+            )
     pu *= 1.0 + _slow_noise(rng, t, 600.0, 0.03)
     return peak_kw * pu + peak_kw * rng.normal(0.0, 0.01, t.size)
 
 
-def _supermarket(rng: np.random.Generator, day: _Day, peak_kw: float) -> Arr:
-    t, h = day.clock.t, day.clock.hour
+def _supermarket(d: _Draw, tl: _Timeline, peak_kw: float) -> Arr:
+    rng, t, h = d.rng, tl.t, tl.hour
     pu = np.full_like(t, float(rng.uniform(0.28, 0.38)))
-    for _ in range(2):
-        duty = float(rng.uniform(0.5, 0.7) if day.summer else rng.uniform(0.35, 0.55))
-        duty_row = duty + 0.1 * _window(h, 7.5, 8.5, 20.5, 21.5)  # doors and shoppers warm the cabinets
+    for _ in range(2):  # refrigeration racks
+        u = float(rng.random())
+        duty_row = np.empty_like(t)
+        for day in tl.days:
+            lo, hi = (0.5, 0.7) if day.summer else (0.35, 0.55)
+            doors = 0.1 * _window(h[day.rows], 7.5, 8.5, 20.5, 21.5)  # doors and shoppers warm the cabinets
+            duty_row[day.rows] = lo + (hi - lo) * u + d.vary(0.0, "duty", 0.0, 0.0, 0.03) + doors
         pu += float(rng.uniform(0.08, 0.14)) * _cycler(rng, t, float(rng.uniform(600, 1200)), duty_row)
-    open_h, close_h = (12.0, 18.0) if day.weekday == 6 else (8.0, 21.0)
-    is_open = day.weekday != 6 or rng.random() < 0.8
-    if is_open:
-        pu += float(rng.uniform(0.28, 0.38)) * _window(h, open_h - 1.0, open_h, close_h, close_h + 0.5)
-        if day.summer:
-            pu += float(rng.uniform(0.04, 0.1)) * _window(h, 11.0, 13.0, 18.0, 20.0)
-        else:
-            pu += float(rng.uniform(0.03, 0.07)) * _window(h, open_h - 1.5, open_h - 1.0, 11.0, 12.0)
+    sundays = d.legacy or d.habit("sunday", 0.0, 1.0) < 0.8  # open on Sundays
+    for day in tl.days:
+        sl, hd = day.rows, h[day.rows]
+        open_h, close_h = (12.0, 18.0) if day.weekday == 6 else (8.0, 21.0)
+        is_open = day.weekday != 6 or (sundays and (not d.legacy or rng.random() < 0.8))
+        if is_open:
+            level = d.level() * (d.vary(1.0, "saturday", 1.0, 1.15) if day.weekday == 5 else 1.0)
+            store = d.pick("store", 0.28, 0.38, 0.01) * level
+            pu[sl] += store * _window(hd, open_h - 1.0, open_h, close_h, close_h + 0.5)
+            if day.summer:
+                pu[sl] += d.pick("cooling", 0.04, 0.1, 0.02) * _window(hd, 11.0, 13.0, 18.0, 20.0)
+            else:
+                pu[sl] += d.pick("heating", 0.03, 0.07, 0.01) * _window(
+                    hd, open_h - 1.5, open_h - 1.0, 11.0, 12.0
+                )
     pu *= 1.0 + _slow_noise(rng, t, 900.0, 0.02)
     return peak_kw * pu + peak_kw * rng.normal(0.0, 0.008, t.size)
 
 
-_LOAD: dict[str, Callable[[np.random.Generator, _Day, float], Arr]] = {
+_LOAD: dict[str, Callable[[_Draw, _Timeline, float], Arr]] = {
     "office": _office,
     "cold-store": _cold_store,
     "metal-workshop": _metal_workshop,
@@ -597,7 +986,7 @@ def _pv_clear_pu(rng: np.random.Generator, elev_deg: Arr, az_deg: Arr) -> Arr:
     return np.where(up, np.clip(pu, 0.0, 1.0), 0.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Clouds:
     starts: Arr
     ends: Arr
@@ -606,12 +995,13 @@ class _Clouds:
     enhance_s: Arr
 
 
-def _clouds(rng: np.random.Generator, clock: _Clock) -> _Clouds:
+def _clouds(rng: np.random.Generator, t: Arr, hour: Arr) -> _Clouds:
+    """Cumulus over the park for one day (rows t, local hours hour)."""
     mean_gap = float(rng.uniform(120.0, 480.0))
-    s, starts, ends = -600.0, [], []
-    while s < clock.duration_s + 600:
-        hour = float(np.interp(s, clock.t, clock.hour))
-        quiet = 3.0 if (hour < 9.0 or hour > 19.0) else 1.0  # cumulus builds up during the day
+    s, starts, ends = float(t[0]) - 600.0, [], []
+    while s < float(t[-1]) + 600:
+        h = float(np.interp(s, t, hour))
+        quiet = 3.0 if (h < 9.0 or h > 19.0) else 1.0  # cumulus builds up during the day
         s += 20.0 + float(rng.exponential(mean_gap * quiet))
         length = float(np.exp(rng.uniform(math.log(30.0), math.log(600.0))))
         starts.append(s)
@@ -642,8 +1032,51 @@ def _broken_transmission(rng: np.random.Generator, t: Arr, clouds: _Clouds) -> A
     return np.where(inside, wobble, np.where(after, clouds.enhance[kk], 1.0))
 
 
-# ---------------------------------------------------------------- batteries and caps
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Weather:
+    """Each day's sky and what the park shares of it (clouds, or the overcast level)."""
+
+    skies: tuple[str, ...]
+    clouds: dict[int, _Clouds]
+    overcast: dict[int, Arr]
+
+
+def _weather(rng: np.random.Generator, sky: str, tl: _Timeline) -> _Weather:
+    skies: list[str] = []
+    for day in tl.days:
+        if sky != "mixed":
+            skies.append(sky)
+        elif skies and rng.random() < _SKY_KEEP:
+            skies.append(skies[-1])
+        else:
+            skies.append(SKIES[int(rng.choice(len(SKIES), p=np.array(_SKY_P[day.summer])))])
+    clouds: dict[int, _Clouds] = {}
+    overcast: dict[int, Arr] = {}
+    for k, (day, s) in enumerate(zip(tl.days, skies, strict=True)):
+        t = tl.t[day.rows]
+        if s == "broken":
+            clouds[k] = _clouds(rng, t, tl.hour[day.rows])
+        elif s == "overcast":
+            u = _slow_noise(rng, t, float(rng.uniform(1200.0, 2400.0)), 1.0)
+            overcast[k] = 0.15 + 0.25 * _smoothstep(u, -1.5, 1.5)
+    return _Weather(skies=tuple(skies), clouds=clouds, overcast=overcast)
+
+
+def _transmission(rng: np.random.Generator, tl: _Timeline, weather: _Weather) -> Arr:
+    """What one company's PV field gets of its clear-sky output, per row."""
+    trans = np.empty_like(tl.t)
+    for k, day in enumerate(tl.days):
+        t = tl.t[day.rows]
+        if k in weather.clouds:
+            trans[day.rows] = _broken_transmission(rng, t, weather.clouds[k])
+        elif k in weather.overcast:
+            trans[day.rows] = weather.overcast[k] * (1.0 + _slow_noise(rng, t, 600.0, 0.02))
+        else:
+            trans[day.rows] = np.clip(1.0 - np.abs(_slow_noise(rng, t, 1800.0, 0.01)), 0.95, 1.0)
+    return trans
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Batteries:
     """Parallel arrays, one entry per battery."""
 
@@ -753,27 +1186,36 @@ def _window_mask(hour: Arr, window: tuple[str, str]) -> BoolArr:
     return mask
 
 
-def _export_cap(rng: np.random.Generator, net: Arr, room_kwh: float, pv_peak_kw: float, step_s: int) -> int:
+def _export_cap(
+    rng: np.random.Generator, net: Arr, room_kwh: float, pv_peak_kw: float, step_s: int, days: list[slice]
+) -> int:
     surplus = float(np.max(-net))
     if surplus < 20.0:
         return _ceil5(max(surplus, 0.3 * pv_peak_kw, 20.0) * 1.1)
     if room_kwh <= 0:
         return max(5, _floor5(float(rng.uniform(0.5, 0.85)) * surplus))
     cand = np.linspace(0.3, 0.8, 51) * surplus
-    over_kwh = np.clip(-net[None, :] - cand[:, None], 0.0, None).sum(axis=1) * step_s / 3600.0
+    # the surplus energy above the cap on the day with the most of it
+    over_kwh = (
+        np.max([np.clip(-net[None, sl] - cand[:, None], 0.0, None).sum(axis=1) for sl in days], axis=0)
+        * step_s
+        / 3600.0
+    )
     target = float(rng.uniform(0.6, 1.6)) * room_kwh
     c = float(cand[int(np.argmin(np.abs(over_kwh - target)))])
     return max(5, _floor5(c))
 
 
 # ---------------------------------------------------------------- the generator
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class _Company:
     cid: str
     kind: str
     peak_kw: float
-    load: Arr
+    load: Arr  # scenario rows
     pv: Arr
+    history_load: Arr  # history samples (60 s)
+    history_pv: Arr
     pv_peak_kw: int = 0
     battery: dict[str, Any] | None = None
     import_limit_kw: int | None = None
@@ -838,76 +1280,98 @@ def _sharing(rng: np.random.Generator, key: str, ids: list[str]) -> dict[str, An
 
 
 def generate(opts: GenOptions) -> tuple[dict[str, Any], list[str], Arr]:
-    """One synthetic park day: (scenario.yaml as a dict, profiles.csv header, rows)."""
-    clock = _day_clock(opts.date, opts.step_s)
-    prev = opts.date - dt.timedelta(days=1)
-    day = _Day(clock=clock, weekday=opts.date.weekday(), prev_weekday=prev.weekday(), summer=opts.is_summer)
+    """A synthetic park run: (scenario.yaml as a dict, profiles.csv header, rows).
+    See generate_run for the history as well."""
+    run = generate_run(opts)
+    return run.scenario, run.header, run.rows
+
+
+def generate_run(opts: GenOptions) -> GeneratedRun:
+    """A synthetic park run: scenario.yaml as a dict, profiles.csv and, with
+    `history_days`, history.csv (SCENARIOS.md)."""
+    tl = _timeline(opts)
     layout = np.random.default_rng([opts.seed, 0])
-    weather = np.random.default_rng([opts.seed, 1])
+    weather_rng = np.random.default_rng([opts.seed, 1])
     caps_rng = np.random.default_rng([opts.seed, 2])
 
     kinds = _kinds(layout, opts.companies)
     n_bat = round(opts.battery_share * opts.companies)
     has_bat = set(layout.permutation(opts.companies)[:n_bat].tolist())
     counters: dict[str, int] = {}
-    elev, az = solar_position(clock.utc_s)
-    sky_clouds = _clouds(weather, clock) if opts.sky == "broken" else None
-    overcast = None
-    if opts.sky == "overcast":
-        u = _slow_noise(weather, clock.t, float(weather.uniform(1200.0, 2400.0)), 1.0)
-        overcast = 0.15 + 0.25 * _smoothstep(u, -1.5, 1.5)
+    elev, az = solar_position(tl.utc_s)
+    weather = _weather(weather_rng, opts.sky, tl)
+    n_hist = tl.history_rows
     companies: list[_Company] = []
     for i, kind in enumerate(kinds):
         counters[kind] = counters.get(kind, 0) + 1
         rng = np.random.default_rng([opts.seed, 100 + i])
         lo, hi = _SIZE_KW[kind]
         peak = float(rng.uniform(lo, hi))
-        load = _round(_LOAD[kind](np.random.default_rng([opts.seed, 1000 + i]), day, peak))
-        c = _Company(
-            cid=f"{kind}-{counters[kind]}", kind=kind, peak_kw=peak, load=load, pv=np.zeros_like(load)
+        draw = _Draw(
+            np.random.default_rng([opts.seed, 1000 + i]), legacy=tl.legacy, habit_seed=[opts.seed, 3000 + i]
         )
+        load = _round(_LOAD[kind](draw, tl, peak))
+        pv = np.zeros_like(load)
         has_pv = rng.random() < opts.pv_fraction or i == 0
         pv_base = min(500.0, float(rng.uniform(1.0, 2.5)) * peak)
-        c.pv_peak_kw = round(pv_base * opts.pv_share) if has_pv else 0
+        pv_peak_kw = round(pv_base * opts.pv_share) if has_pv else 0
         clear = _pv_clear_pu(rng, elev, az)
-        if c.pv_peak_kw >= 1:
+        if pv_peak_kw >= 1:
             sky_rng = np.random.default_rng([opts.seed, 2000 + i])
-            if sky_clouds is not None:
-                trans = _broken_transmission(sky_rng, clock.t, sky_clouds)
-            elif overcast is not None:
-                trans = overcast * (1.0 + _slow_noise(sky_rng, clock.t, 600.0, 0.02))
-            else:
-                trans = np.clip(1.0 - np.abs(_slow_noise(sky_rng, clock.t, 1800.0, 0.01)), 0.95, 1.0)
-            jitter = 1.0 + sky_rng.normal(0.0, 0.003, clock.t.size)
-            c.pv = _round(np.clip(c.pv_peak_kw * clear * trans * jitter, 0.0, c.pv_peak_kw))
+            trans = _transmission(sky_rng, tl, weather)
+            jitter = 1.0 + sky_rng.normal(0.0, 0.003, tl.t.size)
+            pv = _round(np.clip(pv_peak_kw * clear * trans * jitter, 0.0, pv_peak_kw))
         else:
-            c.pv_peak_kw = 0
+            pv_peak_kw = 0
+        c = _Company(
+            cid=f"{kind}-{counters[kind]}",
+            kind=kind,
+            peak_kw=peak,
+            load=load[n_hist:],
+            pv=pv[n_hist:],
+            history_load=load[:n_hist],
+            history_pv=pv[:n_hist],
+            pv_peak_kw=pv_peak_kw,
+        )
         if i in has_bat:
             c.battery = _battery(rng)
         companies.append(c)
 
-    park = _park_caps(caps_rng, opts, clock, companies)
+    park = _park_caps(caps_rng, opts, tl, companies)
     ids = [c.cid for c in companies]
     scenario: dict[str, Any] = {
         "name": opts.default_name,
-        "start": clock.start.isoformat(),
+        "start": tl.start.isoformat(),
         "timezone": TIMEZONE,
         "location": {"lat": LAT_DEG, "lon": LON_DEG},
-        "duration_s": clock.duration_s,
+        "duration_s": tl.duration_s,
         "step_s": 1,
         "profiles": "profiles.csv",
+    }
+    if opts.history_days:
+        scenario["history"] = "history.csv"
+    scenario |= {
         "measurement_delay_s": 1,
         "park": park,
         "companies": [_company_yaml(c) for c in companies],
         "sharing": _sharing(layout, opts.sharing_key, ids),
     }
     header = ["t_s"] + [f"{cid}.{col}" for cid in ids for col in ("load_kw", "pv_kw")]
-    rows = np.column_stack([clock.t] + [a for c in companies for a in (c.load, c.pv)])
-    return scenario, header, rows
+    rows = np.column_stack([tl.t[n_hist:]] + [a for c in companies for a in (c.load, c.pv)])
+    if not opts.history_days:
+        return GeneratedRun(scenario, header, rows)
+    per_quarter = HISTORY_STEP_S // _HISTORY_SAMPLE_S
+    t_q = tl.days[0].start_t + HISTORY_STEP_S * np.arange(n_hist // per_quarter, dtype=np.float64)
+    means = [
+        np.round(a.reshape(-1, per_quarter).mean(axis=1), 2) + 0.0
+        for c in companies
+        for a in (c.history_load, c.history_pv)
+    ]
+    return GeneratedRun(scenario, header, rows, list(header), np.column_stack([t_q, *means]))
 
 
 def _park_caps(
-    rng: np.random.Generator, opts: GenOptions, clock: _Clock, companies: list[_Company]
+    rng: np.random.Generator, opts: GenOptions, tl: _Timeline, companies: list[_Company]
 ) -> dict[str, Any]:
     raw_net = np.sum([c.load - c.pv for c in companies], axis=0)
     own: set[int] = set()
@@ -926,6 +1390,8 @@ def _park_caps(
             net += c.load - c.pv
             if c.battery is not None:
                 park_bats.append(c.battery)
+    days = [tl.scenario_slice(day) for day in tl.scenario_days]
+    hour = tl.hour[tl.history_rows :]
     bats = _Batteries.of(park_bats)
     peak = float(np.max(raw_net))
     target = float(rng.uniform(0.85, 0.95)) * peak
@@ -937,10 +1403,11 @@ def _park_caps(
         for b in (c.battery for c in companies)
         if b is not None
     )
-    export_cap = _export_cap(rng, raw_net, room, float(sum(c.pv_peak_kw for c in companies)), opts.step_s)
+    pv_peak = float(sum(c.pv_peak_kw for c in companies))
+    export_cap = _export_cap(rng, raw_net, room, pv_peak, opts.step_s, days)
     park: dict[str, Any] = {"import_limit_kw": import_cap, "export_limit_kw": export_cap}
     if opts.import_window is not None:
-        mask = _window_mask(clock.hour, opts.import_window)
+        mask = _window_mask(hour, opts.import_window)
         fixed = np.where(mask, np.nan, float(import_cap))
         low, _ = _lowest_feasible(net, 0.2 * import_cap, float(import_cap), bats, opts.step_s, fixed)
         start, end = opts.import_window
@@ -963,17 +1430,21 @@ def _company_yaml(c: _Company) -> dict[str, Any]:
 
 
 def write_scenario(opts: GenOptions, directory: Path, name: str | None = None) -> Path:
-    """Write scenario.yaml and profiles.csv into directory (created if needed);
-    name replaces the generated scenario name. Returns the path of scenario.yaml."""
-    scenario, header, rows = generate(opts)
+    """Write scenario.yaml, profiles.csv and (with history_days) history.csv into
+    directory (created if needed); name replaces the generated scenario name.
+    Returns the path of scenario.yaml."""
+    run = generate_run(opts)
+    scenario = run.scenario
     if name is not None:
         scenario["name"] = name
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     yaml_path = directory / "scenario.yaml"
     yaml_path.write_text(yaml.safe_dump(scenario, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    fmt = ["%d"] + ["%.2f"] * (len(header) - 1)
-    np.savetxt(
-        directory / scenario["profiles"], rows, fmt=fmt, delimiter=",", header=",".join(header), comments=""
-    )
+    tables = [(scenario["profiles"], run.header, run.rows)]
+    if run.history_header is not None and run.history_rows is not None:
+        tables.append((scenario["history"], run.history_header, run.history_rows))
+    for file, header, rows in tables:
+        fmt = ["%d"] + ["%.2f"] * (len(header) - 1)
+        np.savetxt(directory / file, rows, fmt=fmt, delimiter=",", header=",".join(header), comments="")
     return yaml_path

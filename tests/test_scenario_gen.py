@@ -1,4 +1,5 @@
-"""Tests for simulators.scenario_gen: determinism, the SCENARIOS.md contract, DST days, caps, realism.
+"""Tests for simulators.scenario_gen: determinism, the SCENARIOS.md contract, DST days, caps, realism,
+several-day runs and history.csv.
 
 The written files are read back with the contract's own reader (`tools/score.py`
 in the shared folder, skipped when missing), and one day's caps are checked
@@ -15,12 +16,23 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 import yaml
 
-from simulators.scenario_gen import ARCHETYPES, GenOptions, generate, solar_position, write_scenario
+from simulators.scenario_gen import (
+    ARCHETYPES,
+    GeneratedRun,
+    GenOptions,
+    day_type,
+    generate,
+    generate_run,
+    public_holiday,
+    solar_position,
+    write_scenario,
+)
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -31,12 +43,32 @@ SUMMER_WEEKDAY = dt.date(2026, 6, 23)  # a Tuesday
 WINTER_WEEKDAY = dt.date(2026, 12, 15)
 SATURDAY = dt.date(2026, 6, 27)
 WINDOW = ("16:00", "20:00")
+WEEK = dt.date(2026, 5, 11)  # a Monday; Thursday 14 May is Ascension Day
+ASCENSION = dt.date(2026, 5, 14)
+TZ = ZoneInfo("Europe/Amsterdam")
 
 
 @functools.cache
 def gen(opts: GenOptions) -> tuple[dict[str, Any], list[str], npt.NDArray[np.float64]]:
     """generate(), once per options (the results are not mutated by the tests)."""
     return generate(opts)
+
+
+@functools.cache
+def gen_run(opts: GenOptions) -> GeneratedRun:
+    """generate_run(), once per options (the results are not mutated by the tests)."""
+    return generate_run(opts)
+
+
+def local_clock(
+    sc: dict[str, Any], t: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float64]]:
+    """Local date and hour of day of each t_s of a scenario (DST-aware)."""
+    start = dt.datetime.fromisoformat(sc["start"]).timestamp()
+    times = [dt.datetime.fromtimestamp(start + float(x), TZ) for x in t]
+    dates = np.array([x.date() for x in times], dtype=object)
+    hours = np.array([x.hour + x.minute / 60.0 + x.second / 3600.0 for x in times])
+    return dates, hours
 
 
 def column(header: list[str], rows: npt.NDArray[np.float64], name: str) -> npt.NDArray[np.float64]:
@@ -203,6 +235,11 @@ def test_invalid_options_are_rejected() -> None:
         {"step_s": 7},
         {"import_window": ("16:00", "16:00")},
         {"import_window": ("4pm", "20:00")},
+        {"days": 0},
+        {"days": 29},
+        {"history_days": -1},
+        {"history_days": 401},
+        {"sky": "variable"},
     ):
         with pytest.raises(ValueError):
             GenOptions(seed=1, date=day, **bad)
@@ -333,3 +370,185 @@ def test_caps_are_feasible_for_a_perfect_schedule(tmp_path: Path) -> None:
     sc = score.load_scenario(str(write_scenario(opts, tmp_path)))
     lp = score.lp_bound(sc, score.read_profiles(sc), res_s=300, stages=("viol",))
     assert math.isclose(lp["lp_violation_kwh"], 0.0, abs_tol=1e-6)
+
+
+# ----------------------------------------------------------------- several days
+def test_day_types_follow_the_dutch_calendar() -> None:
+    assert public_holiday(ASCENSION) == "Ascension Day"
+    assert public_holiday(dt.date(2026, 12, 25)) is not None
+    assert public_holiday(WEEK) is None
+    assert [day_type(WEEK + dt.timedelta(days=k)) for k in range(7)] == [0, 1, 2, 6, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("date", "days", "duration_s"),
+    [
+        (WEEK, 7, 7 * 86400),
+        (dt.date(2026, 3, 28), 3, 3 * 86400 - 3600),
+        (dt.date(2026, 10, 24), 2, 2 * 86400 + 3600),
+    ],
+)
+def test_several_days_run_over_local_days(date: dt.date, days: int, duration_s: int) -> None:
+    sc, header, rows = gen(GenOptions(seed=2, date=date, companies=3, days=days, step_s=300))
+    assert sc["duration_s"] == duration_s
+    assert dt.datetime.fromisoformat(sc["start"]) == dt.datetime.combine(date, dt.time(0), tzinfo=TZ)
+    assert f"-{days}d-" in sc["name"]
+    assert rows.shape == (duration_s // 300 + 1, len(header))
+    assert np.all(np.diff(rows[:, 0]) == 300)
+    assert rows[-1, 0] == duration_s
+    dates, hours = local_clock(sc, rows[:, 0])
+    assert dates[-1] == date + dt.timedelta(days=days)  # the end is the local midnight after the last day
+    assert hours[-1] == 0.0
+
+
+def test_sundays_and_holidays_are_quiet() -> None:
+    sc, header, rows = gen(GenOptions(seed=1, date=WEEK, days=7, step_s=300))
+    dates, hours = local_clock(sc, rows[:, 0])
+    office = column(header, rows, "office-1.load_kw")
+    shop = column(header, rows, "metal-workshop-1.load_kw")
+
+    def day_mean(load: npt.NDArray[np.float64], k: int) -> float:
+        return float(load[(dates == WEEK + dt.timedelta(days=k)) & (hours >= 9) & (hours < 16)].mean())
+
+    for load in (office, shop):
+        working = [day_mean(load, k) for k in (0, 1, 2, 4)]
+        assert day_mean(load, 3) < 0.5 * min(working)  # Ascension Day
+        assert day_mean(load, 6) < 0.5 * min(working)  # Sunday
+    # a single holiday is a Sunday too
+    _, h1, holiday = gen(GenOptions(seed=1, date=ASCENSION, step_s=300))
+    _, h2, wednesday = gen(GenOptions(seed=1, date=ASCENSION - dt.timedelta(days=1), step_s=300))
+    day = (local_hours(holiday) >= 9) & (local_hours(holiday) < 16)
+    quiet = column(h1, holiday, "office-1.load_kw")[day].mean()
+    assert quiet < 0.5 * column(h2, wednesday, "office-1.load_kw")[day].mean()
+
+
+def test_working_days_vary_around_the_company_habits() -> None:
+    sc, header, rows = gen(GenOptions(seed=1, date=WEEK, days=7, step_s=300))
+    dates, hours = local_clock(sc, rows[:, 0])
+    working = [WEEK + dt.timedelta(days=k) for k in (0, 1, 2, 4)]
+    for cid in ("office-1", "metal-workshop-1", "bakery-1", "logistics-1"):
+        load = column(header, rows, f"{cid}.load_kw")
+        energy = np.array([load[dates == d].sum() for d in working])
+        assert np.std(energy) / np.mean(energy) > 0.005  # no two days alike
+        assert np.max(energy) < 1.6 * np.min(energy)  # but the same company
+    # the office fills at a different time each day, within the hour
+    office = column(header, rows, "office-1.load_kw")
+    arrivals = []
+    for d in working:
+        day = dates == d
+        half = 0.5 * (office[day].max() + office[day].min())
+        arrivals.append(float(hours[day][np.argmax(office[day] > half)]))
+    assert 0.0 < max(arrivals) - min(arrivals) < 1.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ev_fleets_charge_into_the_night_and_fewer_after_a_weekend(seed: int) -> None:
+    sunday = dt.date(2026, 5, 10)
+    monday, tuesday = sunday + dt.timedelta(days=1), sunday + dt.timedelta(days=2)
+    sc, header, rows = gen(GenOptions(seed=seed, date=sunday, days=3, step_s=300))
+    dates, hours = local_clock(sc, rows[:, 0])
+    fleet = column(header, rows, "logistics-1.load_kw")
+
+    def night_kwh(evening: dt.date, morning: dt.date) -> float:
+        night = ((dates == evening) & (hours >= 18)) | ((dates == morning) & (hours < 7))
+        return float(fleet[night].sum() * 300 / 3600)
+
+    assert night_kwh(sunday, monday) < 0.8 * night_kwh(monday, tuesday)
+    hall_off = fleet[(dates == sunday) & (hours >= 13) & (hours < 15)].mean()
+    assert fleet[(dates == tuesday) & (hours < 1)].mean() > hall_off + 11.0  # Monday's vans still charge
+
+
+def test_several_days_are_deterministic() -> None:
+    opts = GenOptions(seed=5, date=WEEK, companies=4, days=3, history_days=3, step_s=300, sky="mixed")
+    a, b = generate_run(opts), generate_run(opts)
+    assert a.scenario == b.scenario
+    assert a.header == b.header
+    assert np.array_equal(a.rows, b.rows)
+    assert a.history_rows is not None
+    assert b.history_rows is not None
+    assert np.array_equal(a.history_rows, b.history_rows)
+    sc, header, rows = generate(opts)  # the first three parts, as before
+    assert (sc, header) == (a.scenario, a.header)
+    assert np.array_equal(rows, a.rows)
+    other = generate_run(GenOptions(seed=6, date=WEEK, companies=4, days=3, history_days=3, step_s=300))
+    assert not np.array_equal(a.rows[:, 1:], other.rows[:, 1:])
+
+
+def test_mixed_sky_draws_a_sky_per_day() -> None:
+    clear = gen(GenOptions(seed=5, date=WEEK, companies=4, days=7, step_s=300))
+    mixed = gen(GenOptions(seed=5, date=WEEK, companies=4, days=7, step_s=300, sky="mixed"))
+    broken = gen(GenOptions(seed=5, date=WEEK, companies=4, days=7, step_s=300, sky="broken"))
+    assert np.array_equal(mixed[2][:, 1::2], clear[2][:, 1::2])  # the weather leaves the loads alone
+    dates, _ = local_clock(clear[0], clear[2][:, 0])
+
+    def ratios(rows: npt.NDArray[np.float64]) -> list[float]:
+        pv, pv_clear = rows[:, 2::2].sum(axis=1), clear[2][:, 2::2].sum(axis=1)
+        return [float(pv[dates == d].sum() / pv_clear[dates == d].sum()) for d in sorted(set(dates[:-1]))]
+
+    kinds = {"clear" if r > 0.97 else "overcast" if r < 0.45 else "broken" for r in ratios(mixed[2])}
+    assert kinds == {"clear", "broken", "overcast"}
+    assert all(0.5 < r < 0.97 for r in ratios(broken[2]))  # a fixed sky holds every day
+
+
+# ----------------------------------------------------------------- history
+def test_history_csv_follows_the_contract(tmp_path: Path) -> None:
+    score = load_score()
+    date = dt.date(2026, 4, 2)  # 14 days back reach across the spring DST change (29 March)
+    opts = GenOptions(seed=4, date=date, companies=4, days=2, history_days=14, step_s=300, sky="mixed")
+    path = write_scenario(opts, tmp_path)
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert list(written)[6:9] == ["profiles", "history", "measurement_delay_s"]
+    assert written["history"] == "history.csv"
+    assert written["name"].endswith("-h14")
+    sc = score.load_scenario(str(path))
+    checks = score.Checks()
+    score.check_history(sc, checks)
+    assert [c["ok"] for c in checks.items] == [True]
+    lines = (tmp_path / "history.csv").read_text(encoding="utf-8").splitlines()
+    run = gen_run(opts)
+    assert lines[0] == ",".join(run.header)
+    hist = np.loadtxt(tmp_path / "history.csv", delimiter=",", skiprows=1)
+    t = hist[:, 0]
+    first = dt.datetime.combine(date - dt.timedelta(days=14), dt.time(0), tzinfo=TZ).timestamp()
+    assert t[0] == first - dt.datetime.fromisoformat(written["start"]).timestamp()
+    assert t[-1] == -900
+    assert np.all(np.diff(t) == 900)
+    assert len(t) == (14 * 24 - 1) * 4  # one hour fewer on 29 March
+    dates, hours = local_clock(written, t)
+    assert dates[0] == date - dt.timedelta(days=14)
+    assert hours[0] == 0.0
+    assert np.all(np.round(hours * 4) == hours * 4)  # local quarter-hours
+    assert np.all(hist[:, 1:] >= 0)
+    for c in written["companies"]:
+        if "pv" not in c:
+            assert not hist[:, run.header.index(c["id"] + ".pv_kw")].any()
+    assert gen(GenOptions(seed=4, date=date, companies=4, days=2, step_s=300))[0].get("history") is None
+
+
+def test_history_is_like_the_scenario_but_not_a_copy() -> None:
+    opts = GenOptions(seed=3, date=WEEK, companies=6, days=7, history_days=14, step_s=60)
+    run = gen_run(opts)
+    assert run.history_rows is not None
+    hist = run.history_rows
+    quarters = run.rows[:-1].reshape(-1, 15, run.rows.shape[1]).mean(axis=1)  # the scenario per quarter-hour
+    quarters[:, 0] = run.rows[:-1:15, 0]
+
+    def working_profile(table: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], list[Any]]:
+        dates, hours = local_clock(run.scenario, table[:, 0])
+        load = table[:, 1::2].sum(axis=1)
+        working = np.array([day_type(d) < 5 for d in dates])
+        q = np.round(hours * 4).astype(int)
+        days = sorted({d for d, w in zip(dates, working, strict=True) if w})
+        return np.array([load[working & (q == k)].mean() for k in range(96)]), days
+
+    past, past_days = working_profile(hist)
+    now, _ = working_profile(quarters)
+    assert len(past_days) == 9  # 27 April - 8 May: 10 weekdays, one of them King's Day
+    assert np.corrcoef(past, now)[0, 1] > 0.95
+    assert abs(past.mean() / now.mean() - 1.0) < 0.1
+    # but no day repeats: not the history's days among themselves, nor the scenario's
+    per_day = hist[:, 1:].reshape(14, 96, -1)
+    for a in range(14):
+        for b in range(a + 1, 14):
+            assert not np.allclose(per_day[a], per_day[b])
+    assert not np.allclose(per_day[7], quarters[:96, 1:])  # Monday a week ago and this Monday
