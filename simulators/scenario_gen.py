@@ -26,6 +26,8 @@ Options (`GenOptions`)
     step_s          row spacing of profiles.csv, a divisor of 900 (10)
     days            1-28 local days from midnight of `date` (1)
     history_days    0-400: history.csv for that many local days before `date` (0)
+    import_cap      peak (85-95 % of the uncontrolled peak, as before) |
+                    morning-ramp (a cap the working mornings pass; see Caps)
 
 Time and day types
     The run starts at local midnight of `date` in Europe/Amsterdam, with the UTC
@@ -126,7 +128,8 @@ History (`history_days` > 0)
 
 Batteries
     `round(battery_share x companies)` companies: 100-1000 kWh, C-rate 0.5-1,
-    SoC 20-80 %, limits 5/95 %, efficiency 0.92-0.96, ramp 50 %/s. PV ramp 10 %/s.
+    SoC 20-80 %, limits 5/95 %, efficiency 0.92-0.96, ramp 50 %/s (morning-ramp:
+    more, larger and emptier; see Caps). PV ramp 10 %/s.
 
 Caps (the run must be challenging and feasible)
     Feasibility is checked by a greedy per-battery simulation on 60 s blocks
@@ -140,6 +143,32 @@ Caps (the run must be challenging and feasible)
     - Import, `peak`: target 85-95 % of the uncontrolled peak net import of the
       run; raised to the lowest cap the batteries can hold if the target is not
       feasible (without batteries that is the peak itself).
+    - Import, `morning-ramp`: the morning ramp of working days (06-09, when
+      offices, workshops and logistics halls start while the sun is low)
+      passes the cap, and the batteries hold it only if they charge before the
+      morning. Every battery starts at 5 % (its minimum: emptied the evening
+      before); own-capped companies' batteries get their caps from there and
+      refill at most at 20 % of their power in the park check (the night is
+      the park's). Target: 40-75 % of the uncontrolled peak net import, at
+      least 1.05 x the lowest cap at which every day has the room below it to
+      recharge (80 %) what the batteries give above it, at most 0.85 x the
+      lowest working-day morning level (75th percentile of the net over
+      06-09). Battery sets are tried in a ladder (the drawn ones; scaled 1.5x
+      twice, at most 1000 kWh each at the same C-rate; then one more battery
+      at a time at a company without one, up to 2.5 h of the peak net import;
+      `battery_share` is only where it starts, 0 included): the smallest set
+      that holds the target, else the largest and the lowest cap it holds.
+      Each candidate is checked with the park's batteries at the highest
+      common start SoC (at most 60 %) at which all batteries together hold
+      less than 80 % of the energy the first working morning (06-09) needs
+      above that cap; the start SoCs are then drawn between 5 % and that
+      level (kept if the check still holds, else all at that level). So the
+      energy above the cap on the first working morning exceeds what the
+      batteries hold at the start, and a perfect schedule holds every cap.
+      Typical caps: 0.5-0.7 of the peak. Rarely (about 1 run in 300 in a
+      sweep, mostly 3-company parks whose evening peaks need more storage)
+      the lowest cap the batteries can hold lies above the first working
+      morning.
     - Window (`import_window`, every day at local time): the lowest window cap
       (not below 20 % of the base cap) that the batteries can just hold over the
       whole run, given the base cap.
@@ -180,7 +209,7 @@ import numpy as np
 import yaml
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     import numpy.typing as npt
 
@@ -193,6 +222,7 @@ LON_DEG = 5.12
 SEASONS = ("summer", "winter", "auto")
 SKIES = ("clear", "broken", "overcast")
 SKY_OPTIONS = (*SKIES, "mixed")
+IMPORT_CAPS = ("peak", "morning-ramp")
 SHARING_KEYS = ("pro_rata", "static", "equal", "priority")
 ARCHETYPES = ("office", "cold-store", "metal-workshop", "logistics", "bakery", "supermarket")
 MAX_DAYS = 28
@@ -218,6 +248,10 @@ _DISCHARGE_MARGIN = 0.85
 _CHARGE_MARGIN = 0.9
 _RESERVE_FRACTION = 0.05
 _CANDIDATES = 96
+_MORNING = (6.0, 9.0)  # local hours of the morning ramp
+_LOW_SOC_PCT = 5  # morning-ramp: the lowest start SoC (min_soc_pct: batteries emptied the evening before)
+_OWN_CHARGE_SHARE = 0.2  # morning-ramp: own-capped batteries refill at most at this share of their power
+_MAX_PARK_STORAGE_H = 2.5  # morning-ramp: batteries grow up to this many hours of the peak net import
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -238,6 +272,7 @@ class GenOptions:
     step_s: int = 10
     days: int = 1
     history_days: int = 0
+    import_cap: str = "peak"
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -268,6 +303,14 @@ class GenOptions:
             raise ValueError(f"days must be 1..{MAX_DAYS}, got {self.days}")
         if not 0 <= self.history_days <= MAX_HISTORY_DAYS:
             raise ValueError(f"history_days must be 0..{MAX_HISTORY_DAYS}, got {self.history_days}")
+        if self.import_cap not in IMPORT_CAPS:
+            raise ValueError(f"import_cap must be one of {IMPORT_CAPS}, got {self.import_cap!r}")
+        if self.import_cap == "morning-ramp" and not any(
+            day_type(self.date + dt.timedelta(days=k)) < 5 for k in range(self.days)
+        ):
+            raise ValueError("import_cap='morning-ramp' needs a working day in the run")
+        if self.import_cap == "morning-ramp" and self.company_caps and self.companies < 3:
+            raise ValueError("import_cap='morning-ramp' with company_caps needs at least 3 companies")
 
     @property
     def is_summer(self) -> bool:
@@ -279,6 +322,8 @@ class GenOptions:
         season = "summer" if self.is_summer else "winter"
         days = f"-{self.days}d" if self.days > 1 else ""
         name = f"gen-{self.date:%Y%m%d}{days}-{season}-{self.sky}-{self.companies}c-s{self.seed}"
+        if self.import_cap != "peak":
+            name += f"-{self.import_cap}"
         return name + (f"-h{self.history_days}" if self.history_days else "")
 
 
@@ -1084,6 +1129,7 @@ class _Batteries:
     max_kw: Arr
     soc_pct: Arr
     efficiency: Arr
+    charge_kw: Arr | None = None  # a lower charge limit than max_kw (the greedy check only)
 
     @classmethod
     def of(cls, blocks: list[dict[str, Any]]) -> _Batteries:
@@ -1092,13 +1138,29 @@ class _Batteries:
 
         return cls(col("capacity_kwh"), col("max_discharge_kw"), col("soc_pct"), col("efficiency"))
 
+    @classmethod
+    def of_sets(cls, sets: Sequence[Sequence[dict[str, Any]]]) -> _Batteries:
+        """One set of batteries per candidate (rows), padded with empty ones."""
+        width = max([1, *(len(s) for s in sets)])
+
+        def col(key: str, pad: float) -> Arr:
+            return np.array([[float(b[key]) for b in s] + [pad] * (width - len(s)) for s in sets])
+
+        return cls(
+            col("capacity_kwh", 0.0),
+            col("max_discharge_kw", 0.0),
+            col("soc_pct", 0.0),
+            col("efficiency", 1.0),
+        )
+
 
 def _greedy(
     net: Arr, cap: Arr, bats: _Batteries, dt_h: float, *, want_power: bool = False
 ) -> tuple[BoolArr, Arr]:
     """Greedy check of candidate caps cap[k, j] (candidates x blocks) against the
-    net load net[j]. Returns (feasible per candidate, battery kW per candidate
-    and block if want_power, + discharge)."""
+    net load net[j], with the same batteries for every candidate or (2-D
+    arrays) a set per candidate. Returns (feasible per candidate, battery kW
+    per candidate and block if want_power, + discharge)."""
     n_cand, n_blk = cap.shape
     cap_kwh = bats.capacity_kwh
     eff = bats.efficiency
@@ -1106,8 +1168,8 @@ def _greedy(
     e_max = cap_kwh * 0.95
     dis_scale = eff / dt_h  # kWh above the reserve -> kW for one block
     ch_scale = 1.0 / (eff * dt_h)
-    ch_max = _CHARGE_MARGIN * bats.max_kw
-    energy = np.tile(cap_kwh * bats.soc_pct / 100.0, (n_cand, 1))
+    ch_max = _CHARGE_MARGIN * (bats.max_kw if bats.charge_kw is None else bats.charge_kw)
+    energy = np.broadcast_to(cap_kwh * bats.soc_pct / 100.0, (n_cand, cap_kwh.shape[-1])).copy()
     ok = np.ones(n_cand, dtype=np.bool_)
     power = np.zeros((n_cand, n_blk if want_power else 0))
     zeros = np.zeros(n_cand)
@@ -1206,6 +1268,118 @@ def _export_cap(
     return max(5, _floor5(c))
 
 
+def _energy_floor(net: Arr, days: list[slice]) -> float:
+    """The lowest cap at which every day has the room below the cap to recharge
+    what the batteries give above it (with losses and margins), ignoring power."""
+    cand = np.linspace(0.0, max(float(np.max(net)), 1.0), 101)
+    ok = np.ones(cand.size, dtype=np.bool_)
+    for sl in days:
+        d = net[None, sl] - cand[:, None]
+        ok &= np.clip(d, 0.0, None).sum(axis=1) <= 0.8 * np.clip(-d, 0.0, None).sum(axis=1)
+    return float(cand[int(np.argmax(ok))]) if ok.any() else float(cand[-1])
+
+
+def _scaled(b: dict[str, Any], factor: float) -> dict[str, Any]:
+    capacity = min(1000, int(10 * round(b["capacity_kwh"] * factor / 10)))
+    power = int(5 * round(b["max_discharge_kw"] * capacity / b["capacity_kwh"] / 5))
+    return b | {"capacity_kwh": capacity, "max_charge_kw": power, "max_discharge_kw": power}
+
+
+def _usable_kwh(blocks: Sequence[dict[str, Any]]) -> float:
+    """What batteries hold above their minimum SoC."""
+    return float(sum((b["soc_pct"] - b["min_soc_pct"]) / 100.0 * b["capacity_kwh"] for b in blocks))
+
+
+def _battery_ladder(
+    rng: np.random.Generator, park: list[_Company], peak_kw: float
+) -> list[dict[int, dict[str, Any]]]:
+    """Battery sets for the park's companies (index -> battery), smallest first:
+    as drawn, then scaled 1.5x twice (each at most 1000 kWh), then one more
+    battery at a time at a company without one, until they store 2.5 h of the peak."""
+    spare = [int(k) for k in rng.permutation(len(park)) if park[int(k)].battery is None]
+    current = {k: c.battery for k, c in enumerate(park) if c.battery is not None}
+    ladder = [dict(current)] if current else []
+    scaled = 0
+    while sum(b["capacity_kwh"] for b in current.values()) < _MAX_PARK_STORAGE_H * peak_kw:
+        if current and scaled < 2 and any(b["capacity_kwh"] < 1000 for b in current.values()):
+            scaled += 1
+            current = {k: _scaled(b, 1.5) for k, b in current.items()}
+        elif spare:
+            current[spare.pop(0)] = _battery(rng)
+        else:
+            break
+        ladder.append(dict(current))
+    return ladder
+
+
+def _morning_ramp_cap(
+    rng: np.random.Generator,
+    net: Arr,
+    raw_net: Arr,
+    hour: Arr,
+    days: list[tuple[slice, bool]],
+    companies: list[_Company],
+    own: set[int],
+    step_s: int,
+) -> int:
+    """The import cap for import_cap='morning-ramp' (module docstring); grows the
+    park's batteries where needed and sets their SoC at the start."""
+    peak = float(np.max(raw_net))
+    mornings = [
+        sl.start + np.flatnonzero((hour[sl] >= _MORNING[0]) & (hour[sl] < _MORNING[1]))
+        for sl, workday in days
+        if workday
+    ]
+    level = min(float(np.percentile(raw_net[rows], 75)) for rows in mornings)
+    floor = _energy_floor(net, [sl for sl, _ in days])
+    target = max(5, _ceil5(min(max(float(rng.uniform(0.4, 0.75)) * peak, 1.05 * floor), 0.85 * level)))
+    top = max(peak, float(np.max(net)))
+    park = [c for i, c in enumerate(companies) if i not in own]
+    ladder = _battery_ladder(rng, park, peak)
+    if not ladder:  # a park that never imports
+        return _ceil5(max(top, 1.0))
+    own_kwh = _usable_kwh([c.battery for i, c in enumerate(companies) if i in own and c.battery is not None])
+
+    def start_soc(cap_kw: int, bats: Iterable[dict[str, Any]]) -> int:
+        """The highest common start SoC at which all batteries hold less than 80 % of
+        what the first working morning needs above cap_kw (a lower cap needs more)."""
+        need = float(np.sum(np.clip(raw_net[mornings[0]] - cap_kw, 0.0, None))) * step_s / 3600.0
+        capacity = float(sum(b["capacity_kwh"] for b in bats))
+        return max(_LOW_SOC_PCT, min(60, math.floor(5 + 100.0 * (need / 1.25 - own_kwh) / capacity)))
+
+    def started(cap_kw: int, bats: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        soc = start_soc(cap_kw, bats)
+        return [b | {"soc_pct": soc} for b in bats]
+
+    def feasible(cap_kw: Sequence[int], sets: Sequence[Sequence[dict[str, Any]]]) -> BoolArr:
+        """The greedy check of cap k with battery set k."""
+        idx = _blocks(net.size, step_s)
+        dt_h = (idx[1] - idx[0] if idx.size > 1 else 1) * step_s / 3600.0
+        caps = np.repeat(np.array(cap_kw, dtype=np.float64)[:, None], idx.size, axis=1)
+        ok, _ = _greedy(np.maximum.reduceat(net, idx), caps, _Batteries.of_sets(sets), dt_h)
+        return ok
+
+    # the smallest battery set that holds the target, else the largest and the lowest cap it holds
+    sets = [list(bats.values()) for bats in ladder]
+    ok = feasible([target] * len(sets), [started(target, s) for s in sets])
+    k = int(np.argmax(ok)) if ok.any() else len(sets) - 1
+    import_cap = target
+    if not ok.any():
+        cand = sorted({_ceil5(x) for x in np.linspace(target, top, _CANDIDATES)})
+        ok = feasible(cand, [started(c, sets[k]) for c in cand])
+        import_cap = cand[int(np.argmax(ok))] if ok.any() else _ceil5(top)
+    for j, c in enumerate(park):
+        c.battery = ladder[k].get(j)
+    blocks = sets[k]
+    top_soc = start_soc(import_cap, blocks)
+    socs = [int(rng.integers(_LOW_SOC_PCT, top_soc + 1)) for _ in blocks]
+    if not feasible([import_cap], [[b | {"soc_pct": soc} for b, soc in zip(blocks, socs, strict=True)]])[0]:
+        socs = [top_soc] * len(blocks)  # as checked above
+    for b, soc in zip(blocks, socs, strict=True):
+        b["soc_pct"] = soc
+    return import_cap
+
+
 # ---------------------------------------------------------------- the generator
 @dataclasses.dataclass(slots=True)
 class _Company:
@@ -1247,13 +1421,16 @@ def _round(x: Arr) -> Arr:
     return np.maximum(np.round(x, 2), 0.0) + 0.0
 
 
-def _own_caps(rng: np.random.Generator, c: _Company, step_s: int) -> Arr:
-    """Give c its own caps; return its grid power (kW per row) as the park check sees it."""
+def _own_caps(rng: np.random.Generator, c: _Company, step_s: int, charge_share: float = 1.0) -> Arr:
+    """Give c its own caps; return its grid power (kW per row) as the park check sees
+    it (its battery recharging at most at charge_share of its power)."""
     net = c.load - c.pv
     peak = float(np.max(net))
     bat_rows = np.zeros_like(net)
     if c.battery is not None:
         bats = _Batteries.of([c.battery])
+        if charge_share < 1.0:
+            bats = dataclasses.replace(bats, charge_kw=charge_share * bats.max_kw)
         target = float(rng.uniform(0.85, 0.95)) * peak
         cap, bat_rows = _lowest_feasible(net, target, peak, bats, step_s, want_power=True)
         c.import_limit_kw = _ceil5(cap)
@@ -1374,6 +1551,10 @@ def _park_caps(
     rng: np.random.Generator, opts: GenOptions, tl: _Timeline, companies: list[_Company]
 ) -> dict[str, Any]:
     raw_net = np.sum([c.load - c.pv for c in companies], axis=0)
+    if opts.import_cap == "morning-ramp":  # batteries emptied the evening before
+        for c in companies:
+            if c.battery is not None:
+                c.battery["soc_pct"] = _LOW_SOC_PCT
     own: set[int] = set()
     if opts.company_caps:
         with_bat = [i for i, c in enumerate(companies) if c.battery is not None]
@@ -1385,19 +1566,26 @@ def _park_caps(
     park_bats: list[dict[str, Any]] = []
     for i, c in enumerate(companies):
         if i in own:
-            net += _own_caps(rng, c, opts.step_s)
+            slow = _OWN_CHARGE_SHARE if opts.import_cap == "morning-ramp" else 1.0  # the night is the park's
+            net += _own_caps(rng, c, opts.step_s, slow)
         else:
             net += c.load - c.pv
             if c.battery is not None:
                 park_bats.append(c.battery)
     days = [tl.scenario_slice(day) for day in tl.scenario_days]
     hour = tl.hour[tl.history_rows :]
+    if opts.import_cap == "morning-ramp":
+        workdays = [day.workday for day in tl.scenario_days]
+        day_kinds = list(zip(days, workdays, strict=True))
+        import_cap = _morning_ramp_cap(rng, net, raw_net, hour, day_kinds, companies, own, opts.step_s)
+        park_bats = [c.battery for i, c in enumerate(companies) if i not in own and c.battery is not None]
+    else:
+        peak = float(np.max(raw_net))
+        target = float(rng.uniform(0.85, 0.95)) * peak
+        top = max(peak, float(np.max(net)))
+        base, _ = _lowest_feasible(net, target, top, _Batteries.of(park_bats), opts.step_s)
+        import_cap = _ceil5(max(base, 1.0))
     bats = _Batteries.of(park_bats)
-    peak = float(np.max(raw_net))
-    target = float(rng.uniform(0.85, 0.95)) * peak
-    top = max(peak, float(np.max(net)))
-    base, _ = _lowest_feasible(net, target, top, bats, opts.step_s)
-    import_cap = _ceil5(max(base, 1.0))
     room = sum(
         (b["max_soc_pct"] - b["soc_pct"]) / 100.0 * b["capacity_kwh"]
         for b in (c.battery for c in companies)

@@ -1,13 +1,14 @@
 """Tests for simulators.scenario_gen: determinism, the SCENARIOS.md contract, DST days, caps, realism,
-several-day runs and history.csv.
+several-day runs, history.csv and morning-ramp caps.
 
 The written files are read back with the contract's own reader (`tools/score.py`
-in the shared folder, skipped when missing), and one day's caps are checked
-for feasibility with score.py's perfect-foresight LP.
+in the shared folder, skipped when missing), and the caps of a hard day and of
+several-day runs are checked for feasibility with score.py's perfect-foresight LP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import importlib.util
@@ -239,10 +240,13 @@ def test_invalid_options_are_rejected() -> None:
         {"days": 29},
         {"history_days": -1},
         {"history_days": 401},
+        {"import_cap": "window"},
         {"sky": "variable"},
     ):
         with pytest.raises(ValueError):
             GenOptions(seed=1, date=day, **bad)
+    with pytest.raises(ValueError, match="working day"):  # a weekend has no morning ramp
+        GenOptions(seed=1, date=SATURDAY, days=2, import_cap="morning-ramp")
 
 
 # ----------------------------------------------------------------- caps
@@ -552,3 +556,47 @@ def test_history_is_like_the_scenario_but_not_a_copy() -> None:
         for b in range(a + 1, 14):
             assert not np.allclose(per_day[a], per_day[b])
     assert not np.allclose(per_day[7], quarters[:96, 1:])  # Monday a week ago and this Monday
+
+
+# ----------------------------------------------------------------- morning ramp
+MORNING_CASES = [
+    GenOptions(seed=0, date=WEEK, companies=6, days=3, step_s=60, import_cap="morning-ramp"),
+    GenOptions(seed=1, date=dt.date(2026, 9, 5), days=4, step_s=60, import_cap="morning-ramp", sky="mixed"),
+    GenOptions(
+        seed=2,
+        date=WINTER_WEEKDAY,
+        companies=5,
+        days=2,
+        step_s=60,
+        import_cap="morning-ramp",
+        company_caps=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("opts", MORNING_CASES, ids=lambda o: o.default_name)
+def test_morning_ramp_passes_the_import_cap(opts: GenOptions) -> None:
+    sc, _, rows = gen(opts)
+    cap = sc["park"]["import_limit_kw"]
+    net = park_net(rows)
+    dates, hours = local_clock(sc, rows[:, 0])
+    mornings = [(dates == d) & (hours >= 6) & (hours < 9) for d in sorted(set(dates[:-1])) if day_type(d) < 5]
+    assert all(net[morning].max() > cap for morning in mornings)  # every working morning passes it
+    assert cap < 0.85 * net[mornings[0]].max()  # the first one well
+    assert 0.3 * net.max() <= cap <= 0.8 * net.max()
+    bats = [c["battery"] for c in sc["companies"] if "battery" in c]
+    held = sum((b["soc_pct"] - b["min_soc_pct"]) / 100 * b["capacity_kwh"] for b in bats)
+    full = sum((b["max_soc_pct"] - b["min_soc_pct"]) / 100 * b["capacity_kwh"] for b in bats)
+    above = float(np.clip(net[mornings[0]] - cap, 0.0, None).sum() * opts.step_s / 3600)
+    assert held < above < full  # the batteries must charge before the first working morning
+
+
+@pytest.mark.parametrize("opts", MORNING_CASES[:1] + MORNING_CASES[2:], ids=lambda o: o.default_name)
+def test_several_days_are_feasible_for_a_perfect_schedule(opts: GenOptions, tmp_path: Path) -> None:
+    """score.py's LP keeps every cap over the whole run (5-minute means), also with a window."""
+    score = load_score()
+    pytest.importorskip("scipy")
+    for k, o in enumerate((opts, dataclasses.replace(opts, import_window=("06:00", "09:00")))):
+        sc = score.load_scenario(str(write_scenario(o, tmp_path / str(k))))
+        lp = score.lp_bound(sc, score.read_profiles(sc), res_s=300, stages=("viol",))
+        assert math.isclose(lp["lp_violation_kwh"], 0.0, abs_tol=1e-6)
