@@ -243,7 +243,7 @@ class Control(_Model):
         "for their day type); clamped to the battery's SoC window, so 0 keeps nothing beyond the ramp hours",
     )
     ramp_windows: list[Hours] = Field(
-        default_factory=lambda: [Hours(start="05:00", end="09:00")],
+        default_factory=lambda: [Hours(start="05:00", end="09:00"), Hours(start="16:00", end="21:00")],
         description="local hours in which parks typically ramp up (offices, workshops, logistics halls "
         "starting; fleets returning): while the controller has seen no day of any type at such an hour, "
         "the batteries keep all the energy an import cap may need then (docs/control.md)",

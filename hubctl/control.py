@@ -82,14 +82,12 @@ class BatteryParams:
     max_soc_pct: float
     efficiency: float
     reserve_soc_pct: float
+    e_min_kwh: float = field(init=False)  # at min_soc_pct (kept as fields: read every cycle)
+    e_max_kwh: float = field(init=False)
 
-    @property
-    def e_min_kwh(self) -> float:
-        return self.capacity_kwh * self.min_soc_pct / 100.0
-
-    @property
-    def e_max_kwh(self) -> float:
-        return self.capacity_kwh * self.max_soc_pct / 100.0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "e_min_kwh", self.capacity_kwh * self.min_soc_pct / 100.0)
+        object.__setattr__(self, "e_max_kwh", self.capacity_kwh * self.max_soc_pct / 100.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +118,10 @@ class Params:
     ramp_windows: tuple[tuple[int, int], ...] = ()  # local [start, end) s of day; see hubctl.forecast
     history_half_life_days: float = 21.0
     history_max_days: int = 400
+    pv_peaks_kw: tuple[float, ...] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pv_peaks_kw", tuple(c.pv_peak_kw for c in self.companies))
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> Params:
@@ -322,7 +324,7 @@ def _renew_plan(
     stored_kwh: float | None = None,
 ) -> Plan:
     steps = max(1, int(params.horizon_h * 3600 / params.plan_step_s))
-    peaks = tuple(c.pv_peak_kw for c in params.companies)
+    peaks = params.pv_peaks_kw
     fc = forecast(
         ts,
         steps,
@@ -493,7 +495,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
         for c, p, lim in zip(comps, pv, state.pv_limit_kw, strict=True)
     )
     shape = clear_sky_shape_minute(int(ts // 60), params.lat, params.lon)
-    peaks = tuple(c.pv_peak_kw for c in comps)
+    peaks = params.pv_peaks_kw
     pv_index = state.pv_index.update(shape, tuple(pv), peaks, curtailed, dt_s)
     history = state.history.observe(ts, tuple(load), tuple(pv), dt_s)
     recent = state.recent.add(ts, sum(load))
