@@ -249,13 +249,16 @@ def _around(values: Sequence[float], slot: int, pick: str) -> float:
 
 
 class _Profiles:
-    """The profiles a forecast looks up, with plain-float copies for the hot loop."""
+    """The profiles a forecast looks up, as plain floats for the hot loop, with the neighbours'
+    highest high and lowest low precomputed (`_NEIGHBOURS`)."""
 
     def __init__(self, history: History) -> None:
         self.known: dict[DayType, bool] = {}
         self.mid: dict[DayType, list[float]] = {}
         self.low: dict[DayType, list[float]] = {}
         self.high: dict[DayType, list[float]] = {}
+        self.high_around: dict[DayType, list[float]] = {}
+        self.low_around: dict[DayType, list[float]] = {}
         self.samples: dict[DayType, list[float]] = {}
         for t, p in history.profiles.items():
             self._add(t, p)
@@ -267,9 +270,23 @@ class _Profiles:
             self.low[t] = p.park_low_kw.tolist()
             self.high[t] = p.park_high_kw.tolist()
             self.samples[t] = p.samples.tolist()
+            self.high_around[t] = [_around(self.high[t], s, "max") for s in range(SLOTS)]
+            self.low_around[t] = [_around(self.low[t], s, "min") for s in range(SLOTS)]
 
     def has(self, t: DayType, slot: int) -> bool:
         return self.known.get(t, False) and self.samples[t][slot] > 0
+
+
+# the profiles of the last forecast: they change once a quarter-hour, the plan asks every 5 minutes
+_LAST_PROFILES: list[tuple[object, _Profiles]] = []
+
+
+def _profiles_of(history: History) -> _Profiles:
+    if _LAST_PROFILES and _LAST_PROFILES[0][0] is history.profiles:
+        return _LAST_PROFILES[0][1]
+    profiles = _Profiles(history)
+    _LAST_PROFILES[:] = [(history.profiles, profiles)]
+    return profiles
 
 
 def _deviation(
@@ -323,7 +340,7 @@ def forecast(
     peak = recent.peak_since(now_bucket - 287)
     lo_now, hi_now = min(last_hour), max(recent.peak_since(now_bucket - 12), *last_hour)
 
-    profiles = _Profiles(history)
+    profiles = _profiles_of(history)
     dev_seen = _deviation(recent, history, profiles, _DEVIATION_BUCKETS)
     dev = dev_seen[0] if dev_seen is not None else 0.0
     today, _ = history.quarters.of(int(ts_utc // QUARTER_S))
@@ -350,8 +367,8 @@ def forecast(
         persisted = (hi_now * persist + level * (1 - persist)) * (1 + uncertainty)
         if cands:
             e = sum(profiles.mid[c][slot] for c in cands) / len(cands)
-            hi = max(_around(profiles.high[c], slot, "max") for c in cands)
-            lo = min(_around(profiles.low[c], slot, "min") for c in cands)
+            hi = max(profiles.high_around[c][slot] for c in cands)
+            lo = min(profiles.low_around[c][slot] for c in cands)
             expected.append(max(0.0, e + dev * fade))
             high.append(max(0.0, hi * (1 + uncertainty) + max(dev, 0.0) * fade))
             low.append(max(0.0, lo * (1 - uncertainty) + min(dev, 0.0) * fade))

@@ -435,12 +435,26 @@ class History:
                 cur.seconds + dt_s,
                 max(cur.peak_kw, park),
             )
-            return replace(self, current=acc)
+            return self._with_current(acc)
         done = self._complete(cur) if cur.quarter >= 0 else self
         acc = QuarterAccumulator(
             quarter, tuple(x * dt_s for x in load_kw), tuple(x * dt_s for x in pv_kw), dt_s, park
         )
-        return replace(done, current=acc)
+        return done._with_current(acc)
+
+    def _with_current(self, acc: QuarterAccumulator) -> History:
+        # the per-cycle path: the positional constructor, not dataclasses.replace (several times faster)
+        return History(
+            self.companies,
+            self.days,
+            self.profiles,
+            self.quarters,
+            self.calendar,
+            self.half_life_days,
+            self.max_days,
+            acc,
+            self.revision,
+        )
 
     def complete_current(self) -> History:
         """The history with the quarter in progress kept (if measured for at least half of it): for a

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from hubctl.scenario import Scenario
 
 ProgressFn = Callable[[int, int], None]
+# called after every step with the step's time (s since the start), the controller's new state and
+# what the physics did: benchmarks look inside the run (bench/forecast_error.py)
+StepObserver = Callable[[float, State, StepRecord], None]
 
 
 def company_specs(scenario: Scenario) -> list[CompanySpec]:
@@ -90,6 +93,7 @@ def run(
     out_dir: Path,
     progress: ProgressFn | None = None,
     history: History | None = None,
+    observer: StepObserver | None = None,
 ) -> dict[str, object]:
     """Simulate the scenario and write the three output files; returns the summary.
 
@@ -150,6 +154,8 @@ def run(
             decision, state = step(Snapshot(scenario.start_utc + t, readings), state, params)
             out = physics.step(t, decision.battery_setpoint_kw, decision.pv_limit_kw)
             seen.append(out)
+            if observer is not None:
+                observer(t, state, out)
             cols["load"][k] = out.load_kw
             cols["pav"][k] = out.pv_available_kw
             cols["pv"][k] = out.pv_kw
