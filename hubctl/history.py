@@ -435,14 +435,14 @@ class History:
                 cur.seconds + dt_s,
                 max(cur.peak_kw, park),
             )
-            return self._with_current(acc)
+            return self.with_current(acc)
         done = self._complete(cur) if cur.quarter >= 0 else self
         acc = QuarterAccumulator(
             quarter, tuple(x * dt_s for x in load_kw), tuple(x * dt_s for x in pv_kw), dt_s, park
         )
-        return done._with_current(acc)
+        return done.with_current(acc)
 
-    def _with_current(self, acc: QuarterAccumulator) -> History:
+    def with_current(self, acc: QuarterAccumulator) -> History:
         # the per-cycle path: the positional constructor, not dataclasses.replace (several times faster)
         return History(
             self.companies,
