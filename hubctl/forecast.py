@@ -20,17 +20,24 @@ Load (park total over the plan steps, three variants)
       expected to go on so for a while; the tail of the horizon is the profile.
     * **a day type not seen yet** (the first Saturday, a holiday before any was
       measured): every day type that has been seen is a candidate; the high is
-      the highest candidate, the low the lowest. Today's own readings rule a
-      candidate out once the park has been clearly below its 10 % quantile for
-      the last two hours (a holiday morning without the working day's ramp);
-      while no candidate is left, the high is the persistence of what today shows.
+      the highest candidate, the low the lowest. The energy a candidate's high
+      needs is kept but not bought from the grid (`load_soft_need_kw`): a
+      Saturday after a week of working days is rarely busier than they were.
+      Today's own readings rule a candidate out once the park has been clearly
+      below its 10 % quantile for the last two hours (a holiday morning without
+      the working day's ramp); while no candidate is left, the high is the
+      persistence of what today shows. A candidate less busy than the day
+      (`_BUSY`: a weekend standing in for the first working day) bounds nothing
+      in the ramp hours: there the first-day rule below holds.
     * **never seen at all** (a first day, no imported history): in the hours a
-      park typically ramps up (`ramp_windows`, local time) the high is
-      unbounded (`math.inf`): the planner then keeps all the energy the batteries
-      could give in those hours (`hubctl.plan`). Outside them it is the recent
-      level and the highest reading of the last hour; the low falls from the
-      last hour's lowest towards the lowest of the last day (offices close,
-      shifts end).
+      park typically ramps up (`ramp_windows`, local time) of a working day the
+      need is unbounded (`math.inf`): the planner then keeps all the energy the
+      batteries could give in those hours and charges for it (`hubctl.plan`); on
+      a first Saturday it keeps what the batteries hold but buys nothing; on a
+      Sunday or a holiday parks do not typically ramp up. Outside them the high
+      is the recent level and the highest reading of the last hour, planned for
+      `_PERSIST_S` ahead; the low falls from the last hour's lowest towards the
+      lowest of the last day (offices close, shifts end).
 
 PV, per company
     * Available PV is `peak_kw * clear_sky_shape(t) * k`. The factor `k` is
@@ -54,15 +61,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hubctl.history import QUARTER_S, SLOTS, DayType
+from hubctl.history import QUARTER_S, SLOTS, DayRecord, DayType
 from hubctl.solar import clear_sky_shape
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Sequence
 
     from hubctl.history import History, TypeProfile
 
 BUCKET_S = 300.0
+# how busy a park usually is on a day type: a stand-in bounds a day's load only if it is as busy
+_BUSY = {DayType.WORKING: 2, DayType.SATURDAY: 1, DayType.SUNDAY: 0, DayType.HOLIDAY: 0}
 _RECENT_BUCKETS = 288 + 12  # a day and an hour of 5-minute buckets
 _DEVIATION_FADE_S = 2 * 3600.0
 _PERSIST_S = 2 * 3600.0  # a load never seen at that hour is expected to go on as it is for this long
@@ -209,6 +219,7 @@ class Forecast:
     # the load the room for the solar excess is planned with: the expected load where a profile
     # exists, the low load where none does
     load_room_kw: list[float] = field(default_factory=list)
+    ramp_hours: list[bool] = field(default_factory=list)  # step within a working day's ramp hours
 
     def need_kw(self, j: int) -> float:
         return self.load_need_kw[j] if self.load_need_kw else self.load_high_kw[j]
@@ -350,12 +361,16 @@ def forecast(
     refuted = {t for t in seen_types if t is not today_type and _refuted(recent, history, profiles, t)}
 
     expected, low, high, need, soft, room, covered = [], [], [], [], [], [], []
+    ramp: list[bool] = []
     for j in range(steps):
         lead = (j + 0.5) * step_s
         t = ts_utc + lead
         date, slot = history.quarters.of(int(t // QUARTER_S))
         day_type = history.day_type(date)
         fade = math.exp(-lead / _DEVIATION_FADE_S)
+        ramp.append(
+            day_type is DayType.WORKING and in_windows(slot * QUARTER_S + t % QUARTER_S, ramp_windows)
+        )
         avail = [c for c in seen_types if profiles.has(c, slot)]  # day types seen at this quarter-hour
         if profiles.has(day_type, slot):
             cands = [day_type]
@@ -377,6 +392,11 @@ def forecast(
             if cands == [day_type]:
                 need.append(high[-1])
                 soft.append(high[-1])
+            elif max(_BUSY[c] for c in cands) < _BUSY[day_type] and in_windows(
+                slot * QUARTER_S + t % QUARTER_S, ramp_windows
+            ):  # the first working day after a weekend: a Sunday says nothing of its morning ramp
+                need.append(math.inf)
+                soft.append(math.inf)
             else:  # another day type stands in: its energy is kept, not bought (`hubctl.plan`)
                 need.append(persisted if lead <= _PERSIST_S else -math.inf)
                 soft.append(high[-1])
@@ -388,27 +408,95 @@ def forecast(
         room.append(0.5 * (low[-1] + level))
         local_sod = slot * QUARTER_S + t % QUARTER_S  # UTC offsets are whole quarter-hours
         high.append(persisted)
-        if not avail and in_windows(local_sod, ramp_windows):  # never seen: keep what a ramp may need
+        blind = not avail and in_windows(local_sod, ramp_windows)  # never seen: keep what a ramp may need
+        if blind and day_type is DayType.WORKING:
             need.append(math.inf)
         elif lead <= _PERSIST_S:
             need.append(high[-1])
         else:
             need.append(-math.inf)  # not known: no import need planned this far ahead
-        soft.append(need[-1])
+        # a first Saturday keeps the energy it has for its ramp hours and buys none; parks do not
+        # typically ramp up on a Sunday or a public holiday
+        soft.append(math.inf if blind and day_type is DayType.SATURDAY else need[-1])
         covered.append(False)
 
     shapes = [clear_sky_shape(ts_utc + (j + 0.5) * step_s, lat, lon) for j in range(steps)]
     k_clear = sum(p * k for p, k in zip(peaks, pv_index.k_clear, strict=True))
-    # the current sky only once it has been seen today; before that, a dull day (_DULL_SKY of clear)
+    # a sky not seen (tomorrow; today before the sun is up): a dull day of this site's record
+    total_peak = sum(peaks)
+    share = dull_sky_share(history, peaks, lat, lon, k_clear / total_peak if total_peak > 0 else 0.0)
     k_lows = pv_index.k_low or pv_index.k_now
     k_now = sum(
-        p * (k if pv_index.knows_the_sky(i) else _DULL_SKY * kc)
+        p * (k if pv_index.knows_the_sky(i) else share * kc)
         for i, (p, k, kc) in enumerate(zip(peaks, k_lows, pv_index.k_clear, strict=True))
     )
     k_later = _LATER_SKY * k_clear
+    k_far = share * k_clear
     pv_clear = [k_clear * s for s in shapes]
     pv_low = []
     for j, s in enumerate(shapes):
+        t = ts_utc + (j + 0.5) * step_s
+        if history.quarters.of(int(t // QUARTER_S))[0] != today:
+            pv_low.append(k_far * s)
+            continue
         fade = math.exp(-(j + 0.5) * step_s / _SKY_FADE_S)
         pv_low.append(min(k_now, k_now * fade + k_later * (1 - fade)) * s)
-    return Forecast(expected, low, high, peak, covered, pv_clear, pv_low, need, soft, room)
+    return Forecast(expected, low, high, peak, covered, pv_clear, pv_low, need, soft, room, ramp)
+
+
+_CLEARNESS: dict[tuple[object, dt.date], tuple[DayRecord, float | None]] = {}
+_SKY_DAYS = 28  # the dull side of the site's sky is judged over its last four weeks ...
+_SKY_PRIOR_DAYS = 5.0  # ... and weighs as this many days of `_DULL_SKY` while there are few of them
+_SKY_QUANTILE = 0.1
+
+
+def _day_yield(
+    history: History, rec: DayRecord, peaks: tuple[float, ...], lat: float, lon: float
+) -> float | None:
+    """The day's PV output over what its fields give under a clear sky (None: too little measured)."""
+    key = (history.quarters, rec.date)
+    hit = _CLEARNESS.get(key)
+    if hit is not None and hit[0] is rec:
+        return hit[1]
+    num = den = 0.0
+    slots = 0
+    with_pv = [i for i, p in enumerate(peaks) if p > 0]
+    for slot in range(SLOTS):
+        pv = rec.pv_kw[slot]
+        values = [(peaks[i], float(pv[i])) for i in with_pv if not math.isnan(pv[i])]
+        if not values:
+            continue
+        shape = clear_sky_shape(history.quarters.start_utc(rec.date, slot) + QUARTER_S / 2, lat, lon)
+        if shape <= 0:
+            continue
+        slots += 1
+        num += sum(v for _, v in values)
+        den += sum(p for p, _ in values) * shape
+    value = num / den if den > 0 and slots >= 16 else None
+    if len(_CLEARNESS) > 4096:
+        _CLEARNESS.clear()
+    _CLEARNESS[key] = (rec, value)
+    return value
+
+
+def dull_sky_share(
+    history: History, peaks: tuple[float, ...], lat: float, lon: float, clear_ref: float = 0.0
+) -> float:
+    """The share of a clear sky's PV to count on for a day whose sky has not been seen: the 10 %
+    quantile of the site's own days over the last four weeks (PV output over the clear-sky model,
+    relative to its brightest day, or to `clear_ref` where no day was brighter), weighed with a
+    prior of `_DULL_SKY` worth `_SKY_PRIOR_DAYS` days. With no PV history it is `_DULL_SKY`: an
+    overcast morning must not find the batteries empty."""
+    if not any(p > 0 for p in peaks):
+        return _DULL_SKY
+    dates = sorted(history.days)[-_SKY_DAYS - 1 :]
+    yields = [y for d in dates if (y := _day_yield(history, history.days[d], peaks, lat, lon)) is not None]
+    if not yields:
+        return _DULL_SKY
+    top = max(*yields, clear_ref)
+    if top <= 0:
+        return _DULL_SKY
+    shares = sorted(min(1.0, y / top) for y in yields)
+    q = shares[min(len(shares) - 1, int(_SKY_QUANTILE * len(shares)))]
+    n = len(shares)
+    return (n * q + _SKY_PRIOR_DAYS * _DULL_SKY) / (n + _SKY_PRIOR_DAYS)

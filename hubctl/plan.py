@@ -49,6 +49,7 @@ _CHARGE_CREDIT = 1.0  # of the headroom a cap leaves under the high load: a fore
 _DISCHARGE_CREDIT = 0.5
 _EXCESS_CREDIT = 0.5  # of the forecast clear-sky excess above the export cap: it fills the batteries anyway
 _POWER_CREDIT = 0.9  # of the batteries' rated power: known, so counted almost whole
+_RAMP_RESERVE_H = 0.25  # in the ramp hours the floor keeps this long of the batteries' full power
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ def make_plan(
     room = [0.0] * (steps + 1)
     span = pool.e_max_kwh - pool.e_min_kwh
     contract = contract_import_kw if contract_import_kw < math.inf else 0.0
+    ramp_reserve = min(pool.e_max_kwh, pool.e_min_kwh + pool.discharge_kw * _RAMP_RESERVE_H / eta)
     for j in range(steps - 1, -1, -1):
         imp, exp = import_limit_kw[j], export_limit_kw[j]
         pv_low = fc.pv_low_kw[j]
@@ -125,6 +127,10 @@ def make_plan(
         headroom_charge = max(0.0, imp - net_hi) * _CHARGE_CREDIT
         floor[j] = _floor_step(floor[j + 1], net_need - imp, excess_charge, headroom_charge, pool, h)
         soft[j] = _floor_step(soft[j + 1], net_soft - imp, excess_charge, headroom_charge, pool, h)
+        if fc.ramp_hours and fc.ramp_hours[j] and math.isfinite(imp):
+            # peaks hide in quarter-hour means: in the ramp hours a quarter-hour of full power is kept
+            floor[j] = max(floor[j], ramp_reserve)
+            soft[j] = max(soft[j], ramp_reserve)
         discharge = (
             0.0
             if absorb > 0
