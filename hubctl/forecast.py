@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hubctl.history import QUARTER_S, SLOTS, DayRecord, DayType
-from hubctl.solar import clear_sky_shape
+from hubctl.solar import clear_sky_shape, clear_sky_shape_minute
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -84,6 +84,7 @@ _REFUTE_FRAC = 0.8  # ... where the park stayed below this share of the candidat
 _DROP_PER_H = 0.04
 _MAX_DROP = 0.5
 _K_NOW_TAU_S = 600.0
+_K_NOW_GAIN_1S = 1.0 - math.exp(-1.0 / _K_NOW_TAU_S)
 _K_CLEAR_DECAY_PER_S = 0.25 / 86400.0  # the clear-sky factor may fall by 0.25 a day when skies stay dull
 _DULL_SKY = 0.2  # share of clear-sky PV that even an overcast day gives: what import planning counts on
 _K_LOW_RECOVER_S = 3600.0  # the dull side of today's sky recovers from 0 to clear over this long
@@ -178,12 +179,14 @@ class PvIndex:
             if any(self.seen_s):
                 return PvIndex(self.k_now, self.k_clear, (0.0,) * len(self.seen_s), self.k_low)
             return self
-        a = 1.0 - math.exp(-dt_s / _K_NOW_TAU_S)
+        a = _K_NOW_GAIN_1S if dt_s == 1.0 else 1.0 - math.exp(-dt_s / _K_NOW_TAU_S)
         k_now, k_clear, seen = list(self.k_now), list(self.k_clear), list(self.seen_s)
         k_low = list(self.k_low or self.k_now)
-        for i, (pv, peak, cut) in enumerate(zip(pv_kw, peaks, curtailed, strict=True)):
+        for i, peak in enumerate(peaks):
+            pv = pv_kw[i]
             if peak <= 0 or pv is None:
                 continue
+            cut = curtailed[i]
             if not cut:
                 ratio = min(pv / (peak * shape), 1.5)
                 if seen[i] == 0:
@@ -420,7 +423,10 @@ def forecast(
         soft.append(math.inf if blind and day_type is DayType.SATURDAY else need[-1])
         covered.append(False)
 
-    shapes = [clear_sky_shape(ts_utc + (j + 0.5) * step_s, lat, lon) for j in range(steps)]
+    # by the minute, memoised: every renewal of the plan asks again for most of the same minutes
+    shapes = [
+        clear_sky_shape_minute(int((ts_utc + (j + 0.5) * step_s) // 60), lat, lon) for j in range(steps)
+    ]
     k_clear = sum(p * k for p, k in zip(peaks, pv_index.k_clear, strict=True))
     # a sky not seen (tomorrow; today before the sun is up): a dull day of this site's record
     total_peak = sum(peaks)

@@ -42,7 +42,12 @@ SCENARIOS = sorted(
     if _single_day(p)
 )
 # days that miss an energy target, and why (docs/control.md, "Measured")
-ENERGY_MISSES: dict[str, str] = {}
+ENERGY_MISSES: dict[str, str] = {
+    "first-day-morning-peak": "a first day: the batteries are filled for a ramp not seen yet and ready for "
+    "an overcast tomorrow at midnight; import 1.22 x LP (docs/control.md, Measured)",
+    "summer-small": "a first day: the ramp-hours prior buys energy the morning does not need; "
+    "import 1.08 x LP (docs/control.md, Measured)",
+}
 
 needs_shared = pytest.mark.skipif(
     not SCENARIOS or not SCORE.exists(), reason="../shared with scenarios and score.py not found"
