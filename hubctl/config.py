@@ -58,45 +58,11 @@ def hhmm_to_s(text: str) -> int:
     return int(hours) * 3600 + int(minutes) * 60
 
 
-class Window(_Model):
-    """A daily time window (local time) that replaces the limits it names."""
-
-    start: str = Field(description='local time "HH:MM"')
-    end: str = Field(description='local time "HH:MM" or "24:00"; earlier than start runs across midnight')
-    import_limit_kw: PowerKw | None = None
-    export_limit_kw: PowerKw | None = None
-
-    @field_validator("start", "end")
-    @classmethod
-    def _is_hhmm(cls, value: str) -> str:
-        if not _HHMM.match(value):
-            raise ValueError(f'{value!r} is not a local time "HH:MM" (00:00 to 24:00)')
-        return value
-
-    @model_validator(mode="after")
-    def _names_a_limit(self) -> Self:
-        if self.import_limit_kw is None and self.export_limit_kw is None:
-            raise ValueError("a window must name import_limit_kw, export_limit_kw or both")
-        if self.start == self.end:
-            raise ValueError("a window needs start != end")
-        if self.start == "24:00":
-            raise ValueError('a window cannot start at "24:00"')
-        return self
-
-    @property
-    def start_s(self) -> int:
-        return hhmm_to_s(self.start)
-
-    @property
-    def end_s(self) -> int:
-        return hhmm_to_s(self.end)
-
-
 class Hours(_Model):
     """A daily span of local time, `[start, end)`; start later than end runs across midnight."""
 
     start: str = Field(description='local time "HH:MM"')
-    end: str = Field(description='local time "HH:MM" or "24:00"')
+    end: str = Field(description='local time "HH:MM" or "24:00"; earlier than start runs across midnight')
 
     @field_validator("start", "end")
     @classmethod
@@ -108,7 +74,7 @@ class Hours(_Model):
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
         if self.start == self.end:
-            raise ValueError("start and end must differ")
+            raise ValueError("needs start != end")
         if self.start == "24:00":
             raise ValueError('cannot start at "24:00"')
         return self
@@ -120,6 +86,19 @@ class Hours(_Model):
     @property
     def end_s(self) -> int:
         return hhmm_to_s(self.end)
+
+
+class Window(Hours):
+    """A daily time window (local time) that replaces the limits it names."""
+
+    import_limit_kw: PowerKw | None = None
+    export_limit_kw: PowerKw | None = None
+
+    @model_validator(mode="after")
+    def _names_a_limit(self) -> Self:
+        if self.import_limit_kw is None and self.export_limit_kw is None:
+            raise ValueError("a window must name import_limit_kw, export_limit_kw or both")
+        return self
 
 
 class DaySchedule(_Model):
