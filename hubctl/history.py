@@ -134,7 +134,8 @@ class LocalQuarters:
         return local.timestamp()
 
 
-def _frozen(a: FloatArray) -> FloatArray:
+def frozen(a: FloatArray) -> FloatArray:
+    """`a`, made read-only: a DayRecord's arrays are shared between histories."""
     a.flags.writeable = False
     return a
 
@@ -154,9 +155,9 @@ class DayRecord:
         return cls(
             date,
             day_type,
-            _frozen(np.full((SLOTS, n), np.nan)),
-            _frozen(np.full((SLOTS, n), np.nan)),
-            _frozen(np.full(SLOTS, np.nan)),
+            frozen(np.full((SLOTS, n), np.nan)),
+            frozen(np.full((SLOTS, n), np.nan)),
+            frozen(np.full(SLOTS, np.nan)),
         )
 
     def with_slot(
@@ -174,7 +175,7 @@ class DayRecord:
         pv[slot] = np.where(np.isnan(old_pv), new_pv, 0.5 * (old_pv + new_pv))
         if peak_kw is not None:
             peak[slot] = peak_kw if math.isnan(peak[slot]) else max(peak[slot], peak_kw)
-        return DayRecord(self.date, self.day_type, _frozen(load), _frozen(pv), _frozen(peak))
+        return DayRecord(self.date, self.day_type, frozen(load), frozen(pv), frozen(peak))
 
     def park_load_kw(self) -> FloatArray:
         """(96,) park load per slot; NaN where any company was not measured."""

@@ -77,7 +77,7 @@ from hubctl.history import QUARTER_S, SLOTS, DayRecord, DayType, LocalQuarters
 from hubctl.solar import clear_sky_shape
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from zoneinfo import ZoneInfo
 
     from hubctl.control import Params
@@ -172,6 +172,20 @@ def _separator_problem(cells: list[str], line: int) -> list[str]:
     if len(cells) == 1 and ";" in cells[0]:
         return [f"line {line}: the columns are separated by ';': expected ','"]
     return []
+
+
+def _header(text: str, source: str) -> tuple[Iterator[tuple[int, list[str]]], int, list[str]]:
+    """The file's rows after its header, the header's line number and its cells; an empty file or a
+    header that is not comma-separated is an error."""
+    rows = iter(_rows(text))
+    first = next(rows, None)
+    if first is None:
+        raise HistoryImportError(source, ["empty file: no header"])
+    header_line, header = first
+    problems = _separator_problem(header, header_line)
+    if problems:
+        raise HistoryImportError(source, problems)
+    return rows, header_line, header
 
 
 def _local(ts: float, tz: ZoneInfo) -> str:
@@ -331,14 +345,8 @@ def parse_contract(
     """The contract's history.csv (SCENARIOS.md) as day records; `t0_utc` is the scenario's start
     (t_s = 0). Raises HistoryImportError listing every problem (module docstring)."""
     tz = params.tz
-    rows = iter(_rows(text))
-    first = next(rows, None)
-    if first is None:
-        raise HistoryImportError(source, ["empty file: no header"])
-    header_line, header = first
-    problems = _separator_problem(header, header_line)
-    if problems:
-        raise HistoryImportError(source, problems)
+    rows, header_line, header = _header(text, source)
+    problems: list[str] = []
     if header[0].lower() == "timestamp" or "company" in (h.lower() for h in header):
         raise HistoryImportError(
             source,
@@ -543,14 +551,8 @@ def parse_metering(
     """A metering company's quarter-hour export (long format) as day records, the load recovered from
     the net (module docstring). With `t0_utc`, quarters that end after it are an error."""
     tz = params.tz
-    rows = iter(_rows(text))
-    first = next(rows, None)
-    if first is None:
-        raise HistoryImportError(source, ["empty file: no header"])
-    header_line, header = first
-    problems = _separator_problem(header, header_line)
-    if problems:
-        raise HistoryImportError(source, problems)
+    rows, header_line, header = _header(text, source)
+    problems: list[str] = []
     if header[0].lower() == "t_s":
         raise HistoryImportError(
             source, [f"line {header_line}: a contract history.csv (t_s,...), not a metering export"]

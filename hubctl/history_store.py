@@ -52,11 +52,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubctl.history import QUARTER_S, SLOTS, DayRecord, DayType, History, LocalQuarters
+from hubctl.history import QUARTER_S, SLOTS, DayRecord, DayType, History, LocalQuarters, frozen
 from hubctl.history_import import merge_day
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from zoneinfo import ZoneInfo
 
     from hubctl.control import Params
@@ -166,11 +166,6 @@ def _array(blob: bytes, dtype: str, shape: tuple[int, ...]) -> FloatArray:
     return np.frombuffer(blob, dtype=dtype).reshape(shape).astype(np.float64)
 
 
-def _frozen(a: FloatArray) -> FloatArray:
-    a.flags.writeable = False
-    return a
-
-
 @dataclass(frozen=True, slots=True)
 class _Row:
     date: dt.date
@@ -227,7 +222,7 @@ def _record(row: _Row, ids: Sequence[str]) -> DayRecord:
             if k is not None:
                 load[:, j] = row.load_kw[:, k]
                 pv[:, j] = row.pv_kw[:, k]
-    return DayRecord(row.date, row.day_type, _frozen(load), _frozen(pv), _frozen(row.peak_kw))
+    return DayRecord(row.date, row.day_type, frozen(load), frozen(pv), frozen(row.peak_kw))
 
 
 def _history(rows: Iterable[_Row], params: Params) -> History:
@@ -394,9 +389,7 @@ class HistoryStore:
             )
             for r in changed
         ]
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO days (date, day_type, companies, dtype, slots, columns, load, pv,"
                 " peak, measured, saved_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -404,11 +397,6 @@ class HistoryStore:
             )
             db.executemany("DELETE FROM days WHERE date = ?", [(d.isoformat(),) for d in dropped])
             self._delete_beyond_bound(db)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._saved = dict(history.days)
         return len(changed)
 
@@ -434,10 +422,16 @@ class HistoryStore:
         )
 
     def _bound(self) -> None:
+        with self._transaction() as db:
+            self._delete_beyond_bound(db)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; a failure rolls back (a rollback SQLite already did is fine)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._delete_beyond_bound(db)
+            yield db
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
