@@ -31,13 +31,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubctl.control import Params
-from hubctl.forecast import forecast
-from hubctl.scenario import load_scenario
-from hubctl.sim import run, scenario_history
+from hubctl.config.scenario import load_scenario
+from hubctl.core.control import Params
+from hubctl.core.forecast import forecast
+from hubctl.sim.run import run, scenario_history
 
 if TYPE_CHECKING:
-    from hubctl.control import State
+    from hubctl.core.control import State
     from simulators.physics import StepRecord
 
 QUARTER_S = 900

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hubctl.influx import (
+from hubctl.data.influx import (
     Forwarder,
     InfluxWriter,
     Point,
@@ -46,7 +46,7 @@ from hubctl.influx import (
     quarter_point,
     setpoint_point,
 )
-from hubctl.spool import Spool, SpoolBounds
+from hubctl.data.spool import Spool, SpoolBounds
 
 SITE = "bench-park"
 COMPANIES = [f"company-{i:02d}" for i in range(50)]

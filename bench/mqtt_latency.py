@@ -26,8 +26,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from hubctl.config import parse_config
-from hubctl.operator_api import OperatorApi
+from hubctl.config.site import parse_config
+from hubctl.service.operator_api import OperatorApi
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {

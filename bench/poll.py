@@ -41,10 +41,10 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.devices import ModbusMapDevice
-from hubctl.modbus import ConnectionPool
-from hubctl.registers import Function, RegisterMap, encode, load_map
+from hubctl.codec.registers import Function, RegisterMap, encode, load_map
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.devices.base import ModbusMapDevice
+from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

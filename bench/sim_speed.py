@@ -21,8 +21,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from hubctl.scenario import load_scenario
-from hubctl.sim import run
+from hubctl.config.scenario import load_scenario
+from hubctl.sim.run import run
 from simulators.scenario_gen import GenOptions, write_scenario
 
 

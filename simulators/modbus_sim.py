@@ -54,7 +54,6 @@ import math
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pymodbus.constants import ExcCodes
@@ -62,11 +61,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from hubctl.registers import (
+from hubctl.codec.registers import (
     Access,
     DataType,
-    DecodeError,
-    EncodeError,
     Function,
     Point,
     RegisterMap,
@@ -76,18 +73,21 @@ from hubctl.registers import (
     load_map,
     role_point_values,
 )
+from hubctl.drivers import DRIVERS_DIR
+from hubctl.errors import DecodeError, EncodeError
 from simulators.connections import ConnectionSet
 from simulators.faults import ENDPOINT_FAULTS, UNIT_FAULTS, Fault, FaultError, FaultSet
 from simulators.live_park import CommWatchdog, Setpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+    from pathlib import Path
 
     from simulators.live_park import BatteryUnit, Park, PvUnit
 
 log = logging.getLogger(__name__)
 
-DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
+
 READ_FUNCTIONS = {3: Function.HOLDING, 4: Function.INPUT}
 WRITE_FUNCTIONS = {6, 16}
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id

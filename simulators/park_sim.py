@@ -52,8 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from hubctl.config import parse_config
-from hubctl.sim import company_specs
+from hubctl.config.site import parse_config
 from simulators.faults import ControlServer, FaultControl
 from simulators.live_park import Park, ParkClock
 from simulators.modbus_sim import (
@@ -66,6 +65,7 @@ from simulators.modbus_sim import (
 )
 from simulators.mqtt_sim import MqttMeter
 from simulators.physics import Profiles
+from simulators.specs import company_specs
 from simulators.sunspec_sim import (
     SunSpecInverter,
     SunSpecInverter704,
@@ -76,8 +76,8 @@ from simulators.sunspec_sim import (
 )
 
 if TYPE_CHECKING:
-    from hubctl.registers import RegisterMap
-    from hubctl.scenario import Scenario
+    from hubctl.codec.registers import RegisterMap
+    from hubctl.config.scenario import Scenario
 
 log = logging.getLogger(__name__)
 

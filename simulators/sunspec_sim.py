@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pymodbus.constants import ExcCodes
 
-from hubctl.registers import Function
+from hubctl.codec.registers import Function
 from simulators.live_park import Setpoint
 from simulators.modbus_sim import ModbusUnit, write_span
 from simulators.sunspec_image import BASE_ADDRESS, SunSpecImage, SunSpecPoint, scale_exponent

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_history_import import CONFIG, contract_csv, local, metering_rows, site_params
 
-from hubctl.cli import main
-from hubctl.history_import import HistoryImportError
-from hubctl.history_store import FILE_NAME, read_history
+from hubctl.cli.main import main
+from hubctl.data.history_store import FILE_NAME, read_history
+from hubctl.errors import HistoryImportError
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = local("2026-03-31T00:00")

@@ -10,17 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubctl.commands import (
-    DEFAULT_MODE_TTL_S,
-    OperatorState,
-    apply_command,
-    dump_state,
-    load_state,
-)
-from hubctl.config import SiteConfig, parse_config
-from hubctl.control import BatteryMode, BatteryOverride, CompanyReading, Params, Snapshot, State, step
-from hubctl.limits import LocalTime, limits_in_force
-from hubctl.sharing import SharingKey
+from hubctl.config.site import SiteConfig, parse_config
+from hubctl.core.commands import DEFAULT_MODE_TTL_S, OperatorState, apply_command, dump_state, load_state
+from hubctl.core.control import BatteryMode, BatteryOverride, CompanyReading, Params, Snapshot, State, step
+from hubctl.core.limits import LocalTime, limits_in_force
+from hubctl.core.sharing import SharingKey
 
 # 2026-05-04 10:00 Europe/Amsterdam (CEST, UTC+2)
 NOW = dt.datetime(2026, 5, 4, 8, 0, tzinfo=dt.UTC).timestamp()

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from hubctl.cli import main
-from hubctl.config import ConfigError, load_config, parse_config
-from hubctl.scenario import load_scenario
+from hubctl.cli.main import main
+from hubctl.config.scenario import load_scenario
+from hubctl.config.site import load_config, parse_config
+from hubctl.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubctl.config import parse_config
-from hubctl.control import (
+from hubctl.config.site import parse_config
+from hubctl.core.control import (
     CompanyReading,
     Overrides,
     Params,

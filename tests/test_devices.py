@@ -24,13 +24,13 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
 )
 from test_sunspec import image_of, inverter_models, model, storage_models
 
-from hubctl.cli import main as cli_main
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.devices import (
+from hubctl.cli.main import main as cli_main
+from hubctl.codec.registers import Function, RegisterMap, load_map, parse_map
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.devices.base import (
     CommandNotConfirmedError,
     CommandRejectedError,
     Device,
-    DeviceConfigError,
     FallbackResult,
     ModbusMapDevice,
     Reading,
@@ -40,8 +40,8 @@ from hubctl.devices import (
     hold_setpoints,
     read_all,
 )
-from hubctl.modbus import ConnectionPool, DeviceError, DeviceUnavailableError
-from hubctl.registers import Function, RegisterMap, load_map, parse_map
+from hubctl.errors import DeviceConfigError, DeviceError, DeviceUnavailableError
+from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

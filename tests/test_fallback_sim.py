@@ -19,9 +19,9 @@ from test_sim_devices import (  # pytest puts tests/ on sys.path
     served,
 )
 
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.devices import FallbackResult, SunSpecDevice
-from hubctl.modbus import ConnectionPool
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.devices.base import FallbackResult, SunSpecDevice
+from hubctl.transport.modbus import ConnectionPool
 from simulators.modbus_sim import DeviceOptions
 from simulators.sunspec_sim import SunSpecInverter704, SunSpecStorage802
 

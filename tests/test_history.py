@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubctl.history import (
+from hubctl.core.history import (
     SLOTS,
     Calendar,
     DayRecord,

@@ -22,9 +22,10 @@ import pytest
 import yaml
 from support import assert_no_new_sockets, open_sockets, read_until, reap_children
 
-from hubctl.config import load_config
-from hubctl.control import Params
-from hubctl.history_store import FILE_NAME, HistoryStoreError, read_history
+from hubctl.config.site import load_config
+from hubctl.core.control import Params
+from hubctl.data.history_store import FILE_NAME, read_history
+from hubctl.errors import HistoryStoreError
 from simulators.faults import control_request
 
 if TYPE_CHECKING:

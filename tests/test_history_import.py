@@ -11,19 +11,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from hubctl.config import parse_config
-from hubctl.control import Params
-from hubctl.history import SLOTS, DayRecord, DayType
-from hubctl.history_import import (
-    HistoryImportError,
-    detect_format,
-    merge_day,
-    parse_contract,
-    parse_history,
-    parse_metering,
-)
-from hubctl.scenario import load_scenario
-from hubctl.solar import clear_sky_shape
+from hubctl.config.scenario import load_scenario
+from hubctl.config.site import parse_config
+from hubctl.core.control import Params
+from hubctl.core.history import SLOTS, DayRecord, DayType
+from hubctl.core.solar import clear_sky_shape
+from hubctl.data.history_import import detect_format, merge_day, parse_contract, parse_history, parse_metering
+from hubctl.errors import HistoryImportError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from test_history_import import CONFIG, contract_csv, local
 
-from hubctl.config import parse_config
-from hubctl.control import Params
-from hubctl.history_import import parse_contract
-from hubctl.history_store import FILE_NAME, HistoryStore, read_history
-from hubctl.service import Gateway, Options
+from hubctl.config.site import parse_config
+from hubctl.core.control import Params
+from hubctl.data.history_import import parse_contract
+from hubctl.data.history_store import FILE_NAME, HistoryStore, read_history
+from hubctl.service.gateway import Gateway, Options
 
 if TYPE_CHECKING:
     from pathlib import Path

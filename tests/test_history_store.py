@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from test_history_import import CONFIG, contract_csv, local, site_params
 
-from hubctl.config import parse_config
-from hubctl.control import Params
-from hubctl.history import SLOTS, DayType, History
-from hubctl.history_import import parse_contract
-from hubctl.history_store import (
+from hubctl.config.site import parse_config
+from hubctl.core.control import Params
+from hubctl.core.history import SLOTS, DayType, History
+from hubctl.data.history_import import parse_contract
+from hubctl.data.history_store import (
     FILE_NAME,
     SCHEMA_VERSION,
     HistoryStore,
-    HistoryStoreError,
     day_slots,
     read_history,
     summarize,
 )
+from hubctl.errors import HistoryStoreError
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -36,9 +36,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import free_port
 
-from hubctl.influx import (
+from hubctl.data.influx import (
     Forwarder,
-    InfluxUnavailableError,
     InfluxWriter,
     Point,
     allocation_point,
@@ -53,7 +52,8 @@ from hubctl.influx import (
     quarter_point,
     setpoint_point,
 )
-from hubctl.spool import Spool, SpoolBounds
+from hubctl.data.spool import Spool, SpoolBounds
+from hubctl.errors import InfluxUnavailableError
 
 if TYPE_CHECKING:
     from pathlib import Path

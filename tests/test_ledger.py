@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubctl.ledger import IntervalRow, Ledger, ParkStep
-from hubctl.quarters import quarter_index_of_day
-from hubctl.sharing import IntervalMeter, SharingKey, SharingRule, allocate_surplus
-from hubctl.spool import Spool, SpoolBounds
+from hubctl.core.quarters import quarter_index_of_day
+from hubctl.core.sharing import IntervalMeter, SharingKey, SharingRule, allocate_surplus
+from hubctl.data.ledger import IntervalRow, Ledger, ParkStep
+from hubctl.data.spool import Spool, SpoolBounds
 
 AMS = ZoneInfo("Europe/Amsterdam")
 IDS = ("bakery", "cold-store", "offices")

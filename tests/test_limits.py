@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubctl.config import Caps
-from hubctl.limits import LimitClock, LocalTime, limits_in_force, window_is_active, with_operator
+from hubctl.config.site import Caps
+from hubctl.core.limits import LimitClock, LocalTime, limits_in_force, window_is_active, with_operator
 
 AMS = ZoneInfo("Europe/Amsterdam")
 

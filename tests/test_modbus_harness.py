@@ -37,8 +37,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hubctl.modbus import ModbusConnection
-from hubctl.registers import Function, Point, encode
+from hubctl.codec.registers import Function, Point, encode
+from hubctl.transport.modbus import ModbusConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -83,7 +83,7 @@ def open_sockets() -> int:
 
 def mqtt_clients_open() -> int:
     try:
-        from hubctl.mqtt_devices import MqttHub  # noqa: PLC0415 - optional module, imported late
+        from hubctl.devices.mqtt import MqttHub  # noqa: PLC0415 - optional module, imported late
     except ImportError:
         return 0
     return len(MqttHub.running())

@@ -26,16 +26,24 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
     unit_for,
 )
 
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.device_config import DeviceRole
-from hubctl.devices import ModbusMapDevice, Reading
-from hubctl.modbus import ConnectionPool
-from hubctl.registers import Access, DataType, Function, RegisterMap, load_map, role_point_values, role_values
+from hubctl.codec.registers import (
+    Access,
+    DataType,
+    Function,
+    RegisterMap,
+    load_map,
+    role_point_values,
+    role_values,
+)
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.config.devices import DeviceRole
+from hubctl.devices.base import ModbusMapDevice, Reading
+from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from hubctl.registers import Point
+    from hubctl.codec.registers import Point
 
 MAP_FILES = sorted(DRIVERS.glob("*.yaml"))
 ROLES = (DeviceRole.GRID_METER, DeviceRole.PV, DeviceRole.BATTERY)

@@ -23,17 +23,10 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
     unit_for,
 )
 
-from hubctl.modbus import (
-    ConnectionPool,
-    DeviceBusyError,
-    DeviceError,
-    DeviceProtocolError,
-    DeviceUnavailableError,
-    ModbusConnection,
-    backoff_s,
-    exception_error,
-)
-from hubctl.registers import Function, Transport
+from hubctl.codec.registers import Function, Transport
+from hubctl.errors import DeviceBusyError, DeviceError, DeviceProtocolError, DeviceUnavailableError
+from hubctl.transport.backoff import backoff_s
+from hubctl.transport.modbus import ConnectionPool, ModbusConnection, exception_error
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU

@@ -16,10 +16,10 @@ import yaml
 from support import MOSQUITTO, Mosquitto
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
-from hubctl.cli import main as cli_main
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.devices import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
-from hubctl.mqtt_devices import MqttDevice, MqttHub, extract_value, parse_broker_url, render_setpoint
+from hubctl.cli.main import main as cli_main
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.devices.base import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
+from hubctl.devices.mqtt import MqttDevice, MqttHub, extract_value, parse_broker_url, render_setpoint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

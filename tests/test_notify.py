@@ -6,7 +6,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from hubctl.notify import Notifier
+from hubctl.service.notify import Notifier
 
 if TYPE_CHECKING:
     from pathlib import Path

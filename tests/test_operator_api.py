@@ -27,10 +27,10 @@ from support import MOSQUITTO, Mosquitto
 from test_commands import CONFIG, KEYS, _within_rules, payloads
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
-from hubctl.commands import DEFAULT_MODE_TTL_S
-from hubctl.config import parse_config
-from hubctl.control import BatteryMode
-from hubctl.operator_api import AuditRecord, OperatorApi, parse_url
+from hubctl.config.site import parse_config
+from hubctl.core.commands import DEFAULT_MODE_TTL_S
+from hubctl.core.control import BatteryMode
+from hubctl.service.operator_api import AuditRecord, OperatorApi, parse_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -7,8 +7,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubctl.forecast import Forecast
-from hubctl.plan import BatteryPool, make_plan
+from hubctl.core.forecast import Forecast
+from hubctl.core.plan import BatteryPool, make_plan
 
 STEP_S = 900.0
 POOL = BatteryPool(

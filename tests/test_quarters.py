@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubctl.quarters import local_seconds_of_day, quarter_index_of_day, quarter_start, quarters_in_local_day
+from hubctl.core.quarters import (
+    local_seconds_of_day,
+    quarter_index_of_day,
+    quarter_start,
+    quarters_in_local_day,
+)
 
 AMS = ZoneInfo("Europe/Amsterdam")
 KTM = ZoneInfo("Asia/Kathmandu")

@@ -15,16 +15,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubctl.registers import (
+from hubctl.codec.registers import (
     Access,
     DataType,
-    DecodeError,
-    EncodeError,
     Function,
     Point,
     ReadBlock,
     RegisterMap,
-    RegisterMapError,
     WordOrder,
     decode,
     decode_reads,
@@ -33,6 +30,7 @@ from hubctl.registers import (
     parse_map,
     plan_reads,
 )
+from hubctl.errors import DecodeError, EncodeError, RegisterMapError
 
 DRIVERS = Path(__file__).resolve().parent.parent / "drivers"
 MAP_FILES = sorted(DRIVERS.glob("*.yaml"))

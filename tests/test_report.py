@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubctl.cli import main as cli_main
-from hubctl.ledger import Ledger, ParkStep
-from hubctl.limits import LimitClock
-from hubctl.report import _read_timeseries
-from hubctl.scenario import load_scenario
+from hubctl.cli.main import main as cli_main
+from hubctl.config.scenario import load_scenario
+from hubctl.core.limits import LimitClock
+from hubctl.data.ledger import Ledger, ParkStep
+from hubctl.data.report import _read_timeseries
 
 SHARED = Path(os.environ.get("HUBCTL_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 SCENARIO = SHARED / "scenarios" / "summer-small" / "scenario.yaml"

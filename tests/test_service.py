@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from hubctl.config import parse_config
-from hubctl.control import Decision, Overrides, Params, State, fallback_pv_limits, step
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.device_config import DeviceRole
-from hubctl.devices import Device, FallbackResult, Reading, SetpointResult
-from hubctl.health import Health
-from hubctl.health import State as H
-from hubctl.limits import NO_LIMITS, LimitClock
-from hubctl.modbus import DeviceError, DeviceProtocolError, DeviceUnavailableError
-from hubctl.service import Clock, FallbackKeeper, Gateway, Options, QuarterMeter, SetpointWriter
-from hubctl.store import Layout, ReadingStore
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.config.devices import DeviceRole
+from hubctl.config.site import parse_config
+from hubctl.core.control import Decision, Overrides, Params, State, fallback_pv_limits, step
+from hubctl.core.limits import NO_LIMITS, LimitClock
+from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
+from hubctl.devices.health import Health
+from hubctl.devices.health import State as H
+from hubctl.errors import DeviceError, DeviceProtocolError, DeviceUnavailableError
+from hubctl.service.gateway import Clock, FallbackKeeper, Gateway, Options, QuarterMeter, SetpointWriter
+from hubctl.service.store import Layout, ReadingStore
 
 CONFIG = {
     "park": {"import_limit_kw": 100, "export_limit_kw": 50},

@@ -50,10 +50,10 @@ from support import (
     wait_for_port,
 )
 
-from hubctl.config import load_config
-from hubctl.control import Params, fallback_pv_limits
-from hubctl.devices import build_device
-from hubctl.modbus import ConnectionPool, ModbusConnection
+from hubctl.config.site import load_config
+from hubctl.core.control import Params, fallback_pv_limits
+from hubctl.devices.base import build_device
+from hubctl.transport.modbus import ConnectionPool, ModbusConnection
 from simulators.faults import control_request
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubctl.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
+from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

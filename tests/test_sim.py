@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from hubctl.cli import main
-from hubctl.scenario import load_scenario
-from hubctl.sim import run
+from hubctl.cli.main import main
+from hubctl.config.scenario import load_scenario
+from hubctl.sim.run import run
 
 if TYPE_CHECKING:
     from types import ModuleType

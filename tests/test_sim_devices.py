@@ -27,7 +27,7 @@ from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, free_port, open_sockets
 
-from hubctl.registers import RegisterMap, decode_reads, role_values
+from hubctl.codec.registers import RegisterMap, decode_reads, role_values
 from simulators.faults import ControlServer, Fault, FaultControl, FaultError, control_request
 from simulators.live_park import Park, ParkClock
 from simulators.modbus_sim import DeviceOptions, MapUnit, ModbusEndpoint, ModbusUnit, load_driver

@@ -23,9 +23,9 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, open_sockets, read_until, reap_children
 
-from hubctl.config import load_config
-from hubctl.registers import decode_reads, role_values
-from hubctl.scenario import load_scenario
+from hubctl.codec.registers import decode_reads, role_values
+from hubctl.config.scenario import load_scenario
+from hubctl.config.site import load_config
 from simulators.faults import control_request
 from simulators.modbus_sim import load_driver
 from simulators.park_sim import SimulatedPark, plan_devices
@@ -313,9 +313,9 @@ def test_plan_splits_pv_and_batteries_over_several_devices(scenario_file: Path) 
 def test_a_park_with_split_plants_serves_every_unit_and_sums_to_the_plant(scenario_file: Path) -> None:
     """In process, over Modbus TCP: hubctl's own device layer reads both inverters of a company,
     and the two add up to the company's PV in the physics."""
-    from hubctl.config import parse_config  # noqa: PLC0415
-    from hubctl.devices import build_device  # noqa: PLC0415
-    from hubctl.modbus import ConnectionPool  # noqa: PLC0415
+    from hubctl.config.site import parse_config  # noqa: PLC0415
+    from hubctl.devices.base import build_device  # noqa: PLC0415
+    from hubctl.transport.modbus import ConnectionPool  # noqa: PLC0415
 
     scenario = load_scenario(scenario_file)
 

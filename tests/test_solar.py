@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from hubctl.solar import clear_sky_shape, solar_elevation_deg
+from hubctl.core.solar import clear_sky_shape, solar_elevation_deg
 
 LAT, LON = 52.09, 5.12
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hubctl.cli import main as cli_main
-from hubctl.influx import Point, allocation_point, parse_line
-from hubctl.spool import DropPolicy, Spool, SpoolBounds, export_lines
+from hubctl.cli.main import main as cli_main
+from hubctl.data.influx import Point, allocation_point, parse_line
+from hubctl.data.spool import DropPolicy, Spool, SpoolBounds, export_lines
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -24,11 +24,12 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
     unit_for,
 )
 
-from hubctl import sunspec
-from hubctl.device_config import Device as DeviceConfig
-from hubctl.devices import Reading, SunSpecDevice
-from hubctl.modbus import CommandRejectedError, ConnectionPool, DeviceIdentityError, DeviceProtocolError
-from hubctl.registers import Function
+from hubctl.codec import sunspec
+from hubctl.codec.registers import Function
+from hubctl.config.devices import Device as DeviceConfig
+from hubctl.devices.base import Reading, SunSpecDevice
+from hubctl.errors import CommandRejectedError, DeviceIdentityError, DeviceProtocolError
+from hubctl.transport.modbus import ConnectionPool
 
 
 def model(model_id: int, **values: Any) -> Any:

@@ -1,0 +1,5 @@
+"""`python -m hubctl.cli`: the `hubctl` command."""
+
+from hubctl.cli.main import main
+
+raise SystemExit(main())

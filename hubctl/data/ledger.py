@@ -1,0 +1,658 @@
+"""The sharing ledger: per settlement interval and company, import, export and shared energy, persisted.
+
+API for the gateway service (``hubctl run``), once per control cycle::
+
+    ledger = Ledger.from_config(state_dir / "ledger.sqlite", cfg, spool=spool)
+    ledger.add_step(ts_utc, grid_kw_per_company, dt_s, ParkStep(...))  # the step [ts, ts + dt) just measured
+    ledger.close_due(now_utc)                                         # settles every interval that has ended
+
+Decisions:
+
+- **The same code as ``hubctl sim``**: energy is accumulated by
+  :class:`hubctl.sharing.IntervalMeter` and divided by
+  :func:`hubctl.sharing.allocate_surplus` with the configured
+  :class:`~hubctl.sharing.SharingRule`; fed the simulator's ``<id>.grid_kw``
+  the ledger writes the rows of ``allocations.csv``.
+- **Intervals are aligned to local time, DST-aware**: an interval starts at
+  ``floor(ts / interval_s) · interval_s`` in UTC epoch seconds, which is a
+  local :00/:15/:30/:45 because every real UTC offset is a whole number of
+  quarter-hours (:mod:`hubctl.quarters`). So a local day has 92 or 100
+  quarter-hours on the DST change days, with no gap and no repeat. (A
+  ``interval_s`` of one hour is aligned to UTC hours, which are local hours
+  wherever the offset is whole hours, as in Europe/Amsterdam.) A step that
+  straddles a boundary is split in proportion to time.
+- **Park quarter-hours are kept beside the allocations** (always 900 s, the
+  imbalance settlement period the grid operator judges caps by): park
+  import/export energy, mean grid power, the mean caps in force with the
+  source that held longest, PV, load and curtailed energy, and how many
+  seconds were measured (``covered_s``: data completeness). The report
+  works from these rows.
+- **Idempotent across restarts** (SQLite, WAL): the open interval's
+  accumulators and the end of the last step taken are saved with every step
+  (one small UPDATE). After a restart the open interval resumes where it
+  stood; a step that ends at or before the last one taken is ignored (a
+  replay), one that overlaps it is trimmed. An interval is settled in one
+  transaction that inserts its rows (primary key: start and company, so never
+  twice) and clears the open state (so never lost). The seconds the gateway
+  was down are simply not covered: ``covered_s`` tells. A step for an
+  interval already settled is late and ignored (counted in ``late_steps``).
+- **Written to InfluxDB through the spool**, exactly once: rows carry a key
+  (:func:`hubctl.influx.allocation_point`), are marked ``spooled`` after the
+  append, and rows not yet marked are appended again on start (the spool
+  ignores keys it holds or delivered).
+- Restoring the accumulators feeds each company's saved kWh back through
+  ``IntervalMeter.add`` (one hour at ``kWh`` kW), which reproduces the value
+  to within one unit in the last place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubctl.core.metrics import EPS_OVER_KW
+from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
+from hubctl.data.influx import allocation_point, quarter_point
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from hubctl.config.site import SiteConfig
+    from hubctl.data.influx import Point
+    from hubctl.data.spool import Spool
+
+__all__ = ["IntervalRow", "Ledger", "ParkStep", "QuarterRow", "rule_from_config"]
+
+log = logging.getLogger("hubctl.ledger")  # the name the journal has always shown
+
+QUARTER_S = 900
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS allocations (
+    start_utc REAL NOT NULL,
+    company TEXT NOT NULL,
+    import_kwh REAL NOT NULL,
+    export_kwh REAL NOT NULL,
+    shared_in_kwh REAL NOT NULL,
+    shared_out_kwh REAL NOT NULL,
+    covered_s REAL NOT NULL,
+    interval_s REAL NOT NULL,
+    spooled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (start_utc, company)
+);
+CREATE TABLE IF NOT EXISTS quarters (
+    start_utc REAL PRIMARY KEY,
+    import_kwh REAL NOT NULL,
+    export_kwh REAL NOT NULL,
+    grid_kw REAL,
+    import_limit_kw REAL,
+    export_limit_kw REAL,
+    import_source TEXT NOT NULL,
+    export_source TEXT NOT NULL,
+    pv_kwh REAL,
+    load_kwh REAL,
+    curtailed_kwh REAL,
+    covered_s REAL NOT NULL,
+    over_cap INTEGER NOT NULL,
+    spooled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS open_state (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def rule_from_config(cfg: SiteConfig) -> SharingRule:
+    """The configured sharing key, built exactly as ``hubctl.sim.sharing_rule`` builds it."""
+    s = cfg.sharing
+    return SharingRule(SharingKey(s.key.value), dict(s.shares), tuple(s.order))
+
+
+@dataclass(frozen=True, slots=True)
+class ParkStep:
+    """What the park did during a step besides the companies' grid power (``None``: not measured)."""
+
+    load_kw: float | None = None
+    pv_kw: float | None = None
+    pv_available_kw: float | None = None
+    import_limit_kw: float | None = None
+    import_source: str = "none"
+    export_limit_kw: float | None = None
+    export_source: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRow:
+    start_utc: float
+    company: str
+    import_kwh: float
+    export_kwh: float
+    shared_in_kwh: float
+    shared_out_kwh: float
+    covered_s: float
+    interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterRow:
+    start_utc: float
+    import_kwh: float
+    export_kwh: float
+    grid_kw: float | None  # mean over the covered seconds
+    import_limit_kw: float | None  # mean over the seconds a cap was in force; None: no cap
+    export_limit_kw: float | None
+    import_source: str  # the source that held longest in the quarter
+    export_source: str
+    pv_kwh: float | None
+    load_kwh: float | None
+    curtailed_kwh: float | None
+    covered_s: float
+    over_cap: bool
+
+
+def quarter_over_cap(
+    grid_kw: float | None, import_limit_kw: float | None, export_limit_kw: float | None
+) -> bool:
+    """A quarter is over a cap when its mean is beyond the mean cap by more than 1 W (SCENARIOS.md)."""
+    if grid_kw is None:
+        return False
+    over_import = import_limit_kw is not None and grid_kw - import_limit_kw > EPS_OVER_KW
+    over_export = export_limit_kw is not None and -export_limit_kw - grid_kw > EPS_OVER_KW
+    return over_import or over_export
+
+
+@dataclass(slots=True)
+class _Quarter:
+    """Accumulators of the open park quarter-hour (plain data, saved as JSON)."""
+
+    start: float
+    covered_s: float = 0.0
+    import_kwh: float = 0.0
+    export_kwh: float = 0.0
+    grid_kws: float = 0.0  # ∫ grid dt in kW·s
+    imp_lim_kws: float = 0.0
+    imp_lim_s: float = 0.0
+    exp_lim_kws: float = 0.0
+    exp_lim_s: float = 0.0
+    imp_src_s: dict[str, float] = field(default_factory=dict)
+    exp_src_s: dict[str, float] = field(default_factory=dict)
+    pv_kwh: float | None = None
+    load_kwh: float | None = None
+    curtailed_kwh: float | None = None
+
+    def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
+        h = dt_s / 3600
+        self.covered_s += dt_s
+        self.import_kwh += max(park_grid_kw, 0.0) * h
+        self.export_kwh += max(-park_grid_kw, 0.0) * h
+        self.grid_kws += park_grid_kw * dt_s
+        if park is None:
+            return
+        if park.import_limit_kw is not None:
+            self.imp_lim_kws += park.import_limit_kw * dt_s
+            self.imp_lim_s += dt_s
+        if park.export_limit_kw is not None:
+            self.exp_lim_kws += park.export_limit_kw * dt_s
+            self.exp_lim_s += dt_s
+        self.imp_src_s[park.import_source] = self.imp_src_s.get(park.import_source, 0.0) + dt_s
+        self.exp_src_s[park.export_source] = self.exp_src_s.get(park.export_source, 0.0) + dt_s
+        if park.pv_kw is not None:
+            self.pv_kwh = (self.pv_kwh or 0.0) + park.pv_kw * h
+        if park.load_kw is not None:
+            self.load_kwh = (self.load_kwh or 0.0) + park.load_kw * h
+        if park.pv_available_kw is not None and park.pv_kw is not None:
+            self.curtailed_kwh = (self.curtailed_kwh or 0.0) + max(park.pv_available_kw - park.pv_kw, 0.0) * h
+
+    def row(self) -> QuarterRow:
+        grid = self.grid_kws / self.covered_s if self.covered_s > 0 else None
+        imp = self.imp_lim_kws / self.imp_lim_s if self.imp_lim_s > 0 else None
+        exp = self.exp_lim_kws / self.exp_lim_s if self.exp_lim_s > 0 else None
+        return QuarterRow(
+            start_utc=self.start,
+            import_kwh=self.import_kwh,
+            export_kwh=self.export_kwh,
+            grid_kw=grid,
+            import_limit_kw=imp,
+            export_limit_kw=exp,
+            import_source=max(self.imp_src_s, key=self.imp_src_s.__getitem__) if self.imp_src_s else "none",
+            export_source=max(self.exp_src_s, key=self.exp_src_s.__getitem__) if self.exp_src_s else "none",
+            pv_kwh=self.pv_kwh,
+            load_kwh=self.load_kwh,
+            curtailed_kwh=self.curtailed_kwh,
+            covered_s=self.covered_s,
+            over_cap=quarter_over_cap(grid, imp, exp),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Quarter:
+        return cls(**data)
+
+
+class Ledger:
+    """Settles each interval's surplus sharing and keeps the rows in SQLite (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        company_ids: Sequence[str],
+        rule: SharingRule,
+        *,
+        site: str = "park",
+        interval_s: float = 900.0,
+        spool: Spool | None = None,
+    ) -> None:
+        if not (900 % interval_s == 0 or interval_s % 900 == 0):
+            raise ValueError("interval_s must divide or be a multiple of 900 s")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ids = tuple(company_ids)
+        self.rule = rule
+        self.site = site
+        self.interval_s = float(interval_s)
+        self.spool = spool
+        self.late_steps = 0
+        self._grid_s = min(self.interval_s, float(QUARTER_S))  # every boundary of either grid is on this grid
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._meter = IntervalMeter(self.ids)
+        self._alloc_start: float | None = None
+        self._alloc_covered = 0.0
+        self._quarter: _Quarter | None = None
+        self._last_end: float | None = None
+        self._restore()
+        self._respool()
+
+    @classmethod
+    def from_config(cls, path: Path | str, cfg: SiteConfig, spool: Spool | None = None) -> Ledger:
+        return cls(
+            path,
+            [c.id for c in cfg.companies],
+            rule_from_config(cfg),
+            site=cfg.site.id,
+            interval_s=cfg.sharing.interval_s,
+            spool=spool,
+        )
+
+    # --- persistence of the open interval -------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        energy = self._meter.energy()
+        return {
+            "ids": list(self.ids),
+            "interval_s": self.interval_s,
+            "last_end": self._last_end,
+            "alloc_start": self._alloc_start,
+            "alloc_covered": self._alloc_covered,
+            "import_kwh": [e[1] for e in energy],
+            "export_kwh": [e[2] for e in energy],
+            "quarter": None if self._quarter is None else self._quarter.to_json(),
+        }
+
+    def _save(self) -> None:
+        self._db.execute(
+            "INSERT INTO open_state (id, state) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            (json.dumps(self._state()),),
+        )
+
+    def _restore(self) -> None:
+        row = self._db.execute("SELECT state FROM open_state WHERE id = 1").fetchone()
+        if row is None:
+            return
+        st = json.loads(row[0])
+        self._last_end = st["last_end"]
+        if st["quarter"] is not None:
+            self._quarter = _Quarter.from_json(st["quarter"])
+        if st["alloc_start"] is None:
+            return
+        meter = IntervalMeter(st["ids"]) if st["ids"] != list(self.ids) else self._meter
+        meter.add(st["import_kwh"], 3600.0)  # kWh back through the same accumulator: 1 h at kWh kW
+        meter.add([-e for e in st["export_kwh"]], 3600.0)
+        if meter is not self._meter or st["interval_s"] != self.interval_s:
+            # the park changed while we were down: settle what was open with the companies it was measured for
+            log.warning(
+                "ledger: companies or interval changed since the last run; settling the open interval"
+            )
+            self._write_alloc(st["alloc_start"], meter.energy(), st["alloc_covered"], st["interval_s"])
+            self._meter.reset()
+            return
+        self._alloc_start = st["alloc_start"]
+        self._alloc_covered = st["alloc_covered"]
+        log.info(
+            "ledger %s: resuming interval %s (%.0f s measured)",
+            self.path,
+            self._alloc_start,
+            self._alloc_covered,
+        )
+
+    # --- steps ----------------------------------------------------------------------------------------------
+
+    def add_step(
+        self, ts_utc: float, grid_kw: Sequence[float], dt_s: float, park: ParkStep | None = None
+    ) -> list[IntervalRow]:
+        """Take the step ``[ts_utc, ts_utc + dt_s)`` with each company's grid power (config order).
+
+        Settles (and returns the rows of) intervals that ended before this step
+        began. Raises ``ValueError`` for a wrong number of powers or a
+        non-finite value (nothing is taken then).
+        """
+        if len(grid_kw) != len(self.ids):
+            raise ValueError(f"expected {len(self.ids)} grid powers, got {len(grid_kw)}")
+        if not (math.isfinite(ts_utc) and math.isfinite(dt_s) and dt_s >= 0):
+            raise ValueError(f"bad step: ts {ts_utc}, dt {dt_s}")
+        if not all(math.isfinite(g) for g in grid_kw):
+            raise ValueError(f"grid powers must be finite, got {list(grid_kw)}")
+        start, end = ts_utc, ts_utc + dt_s
+        if self._last_end is not None and start < self._last_end:
+            if end <= self._last_end:
+                return []  # a replay of what we already took
+            start = self._last_end
+        settled: list[IntervalRow] = []
+        park_grid = math.fsum(grid_kw)
+        while start < end:
+            boundary = (math.floor(start / self._grid_s) + 1) * self._grid_s
+            piece_end = min(end, boundary)
+            settled += self._add_piece(start, grid_kw, park_grid, piece_end - start, park)
+            start = piece_end
+        self._last_end = max(self._last_end or end, end)
+        self._save()
+        return settled
+
+    def _add_piece(
+        self, ts: float, grid_kw: Sequence[float], park_grid: float, dt: float, park: ParkStep | None
+    ) -> list[IntervalRow]:
+        settled: list[IntervalRow] = []
+        a_start = math.floor(ts / self.interval_s) * self.interval_s
+        q_start = math.floor(ts / QUARTER_S) * float(QUARTER_S)
+        if self._alloc_start is not None and a_start > self._alloc_start:
+            settled += self._settle_alloc()
+        if self._quarter is not None and q_start > self._quarter.start:
+            self._settle_quarter()
+        if self._alloc_start is not None and a_start < self._alloc_start:
+            self.late_steps += 1
+            return settled
+        if self._alloc_start is None:
+            if self._settled(a_start):
+                self.late_steps += 1
+                return settled
+            self._alloc_start = a_start
+        if self._quarter is None:
+            self._quarter = _Quarter(q_start)
+        self._meter.add(grid_kw, dt)
+        self._alloc_covered += dt
+        self._quarter.add(park_grid, dt, park)
+        return settled
+
+    def _settled(self, start: float) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM allocations WHERE start_utc = ? LIMIT 1", (start,)).fetchone()
+            is not None
+        )
+
+    def close_due(self, now_utc: float) -> list[IntervalRow]:
+        """Settle the open interval (and park quarter) if it ended at or before ``now_utc``."""
+        settled: list[IntervalRow] = []
+        if self._alloc_start is not None and self._alloc_start + self.interval_s <= now_utc:
+            settled = self._settle_alloc()
+        if self._quarter is not None and self._quarter.start + QUARTER_S <= now_utc:
+            self._settle_quarter()
+        if settled:
+            self._save()
+        return settled
+
+    # --- settling -------------------------------------------------------------------------------------------
+
+    def _settle_alloc(self) -> list[IntervalRow]:
+        assert self._alloc_start is not None
+        start, covered, energy = self._alloc_start, self._alloc_covered, self._meter.energy()
+        self._meter.reset()
+        self._alloc_start = None
+        self._alloc_covered = 0.0
+        return self._write_alloc(start, energy, covered, self.interval_s)
+
+    def _write_alloc(
+        self, start: float, energy: list[tuple[str, float, float]], covered_s: float, interval_s: float
+    ) -> list[IntervalRow]:
+        """Allocate and insert one interval, clearing the saved open state in the same transaction."""
+        allocations: list[Allocation] = allocate_surplus(energy, self.rule)
+        rows = [
+            IntervalRow(
+                start,
+                a.company,
+                a.import_kwh,
+                a.export_kwh,
+                a.shared_in_kwh,
+                a.shared_out_kwh,
+                covered_s,
+                interval_s,
+            )
+            for a in allocations
+        ]
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO allocations (start_utc, company, import_kwh, export_kwh, "
+                "shared_in_kwh, "
+                "shared_out_kwh, covered_s, interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.start_utc,
+                        r.company,
+                        r.import_kwh,
+                        r.export_kwh,
+                        r.shared_in_kwh,
+                        r.shared_out_kwh,
+                        r.covered_s,
+                        r.interval_s,
+                    )
+                    for r in rows
+                ],
+            )
+            if cur.rowcount != len(rows):
+                log.error("ledger: interval %s was already settled; kept the first settlement", start)
+            self._save()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._spool_allocations(rows)
+        return rows
+
+    def _settle_quarter(self) -> None:
+        assert self._quarter is not None
+        q = self._quarter.row()
+        self._quarter = None
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO quarters (start_utc, import_kwh, export_kwh, grid_kw, "
+                "import_limit_kw, export_limit_kw, import_source, export_source, pv_kwh, load_kwh, "
+                "curtailed_kwh, covered_s, over_cap) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    q.start_utc,
+                    q.import_kwh,
+                    q.export_kwh,
+                    q.grid_kw,
+                    q.import_limit_kw,
+                    q.export_limit_kw,
+                    q.import_source,
+                    q.export_source,
+                    q.pv_kwh,
+                    q.load_kwh,
+                    q.curtailed_kwh,
+                    q.covered_s,
+                    int(q.over_cap),
+                ),
+            )
+            self._save()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if q.over_cap:
+            log.warning(
+                "quarter-hour %s over the cap: mean %.1f kW, caps %s/%s kW (%s, %s)",
+                q.start_utc,
+                q.grid_kw or 0.0,
+                q.import_limit_kw,
+                q.export_limit_kw,
+                q.import_source,
+                q.export_source,
+            )
+        self._spool_quarters([q])
+
+    # --- spooling -------------------------------------------------------------------------------------------
+
+    def _spool_allocations(self, rows: Sequence[IntervalRow]) -> None:
+        if self.spool is None or not rows:
+            return
+        self.spool.append(_allocation_points(self.site, rows))
+        self.spool.commit()  # durable in the spool before the rows are marked (keys make a repeat harmless)
+        self._db.executemany(
+            "UPDATE allocations SET spooled = 1 WHERE start_utc = ? AND company = ?",
+            [(r.start_utc, r.company) for r in rows],
+        )
+
+    def _spool_quarters(self, rows: Sequence[QuarterRow]) -> None:
+        if self.spool is None or not rows:
+            return
+        self.spool.append(_quarter_points(self.site, rows))
+        self.spool.commit()
+        self._db.executemany(
+            "UPDATE quarters SET spooled = 1 WHERE start_utc = ?", [(q.start_utc,) for q in rows]
+        )
+
+    def _respool(self) -> None:
+        """Append rows settled but not known to be spooled (a crash between settling and marking)."""
+        if self.spool is None:
+            return
+        self._spool_allocations(self.rows(spooled=False))
+        self._spool_quarters(self.quarters(spooled=False))
+
+    # --- reading --------------------------------------------------------------------------------------------
+
+    def rows(
+        self, from_utc: float | None = None, to_utc: float | None = None, *, spooled: bool | None = None
+    ) -> list[IntervalRow]:
+        """Settled rows with ``from_utc <= start < to_utc``, by start then company."""
+        return read_allocations(self._db, from_utc, to_utc, spooled=spooled)
+
+    def quarters(
+        self, from_utc: float | None = None, to_utc: float | None = None, *, spooled: bool | None = None
+    ) -> list[QuarterRow]:
+        return read_quarters(self._db, from_utc, to_utc, spooled=spooled)
+
+    def close(self) -> None:
+        """Save the open interval and close the file; the next Ledger on this file resumes it."""
+        self._save()
+        self._db.close()
+
+
+def _where(from_utc: float | None, to_utc: float | None, spooled: bool | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if from_utc is not None:
+        clauses.append("start_utc >= ?")
+        args.append(from_utc)
+    if to_utc is not None:
+        clauses.append("start_utc < ?")
+        args.append(to_utc)
+    if spooled is not None:
+        clauses.append("spooled = ?")
+        args.append(int(spooled))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def read_allocations(
+    db: sqlite3.Connection,
+    from_utc: float | None = None,
+    to_utc: float | None = None,
+    *,
+    spooled: bool | None = None,
+) -> list[IntervalRow]:
+    where, args = _where(from_utc, to_utc, spooled)
+    cur = db.execute(
+        "SELECT start_utc, company, import_kwh, export_kwh, shared_in_kwh, shared_out_kwh, covered_s, "  # noqa: S608
+        f"interval_s FROM allocations{where} ORDER BY start_utc, rowid",
+        args,
+    )
+    return [IntervalRow(*r) for r in cur.fetchall()]
+
+
+def read_quarters(
+    db: sqlite3.Connection,
+    from_utc: float | None = None,
+    to_utc: float | None = None,
+    *,
+    spooled: bool | None = None,
+) -> list[QuarterRow]:
+    where, args = _where(from_utc, to_utc, spooled)
+    cur = db.execute(
+        "SELECT start_utc, import_kwh, export_kwh, grid_kw, import_limit_kw, export_limit_kw, "  # noqa: S608
+        "import_source, export_source, pv_kwh, load_kwh, curtailed_kwh, covered_s, over_cap "
+        f"FROM quarters{where} ORDER BY start_utc",
+        args,
+    )
+    return [
+        QuarterRow(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], over_cap=bool(r[12])
+        )
+        for r in cur.fetchall()
+    ]
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """The ledger file for reading (reports), safe while the gateway writes to it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path}")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _allocation_points(site: str, rows: Sequence[IntervalRow]) -> list[Point]:
+    return [
+        allocation_point(
+            site,
+            r.company,
+            r.start_utc,
+            r.import_kwh,
+            r.export_kwh,
+            r.shared_in_kwh,
+            r.shared_out_kwh,
+            r.covered_s,
+        )
+        for r in rows
+    ]
+
+
+def _quarter_points(site: str, rows: Sequence[QuarterRow]) -> list[Point]:
+    return [
+        quarter_point(
+            site,
+            q.start_utc,
+            grid_kw=q.grid_kw,
+            import_kwh=q.import_kwh,
+            export_kwh=q.export_kwh,
+            import_limit_kw=q.import_limit_kw,
+            export_limit_kw=q.export_limit_kw,
+            import_source=q.import_source,
+            export_source=q.export_source,
+            over_cap=1.0 if q.over_cap else 0.0,
+            pv_kwh=q.pv_kwh,
+            load_kwh=q.load_kwh,
+            curtailed_kwh=q.curtailed_kwh,
+            covered_s=q.covered_s,
+        )
+        for q in rows
+    ]

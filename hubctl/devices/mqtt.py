@@ -1,0 +1,431 @@
+# Copyright 2026 hubctl contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Devices that publish readings over MQTT (P1/DSMR readers, Shelly, Tasmota, batteries with an MQTT API).
+
+Config (`hubctl.device_config.MqttDevice`): per point a topic, where the number
+is in the payload (`json_path`, dotted into a JSON object, digits index a
+list: "ENERGY.Power", "emeters.0.power"; none: the payload is a bare number),
+a `scale` to the point's unit (negative to flip a sign) and `stale_after_s`.
+
+Decisions:
+
+- **One connection per broker** (`MqttHub`, aiomqtt 2.5) for every MQTT device,
+  in one named task. It **resubscribes after every reconnect** (subscriptions
+  are lost with the session) and reconnects with the same capped, jittered
+  backoff as Modbus (`hubctl.modbus.backoff_s`). With `status_topic` it
+  publishes a retained "online" on connect and "offline" itself before a clean
+  disconnect (the last will covers only an unclean one).
+- **Staleness per point**: a point whose last good value is older than its
+  `stale_after_s` reads as None and is listed in `Reading.stale`. A read with
+  no fresh point at all raises DeviceUnavailableError naming when each point
+  was last seen, and the last payload that could not be parsed (users who
+  publish to the wrong topic or in the wrong shape find out here).
+- **Role values from point names**: a point named after a semantic key
+  (`power_kw`, `soc_pct`, `energy_import_kwh`, `energy_export_kwh`) is that
+  value; `active_power_kw` also gives `power_kw`. The point's unit is its name's
+  suffix (`hubctl.registers.UNIT_SUFFIXES`).
+- **Setpoints** are published (QoS 1, not retained: a retained setpoint would
+  outlive hubctl) to `setpoint_topic` with `{value}` in the template replaced by
+  kW. If the device echoes its setpoint in a point named `setpoint_kw` (battery)
+  or `limit_kw` (PV), the command waits for the echo and raises
+  CommandNotConfirmedError without it; otherwise the result is unconfirmed
+  (`confirmed_kw` None). The device config has no bounds or revert timing for
+  MQTT setpoints yet: PV limits must be >= 0 and values finite, and nothing is
+  refreshed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from hubctl.codec.registers import UNIT_SUFFIXES
+from hubctl.devices.base import Device, Reading, SetpointResult
+from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
+from hubctl.transport.backoff import backoff_s
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hubctl.config.devices import Device as DeviceConfig
+
+log = logging.getLogger("hubctl.mqtt_devices")  # the name the journal has always shown
+
+_SEMANTIC = ("power_kw", "soc_pct", "energy_import_kwh", "energy_export_kwh", "limit_kw", "setpoint_kw")
+_ALIASES = {"power_kw": ("active_power_kw",)}
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """(host, port) from "mqtt://host:port", "host:port" or "host" (port 1883)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+        raise ValueError(f"not an MQTT broker URL: {url!r} (expected mqtt://host:port)")
+    return parts.hostname, parts.port or 1883
+
+
+def extract_value(payload: bytes, json_path: str | None) -> float:
+    """The number in `payload`: the whole payload, or the value at a dotted path into its JSON.
+
+    Raises ValueError (with a reason) when there is none: not UTF-8, not JSON,
+    the path missing, or the value not a number (booleans are not numbers).
+    """
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("payload is not UTF-8 text") from None
+    if json_path is None:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"payload {text[:40]!r} is not a number") from None
+    else:
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"payload {text[:40]!r} is not JSON") from None
+        for part in json_path.split("."):
+            if isinstance(data, dict) and part in data:
+                data = data[part]
+            elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+                data = data[int(part)]
+            else:
+                raise ValueError(f"no {json_path!r} in the payload (stopped at {part!r})")
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            raise ValueError(f"{json_path!r} is {data!r}, not a number")
+        value = float(data)
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    return value
+
+
+def render_setpoint(template: str, kw: float) -> str:
+    """The setpoint payload: `{value}` in the template replaced by kW (plain decimal, no exponent)."""
+    text = f"{kw:.3f}".rstrip("0").rstrip(".")
+    return template.replace("{value}", "0" if text in {"", "-0"} else text)
+
+
+def unit_of(name: str) -> str:
+    return UNIT_SUFFIXES.get(name.rsplit("_", 1)[-1], "")
+
+
+class MqttHub:
+    """One MQTT connection for all MQTT devices on a broker: subscribe, dispatch, publish, reconnect."""
+
+    _running: ClassVar[set[MqttHub]] = set()
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        identifier: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        status_topic: str | None = None,
+        timeout_s: float = 5.0,
+        keepalive_s: int = 30,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.identifier = identifier or f"hubctl-{uuid.uuid4().hex[:12]}"
+        self._credentials = (username, password)
+        self.status_topic = status_topic
+        self.timeout_s = timeout_s
+        self.keepalive_s = keepalive_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self.clock = clock
+        self._handlers: dict[str, list[Callable[[bytes, float], None]]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random()  # noqa: S311 - jitter
+        self.connects = 0
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MqttHub:
+        host, port = parse_broker_url(url)
+        return cls(host, port, **options)
+
+    @classmethod
+    def running(cls) -> tuple[MqttHub, ...]:
+        """Hubs started and not yet stopped (tests assert this is empty after each test)."""
+        return tuple(cls._running)
+
+    @property
+    def label(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic: str, handler: Callable[[bytes, float], None]) -> None:
+        """Call `handler(payload, monotonic time)` for every message on `topic` (wildcards allowed).
+
+        Subscriptions made while connected take effect at the next (re)connect;
+        register them before `start()`.
+        """
+        self._handlers.setdefault(topic, []).append(handler)
+
+    async def start(self, *, wait_s: float | None = None) -> None:
+        """Start the connection task; with `wait_s`, wait that long for the first connect."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt-hub {self.label}")
+            MqttHub._running.add(self)
+        if wait_s is not None:
+            await self.wait_connected(wait_s)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            raise DeviceUnavailableError(f"{self.label}: not connected within {timeout_s:g} s") from None
+
+    async def stop(self) -> None:
+        """Publish "offline" (with a status topic), disconnect cleanly and end the task."""
+        task, self._task = self._task, None
+        MqttHub._running.discard(self)
+        if task is None:
+            return
+        client = self._client
+        if client is not None and self.status_topic is not None and self._connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(self.status_topic, "offline", qos=1, retain=True, timeout=self.timeout_s)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def publish(self, topic: str, payload: str, *, qos: int = 1, retain: bool = False) -> None:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise DeviceUnavailableError(f"{self.label}: not connected, cannot publish to {topic}")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout_s)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise DeviceUnavailableError(f"{self.label}: publish to {topic} failed: {exc}") from None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                self._connected.clear()
+                failures += 1
+                if failures == 1:
+                    log.warning("%s: %s; reconnecting with backoff", self.label, exc)
+                delay = backoff_s(
+                    failures, self._rng.random(), initial_s=self._backoff[0], max_s=self._backoff[1]
+                )
+                await asyncio.sleep(delay)
+            else:
+                failures = 0
+
+    async def _session(self) -> None:
+        will = None
+        if self.status_topic is not None:
+            will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
+        username, password = self._credentials
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.identifier,
+            username=username,
+            password=password,
+            will=will,
+            timeout=self.timeout_s,
+            keepalive=self.keepalive_s,
+        )
+        try:
+            async with client:
+                for topic in sorted(self._handlers):  # after every (re)connect: the broker forgot them
+                    await client.subscribe(topic, qos=1)
+                if self.status_topic is not None:
+                    await client.publish(self.status_topic, "online", qos=1, retain=True)
+                self._client = client
+                self.connects += 1
+                if self.connects > 1:
+                    log.info("%s: connected again, %d subscriptions renewed", self.label, len(self._handlers))
+                self._connected.set()
+                async for message in client.messages:
+                    self._dispatch(message)
+        finally:
+            self._client = None
+            self._connected.clear()
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if isinstance(payload, bytes | bytearray):
+            data = bytes(payload)
+        elif payload is None:
+            data = b""
+        else:
+            data = str(payload).encode()
+        at = self.clock()
+        for pattern, handlers in self._handlers.items():
+            if message.topic.matches(pattern):
+                for handler in handlers:
+                    handler(data, at)
+
+
+@dataclass(slots=True)
+class _Latest:
+    value: float | None = None
+    received_at_s: float | None = None
+    problem: str | None = None  # the last payload that could not be used
+
+
+class MqttDevice(Device):
+    """A device whose readings arrive over MQTT; setpoints are published."""
+
+    def __init__(
+        self, config: DeviceConfig, hub: MqttHub, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(config, clock=clock)
+        if config.mqtt is None:
+            raise ValueError(f"{config.id}: an mqtt block is required")
+        self.spec = config.mqtt
+        self.hub = hub
+        self.confirm_timeout_s = 5.0
+        self._latest = {name: _Latest() for name in self.spec.points}
+        self._units = {name: unit_of(name) for name in self.spec.points}
+        self._changed = asyncio.Event()
+        for name, point in self.spec.points.items():
+            hub.subscribe(point.topic, self._handler(name))
+
+    def _handler(self, name: str) -> Callable[[bytes, float], None]:
+        point = self.spec.points[name]
+        latest = self._latest[name]
+
+        def handle(payload: bytes, at: float) -> None:
+            try:
+                value = extract_value(payload, point.json_path) * point.scale + 0.0
+            except ValueError as exc:
+                if latest.problem is None:
+                    log.warning("%s: %s on %s: %s", self.id, name, point.topic, exc)
+                latest.problem = str(exc)
+                return
+            latest.value, latest.received_at_s, latest.problem = value, at, None
+            self._changed.set()
+
+        return handle
+
+    def _fresh(self, now: float) -> tuple[dict[str, float | None], list[str]]:
+        values: dict[str, float | None] = {}
+        stale: list[str] = []
+        for name, latest in self._latest.items():
+            age_ok = (
+                latest.received_at_s is not None
+                and now - latest.received_at_s <= self.spec.points[name].stale_after_s
+            )
+            values[name] = latest.value if age_ok else None
+            if not age_ok:
+                stale.append(name)
+        return values, stale
+
+    async def _read(self) -> Reading:
+        now = self.clock()
+        values, stale = self._fresh(now)
+        if len(stale) == len(values):
+            raise DeviceUnavailableError(
+                f"{self.id}: no fresh data: " + "; ".join(self._describe(n, now) for n in stale)
+            )
+        semantic: dict[str, float | None] = {}
+        for key in _SEMANTIC:
+            for name in (key, *_ALIASES.get(key, ())):
+                if name in values:
+                    semantic[key] = values[name]
+                    break
+        return Reading(
+            device_id=self.id,
+            role=self.role,
+            read_at_s=now,
+            values=semantic,
+            point_values=values,
+            units=self._units,
+            stale=tuple(stale),
+        )
+
+    def _describe(self, name: str, now: float) -> str:
+        latest = self._latest[name]
+        topic = self.spec.points[name].topic
+        if latest.received_at_s is None:
+            seen = f"nothing usable received on {topic}"
+        else:
+            seen = f"last value {now - latest.received_at_s:.0f} s ago on {topic}"
+        return f"{name}: {seen}" + (f" (last payload: {latest.problem})" if latest.problem else "")
+
+    async def wait_for_data(self, timeout_s: float) -> None:
+        """Wait until every point has a value (retained messages arrive on subscribing), up to `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while any(latest.received_at_s is None for latest in self._latest.values()):
+                    self._changed.clear()
+                    await self._changed.wait()
+
+    async def _set_pv_limit(self, kw: float) -> SetpointResult:
+        if not math.isfinite(kw) or kw < 0:
+            raise CommandRejectedError(f"{self.id}: a PV limit must be a finite kW >= 0, got {kw!r}")
+        return await self._publish("pv_limit", kw, echo="limit_kw")
+
+    async def _set_battery(self, kw: float) -> SetpointResult:
+        if not math.isfinite(kw):
+            raise CommandRejectedError(f"{self.id}: a battery setpoint must be finite, got {kw!r}")
+        return await self._publish("battery", kw, echo="setpoint_kw")
+
+    async def _publish(self, kind: str, kw: float, *, echo: str) -> SetpointResult:
+        topic = self.spec.setpoint_topic
+        if topic is None:
+            raise CommandRejectedError(f"{self.id}: no setpoint_topic configured")
+        sent_at = self.clock()
+        await self.hub.publish(topic, render_setpoint(self.spec.setpoint_template, kw))
+        confirmed: float | None = None
+        if echo in self._latest:
+            confirmed = await self._await_echo(echo, kw, sent_at)
+        return SetpointResult(
+            device_id=self.id, kind=kind, requested_kw=kw, applied_kw=kw, confirmed_kw=confirmed
+        )
+
+    async def _await_echo(self, name: str, kw: float, sent_at: float) -> float:
+        latest = self._latest[name]
+        try:
+            async with asyncio.timeout(self.confirm_timeout_s):
+                while True:
+                    at = latest.received_at_s
+                    if (
+                        at is not None
+                        and at >= sent_at
+                        and latest.value is not None
+                        and abs(latest.value - kw) <= 1e-3 * max(1.0, abs(kw))
+                    ):
+                        return latest.value
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise CommandNotConfirmedError(
+                f"{self.id}: published {kw:g} kW to {self.spec.setpoint_topic}; {name} did not echo it "
+                f"within {self.confirm_timeout_s:g} s (last: {latest.value})"
+            ) from None

@@ -1,0 +1,153 @@
+"""The reading store: the latest reading of every device, and the control core's `Snapshot` built from it.
+
+Pollers `put` readings as they arrive; the control loop takes a `snapshot`
+once per cycle and never talks to a device (OpenEMS' cycle: read everything,
+decide on a frozen picture, write).
+
+How devices map onto the core's per-company readings (`Layout`):
+
+- **grid**: the company's `grid_meter` devices, summed; the age is the oldest
+  one's. A company without a grid meter gets the park meter's reading less
+  every other company's, when there is a `park_meter` and exactly one company
+  lacks a meter (the usual "the last tenant has no meter of its own"). Else
+  its grid reading is missing, and the core goes to fail-safe: a cap cannot
+  be held without seeing the connection.
+- **pv** / **battery**: the company's devices of that role, summed (state of
+  charge: the mean). A reading older than `stale_after_s` is left out; with
+  none left the value is None ("not available", never 0), so the core does
+  not dispatch a battery it cannot see and control of the others goes on.
+
+Ages are measured on the service's monotonic clock (`Reading.read_at_s`).
+
+**A frozen meter is a stale meter.** A meter whose firmware hangs keeps
+answering with the same registers; a reading is therefore as old as the last
+time any of its points changed (power, energy counters, voltages), not as old
+as the last answer. Real meters change every second (noise in the last digit,
+energy counters); so does the simulator's. This applies to grid and park
+meters only: an idle battery or PV at night may legitimately read the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hubctl.config.devices import DeviceRole
+from hubctl.core.control import CompanyReading, Snapshot
+
+if TYPE_CHECKING:
+    from hubctl.config.site import SiteConfig
+    from hubctl.devices.base import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Which devices feed which company of the core, in config order."""
+
+    company_ids: tuple[str, ...]
+    grid: tuple[tuple[str, ...], ...]
+    pv: tuple[tuple[str, ...], ...]
+    battery: tuple[tuple[str, ...], ...]
+    park_meter: str | None
+    residual: int | None  # the company whose grid reading is park meter minus the others
+
+    @classmethod
+    def from_config(cls, cfg: SiteConfig) -> Layout:
+        ids = tuple(c.id for c in cfg.companies)
+
+        def of(role: DeviceRole) -> tuple[tuple[str, ...], ...]:
+            return tuple(
+                tuple(d.id for d in cfg.devices if d.role is role and d.company == cid) for cid in ids
+            )
+
+        grid = of(DeviceRole.GRID_METER)
+        park = [d.id for d in cfg.devices if d.role is DeviceRole.PARK_METER]
+        park_meter = park[0] if park else None
+        lacking = [i for i, g in enumerate(grid) if not g]
+        residual = lacking[0] if park_meter is not None and len(lacking) == 1 else None
+        return cls(ids, grid, of(DeviceRole.PV), of(DeviceRole.BATTERY), park_meter, residual)
+
+    def unmetered(self) -> list[str]:
+        """Companies with no grid reading at all: the service runs, but in fail-safe."""
+        return [
+            cid
+            for i, (cid, g) in enumerate(zip(self.company_ids, self.grid, strict=True))
+            if not g and i != self.residual
+        ]
+
+
+class ReadingStore:
+    """Latest reading per device; `snapshot` turns them into the core's view."""
+
+    def __init__(self, layout: Layout, stale_after_s: float) -> None:
+        self.layout = layout
+        self.stale_after_s = stale_after_s
+        self.latest: dict[str, Reading] = {}
+        self.changed_at: dict[str, float] = {}  # meters: when a point last changed
+        # batteries that refuse setpoints (a map without a setpoint point): their state of charge is
+        # hidden from the core, so that it does not count on them; their power still counts as load
+        self.uncontrollable: set[str] = set()
+        self._meters = {d for ids in layout.grid for d in ids} | (
+            {layout.park_meter} if layout.park_meter else set()
+        )
+
+    def put(self, reading: Reading) -> None:
+        device_id = reading.device_id
+        previous = self.latest.get(device_id)
+        if device_id in self._meters and (previous is None or previous.point_values != reading.point_values):
+            self.changed_at[device_id] = reading.read_at_s
+        self.latest[device_id] = reading
+
+    def age_s(self, device_id: str, now_s: float) -> float | None:
+        reading = self.latest.get(device_id)
+        return None if reading is None else max(0.0, now_s - reading.read_at_s)
+
+    def _grid(self, ids: tuple[str, ...], now_s: float) -> tuple[float | None, float]:
+        total, age = 0.0, 0.0
+        for device_id in ids:
+            reading = self.latest.get(device_id)
+            power = None if reading is None else reading.values.get("power_kw")
+            if reading is None or power is None or not math.isfinite(power):
+                return None, math.inf
+            total += power
+            age = max(age, now_s - self.changed_at.get(device_id, reading.read_at_s))
+        return total, max(age, 0.0)
+
+    def _fresh(self, ids: tuple[str, ...], key: str, now_s: float) -> list[float]:
+        out = []
+        for device_id in ids:
+            if key == "soc_pct" and device_id in self.uncontrollable:
+                continue
+            reading = self.latest.get(device_id)
+            if reading is None or now_s - reading.read_at_s > self.stale_after_s:
+                continue
+            value = reading.values.get(key)
+            if value is not None and math.isfinite(value):
+                out.append(value)
+        return out
+
+    def snapshot(self, ts_utc: float, now_s: float) -> Snapshot:
+        lay = self.layout
+        grids = [self._grid(ids, now_s) if ids else (None, math.inf) for ids in lay.grid]
+        if lay.residual is not None and lay.park_meter is not None:
+            park, park_age = self._grid((lay.park_meter,), now_s)
+            others = [g for i, g in enumerate(grids) if i != lay.residual]
+            if park is not None and all(g is not None for g, _ in others):
+                rest = park - sum(g for g, _ in others if g is not None)
+                grids[lay.residual] = (rest, max([park_age, *(a for _, a in others)]))
+        companies = []
+        for (grid, age), pv_ids, bat_ids in zip(grids, lay.pv, lay.battery, strict=True):
+            pv = self._fresh(pv_ids, "power_kw", now_s)
+            bat = self._fresh(bat_ids, "power_kw", now_s)
+            soc = self._fresh(bat_ids, "soc_pct", now_s)
+            companies.append(
+                CompanyReading(
+                    grid_kw=grid,
+                    pv_kw=math.fsum(pv) if pv else None,
+                    battery_kw=math.fsum(bat) if bat else None,
+                    soc_pct=math.fsum(soc) / len(soc) if soc else None,
+                    grid_age_s=age if math.isfinite(age) else 1e9,
+                )
+            )
+        return Snapshot(ts_utc, tuple(companies))
