@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubctl.config.site import parse_config
-from hubctl.core.control import (
+from hubctl.core.control import step
+from hubctl.core.types import (
     BatteryMode,
     BatteryOverride,
     CompanyReading,
@@ -19,7 +20,6 @@ from hubctl.core.control import (
     Params,
     Snapshot,
     State,
-    step,
 )
 
 NOON = dt.datetime(2026, 6, 22, 10, 0, tzinfo=dt.UTC).timestamp()  # 12:00 in Amsterdam, sun high

@@ -1,4 +1,4 @@
-"""The devices' fallback PV limit (`hubctl.control.fallback_pv_limits`): table tests and properties.
+"""The devices' fallback PV limit (`hubctl.core.failsafe.fallback_pv_limits`): table tests and properties.
 
 A fallback holds from the moment no controller writes until one comes back, possibly days later,
 so it is the fail-safe rule applied to the tightest export cap the configuration can put in force.
@@ -14,16 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubctl.config.site import parse_config
-from hubctl.core.control import (
-    CompanyReading,
-    Overrides,
-    Params,
-    Snapshot,
-    State,
-    failsafe_pv_limits,
-    fallback_pv_limits,
-    step,
-)
+from hubctl.core.control import step
+from hubctl.core.failsafe import failsafe_pv_limits, fallback_pv_limits
+from hubctl.core.types import CompanyReading, Overrides, Params, Snapshot, State
 
 NOON = dt.datetime(2026, 6, 22, 10, 0, tzinfo=dt.UTC).timestamp()  # 12:00 in Amsterdam, 22 June
 NIGHT = dt.datetime(2026, 6, 22, 0, 0, tzinfo=dt.UTC).timestamp()  # 02:00 in Amsterdam, 22 June

@@ -1,6 +1,6 @@
 """Operator commands: parse and validate one `set/<key>` message, and the operator state it changes.
 
-Pure: no I/O, no clock reads, no logging. The MQTT shell (`hubctl.operator_api`)
+Pure: no I/O, no clock reads, no logging. The MQTT shell (`hubctl.service.operator_api`)
 passes the topic key, the payload bytes and the wall-clock time, and gets back
 an `Outcome`: the reply to publish and the new, immutable `OperatorState`
 (the same object when the command was rejected: a rejected command changes
@@ -20,7 +20,7 @@ Payload: a JSON object `{"value": ..., "id": "...", "ttl_s": ..., "ts": ...}`
 - `value: null` clears an operator setting (back to the configuration).
 
 Rules: an operator limit may lower a contracted cap, never raise it (a value
-above the contracted cap is refused; `hubctl.limits.with_operator` then only
+above the contracted cap is refused; `hubctl.core.limits.with_operator` then only
 ever lowers the limit in force). A day's operator schedule replaces the
 operator's earlier schedule for that day and is merged with the configured
 schedule of that day (lowest wins), so it too can only lower the caps.
@@ -28,7 +28,6 @@ schedule of that day (lowest wins), so it too can only lower the caps.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -39,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeGuard
 from pydantic import ValidationError
 
 from hubctl.config.site import Caps, DaySchedule, Sharing, Window
-from hubctl.core.control import BatteryMode, BatteryOverride, Overrides
 from hubctl.core.limits import LimitClock
 from hubctl.core.sharing import SharingKey, SharingRule
+from hubctl.core.types import BatteryMode, BatteryOverride, Overrides
 from hubctl.errors import CommandError
 
 if TYPE_CHECKING:
@@ -608,13 +607,3 @@ def load_state(text: str, cfg: SiteConfig, now: float) -> tuple[OperatorState, l
             cid if isinstance(cid, str) else None,
         )
     return OperatorState(settings), dropped
-
-
-def with_setting(state: OperatorState, key: str, setting: Setting | None) -> OperatorState:
-    """A copy with one setting put or removed (tests and tools)."""
-    settings = dict(state.settings)
-    if setting is None:
-        settings.pop(key, None)
-    else:
-        settings[key] = setting
-    return dataclasses.replace(state, settings=settings)

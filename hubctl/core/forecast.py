@@ -1,6 +1,6 @@
 """The controller's own forecasts of load and available PV (pure, causal).
 
-Only what a gateway sees is used: its own past readings (`hubctl.history`, and the
+Only what a gateway sees is used: its own past readings (`hubctl.core.history`, and the
 last day in 5-minute buckets here), imported metering data, the clock, the
 calendar and the sun's position. Nothing is read from the future.
 
@@ -32,7 +32,7 @@ Load (park total over the plan steps, three variants)
     * **never seen at all** (a first day, no imported history): in the hours a
       park typically ramps up (`ramp_windows`, local time) of a working day the
       need is unbounded (`math.inf`): the planner then keeps all the energy the
-      batteries could give in those hours and charges for it (`hubctl.plan`); on
+      batteries could give in those hours and charges for it (`hubctl.core.plan`); on
       a first Saturday it keeps what the batteries hold but buys nothing; on a
       Sunday or a holiday parks do not typically ramp up. Outside them the high
       is the recent level and the highest reading of the last hour, planned for
@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from hubctl.core.history import QUARTER_S, SLOTS, DayRecord, DayType
 from hubctl.core.solar import clear_sky_shape, clear_sky_shape_minute
@@ -330,21 +330,18 @@ def _refuted(recent: RecentLoad, history: History, profiles: _Profiles, candidat
     return count >= _REFUTE_MIN_BUCKETS and obs < _REFUTE_FRAC * ref
 
 
-def forecast(
-    ts_utc: float,
-    steps: int,
-    step_s: float,
-    recent: RecentLoad,
-    history: History,
-    pv_index: PvIndex,
-    peaks: tuple[float, ...],
-    lat: float,
-    lon: float,
-    ramp_windows: Sequence[tuple[int, int]] = (),
-    uncertainty: float = 0.1,
-) -> Forecast:
-    """Forecast for the plan steps starting at ts_utc (step j covers [ts + j*step, ts + (j+1)*step));
-    see the module docstring."""
+@dataclass(frozen=True, slots=True)
+class _Recently:
+    """What the park's last hour and day of readings say (kW)."""
+
+    level: float  # mean of the last 30 minutes
+    base: float  # lowest bucket of the last day
+    peak: float  # highest reading of the last day
+    lo_now: float  # lowest bucket of the last hour
+    hi_now: float  # highest reading or bucket of the last hour
+
+
+def _recently(ts_utc: float, recent: RecentLoad) -> _Recently:
     now_bucket = int(ts_utc // BUCKET_S)
     last_hour = [v for _, v in recent.last(12)] or [0.0]
     last_30 = last_hour[-7:]
@@ -353,7 +350,31 @@ def forecast(
     base = min(day)
     peak = recent.peak_since(now_bucket - 287)
     lo_now, hi_now = min(last_hour), max(recent.peak_since(now_bucket - 12), *last_hour)
+    return _Recently(level, base, peak, lo_now, hi_now)
 
+
+@dataclass(frozen=True, slots=True)
+class _LoadContext:
+    """What every step of the load forecast looks at: the profiles, today and what it rules out."""
+
+    history: History
+    profiles: _Profiles
+    recently: _Recently
+    dev: float  # today's deviation from its profile (kW)
+    today: dt.date
+    seen_types: list[DayType]  # day types with a profile
+    refuted: set[DayType]  # stand-ins for today's day type that today's readings rule out
+    ramp_windows: Sequence[tuple[int, int]]
+    uncertainty: float
+
+
+def _load_context(
+    ts_utc: float,
+    recent: RecentLoad,
+    history: History,
+    ramp_windows: Sequence[tuple[int, int]],
+    uncertainty: float,
+) -> _LoadContext:
     profiles = _profiles_of(history)
     dev_seen = _deviation(recent, history, profiles, _DEVIATION_BUCKETS)
     dev = dev_seen[0] if dev_seen is not None else 0.0
@@ -362,67 +383,88 @@ def forecast(
     seen_types = [t for t in DayType if profiles.known.get(t, False)]
     # another day type standing in for today's, where today's has not been seen: ruled out by today
     refuted = {t for t in seen_types if t is not today_type and _refuted(recent, history, profiles, t)}
+    recently = _recently(ts_utc, recent)
+    return _LoadContext(
+        history, profiles, recently, dev, today, seen_types, refuted, ramp_windows, uncertainty
+    )
 
-    expected, low, high, need, soft, room, covered = [], [], [], [], [], [], []
-    ramp: list[bool] = []
-    for j in range(steps):
-        lead = (j + 0.5) * step_s
-        t = ts_utc + lead
-        date, slot = history.quarters.of(int(t // QUARTER_S))
-        day_type = history.day_type(date)
-        fade = math.exp(-lead / _DEVIATION_FADE_S)
-        ramp.append(
-            day_type is DayType.WORKING and in_windows(slot * QUARTER_S + t % QUARTER_S, ramp_windows)
-        )
-        avail = [c for c in seen_types if profiles.has(c, slot)]  # day types seen at this quarter-hour
-        if profiles.has(day_type, slot):
-            cands = [day_type]
-        elif date == today:
-            cands = [c for c in avail if c not in refuted]
-        else:
-            cands = avail
-        persist = math.exp(-lead / 3600.0)
-        persisted = (hi_now * persist + level * (1 - persist)) * (1 + uncertainty)
-        if cands:
-            e = sum(profiles.mid[c][slot] for c in cands) / len(cands)
-            hi = max(profiles.high_around[c][slot] for c in cands)
-            lo = min(profiles.low_around[c][slot] for c in cands)
-            expected.append(max(0.0, e + dev * fade))
-            high.append(max(0.0, hi * (1 + uncertainty) + max(dev, 0.0) * fade))
-            low.append(max(0.0, lo * (1 - uncertainty) + min(dev, 0.0) * fade))
-            room.append(expected[-1])
-            covered.append(True)
-            if cands == [day_type]:
-                need.append(high[-1])
-                soft.append(high[-1])
-            elif max(_BUSY[c] for c in cands) < _BUSY[day_type] and in_windows(
-                slot * QUARTER_S + t % QUARTER_S, ramp_windows
-            ):  # the first working day after a weekend: a Sunday says nothing of its morning ramp
-                need.append(math.inf)
-                soft.append(math.inf)
-            else:  # another day type stands in: its energy is kept, not bought (`hubctl.plan`)
-                need.append(persisted if lead <= _PERSIST_S else -math.inf)
-                soft.append(high[-1])
-            continue
-        # nothing of this quarter-hour seen on any day type (or today rules the candidates out)
-        expected.append(level)
-        drop = min(_MAX_DROP, uncertainty + _DROP_PER_H * lead / 3600.0)
-        low.append(max(base * (1 - uncertainty), lo_now * (1 - drop)))
-        room.append(0.5 * (low[-1] + level))
-        local_sod = slot * QUARTER_S + t % QUARTER_S  # UTC offsets are whole quarter-hours
-        high.append(persisted)
-        blind = not avail and in_windows(local_sod, ramp_windows)  # never seen: keep what a ramp may need
-        if blind and day_type is DayType.WORKING:
-            need.append(math.inf)
-        elif lead <= _PERSIST_S:
-            need.append(high[-1])
-        else:
-            need.append(-math.inf)  # not known: no import need planned this far ahead
-        # a first Saturday keeps the energy it has for its ramp hours and buys none; parks do not
-        # typically ramp up on a Sunday or a public holiday
-        soft.append(math.inf if blind and day_type is DayType.SATURDAY else need[-1])
-        covered.append(False)
 
+class _LoadStep(NamedTuple):
+    """One plan step of the load forecast (kW; the fields of `Forecast` of the same names)."""
+
+    expected: float
+    low: float
+    high: float
+    need: float
+    soft: float
+    room: float
+    covered: bool
+    ramp: bool
+
+
+def _load_step(ts_utc: float, lead: float, ctx: _LoadContext) -> _LoadStep:
+    """The load forecast of the step whose middle is `lead` seconds ahead."""
+    history, profiles, uncertainty = ctx.history, ctx.profiles, ctx.uncertainty
+    t = ts_utc + lead
+    date, slot = history.quarters.of(int(t // QUARTER_S))
+    day_type = history.day_type(date)
+    fade = math.exp(-lead / _DEVIATION_FADE_S)
+    local_sod = slot * QUARTER_S + t % QUARTER_S  # UTC offsets are whole quarter-hours
+    ramp = day_type is DayType.WORKING and in_windows(local_sod, ctx.ramp_windows)
+    avail = [c for c in ctx.seen_types if profiles.has(c, slot)]  # day types seen at this quarter-hour
+    if profiles.has(day_type, slot):
+        cands = [day_type]
+    elif date == ctx.today:
+        cands = [c for c in avail if c not in ctx.refuted]
+    else:
+        cands = avail
+    persist = math.exp(-lead / 3600.0)
+    rec = ctx.recently
+    persisted = (rec.hi_now * persist + rec.level * (1 - persist)) * (1 + uncertainty)
+    if cands:
+        dev = ctx.dev
+        e = sum(profiles.mid[c][slot] for c in cands) / len(cands)
+        hi = max(profiles.high_around[c][slot] for c in cands)
+        lo = min(profiles.low_around[c][slot] for c in cands)
+        expected = max(0.0, e + dev * fade)
+        high = max(0.0, hi * (1 + uncertainty) + max(dev, 0.0) * fade)
+        low = max(0.0, lo * (1 - uncertainty) + min(dev, 0.0) * fade)
+        if cands == [day_type]:
+            need = soft = high
+        elif max(_BUSY[c] for c in cands) < _BUSY[day_type] and in_windows(local_sod, ctx.ramp_windows):
+            need = soft = math.inf  # the first working day after a weekend: a Sunday says nothing of its ramp
+        else:  # another day type stands in: its energy is kept, not bought (`hubctl.core.plan`)
+            need = persisted if lead <= _PERSIST_S else -math.inf
+            soft = high
+        return _LoadStep(expected, low, high, need, soft, expected, covered=True, ramp=ramp)
+    # nothing of this quarter-hour seen on any day type (or today rules the candidates out)
+    drop = min(_MAX_DROP, uncertainty + _DROP_PER_H * lead / 3600.0)
+    low = max(rec.base * (1 - uncertainty), rec.lo_now * (1 - drop))
+    blind = not avail and in_windows(local_sod, ctx.ramp_windows)  # never seen: keep what a ramp may need
+    if blind and day_type is DayType.WORKING:
+        need = math.inf
+    elif lead <= _PERSIST_S:
+        need = persisted
+    else:
+        need = -math.inf  # not known: no import need planned this far ahead
+    # a first Saturday keeps the energy it has for its ramp hours and buys none; parks do not
+    # typically ramp up on a Sunday or a public holiday
+    soft = math.inf if blind and day_type is DayType.SATURDAY else need
+    return _LoadStep(rec.level, low, persisted, need, soft, 0.5 * (low + rec.level), covered=False, ramp=ramp)
+
+
+def _pv_forecast(
+    ts_utc: float,
+    steps: int,
+    step_s: float,
+    history: History,
+    pv_index: PvIndex,
+    peaks: tuple[float, ...],
+    lat: float,
+    lon: float,
+) -> tuple[list[float], list[float]]:
+    """The park's PV over the plan steps (kW): under a clear sky, and under a dull one."""
+    today, _ = history.quarters.of(int(ts_utc // QUARTER_S))
     # by the minute, memoised: every renewal of the plan asks again for most of the same minutes
     shapes = [
         clear_sky_shape_minute(int((ts_utc + (j + 0.5) * step_s) // 60), lat, lon) for j in range(steps)
@@ -447,7 +489,40 @@ def forecast(
             continue
         fade = math.exp(-(j + 0.5) * step_s / _SKY_FADE_S)
         pv_low.append(min(k_now, k_now * fade + k_later * (1 - fade)) * s)
-    return Forecast(expected, low, high, peak, covered, pv_clear, pv_low, need, soft, room, ramp)
+    return pv_clear, pv_low
+
+
+def forecast(
+    ts_utc: float,
+    steps: int,
+    step_s: float,
+    recent: RecentLoad,
+    history: History,
+    pv_index: PvIndex,
+    peaks: tuple[float, ...],
+    lat: float,
+    lon: float,
+    ramp_windows: Sequence[tuple[int, int]] = (),
+    uncertainty: float = 0.1,
+) -> Forecast:
+    """Forecast for the plan steps starting at ts_utc (step j covers [ts + j*step, ts + (j+1)*step));
+    see the module docstring."""
+    ctx = _load_context(ts_utc, recent, history, ramp_windows, uncertainty)
+    load = [_load_step(ts_utc, (j + 0.5) * step_s, ctx) for j in range(steps)]
+    pv_clear, pv_low = _pv_forecast(ts_utc, steps, step_s, history, pv_index, peaks, lat, lon)
+    return Forecast(
+        [s.expected for s in load],
+        [s.low for s in load],
+        [s.high for s in load],
+        ctx.recently.peak,
+        [s.covered for s in load],
+        pv_clear,
+        pv_low,
+        [s.need for s in load],
+        [s.soft for s in load],
+        [s.room for s in load],
+        [s.ramp for s in load],
+    )
 
 
 _CLEARNESS: dict[tuple[object, dt.date], tuple[DayRecord, float | None]] = {}

@@ -1,8 +1,8 @@
 """What the controller knows of its park: quarter-hour loads per company, local day and day type.
 
 Pure data and pure functions (no I/O, no clock, no logging); the gateway persists a
-`History` in its state directory (`hubctl.history_store`) and `hubctl history import`
-fills it from a metering company's data (`hubctl.history_import`), and `hubctl sim` hands
+`History` in its state directory (`hubctl.data.history_store`) and `hubctl history import`
+fills it from a metering company's data (`hubctl.data.history_import`), and `hubctl sim` hands
 a scenario's `history.csv` to the controller through that same import.
 
 Days and quarters

@@ -11,7 +11,7 @@ lower the result, never raise it.
 
 `tightest_export_kw` answers another question: the lowest export cap the
 configuration can put in force at any time from a date on, for the value a
-device falls back to when no controller writes (`hubctl.control.fallback_pv_limits`).
+device falls back to when no controller writes (`hubctl.core.failsafe.fallback_pv_limits`).
 """
 
 from __future__ import annotations

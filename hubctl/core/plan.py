@@ -1,7 +1,7 @@
 """The rolling-horizon plan: how much energy the batteries must hold, and how much room they must keep.
 
 Every `plan_every_s` the controller looks `horizon_h` ahead over its own
-forecasts (`hubctl.forecast`) and the limits that will be in force (windows,
+forecasts (`hubctl.core.forecast`) and the limits that will be in force (windows,
 day-ahead schedules), and computes two energy bands for the park's batteries
 taken together:
 
@@ -31,7 +31,7 @@ peaks coming; it then keeps `reserve` (the battery's `reserve_soc_pct`) as a
 floor, but yields it to the ceiling: room for a forecast solar excess is worth
 more than a guess.
 
-The real-time law (`hubctl.control`) then works inside the band: it absorbs
+The real-time law (`hubctl.core.control`) then works inside the band: it absorbs
 surplus only below the ceiling, covers import only above the floor, charges
 towards the floor and drains towards the ceiling, and always holds the caps.
 """

@@ -27,18 +27,55 @@ Wall-clock seconds of day (for limit windows) are ``(ts + offset) mod 86400``,
 as in ``tools/score.py``: on the fall-back day the hour 02:00–03:00 occurs
 twice and both times fall in a window that covers it; on the spring-forward
 day 02:00–03:00 does not occur.
+
+**The two quarter-hour accumulators, side by side.** Two rules judge a park
+quarter-hour against the caps, and they disagree; both are kept as they are
+here until one rule is chosen (ARCHITECTURE-REVIEW.md, (d) 3 and "Not part of
+the refactor" (a)):
+
+- ``QuarterMeter`` (the gateway's journal and ``--trace``: ``QuarterRecord``,
+  the ``OVER THE CAP`` warning): the quarter's mean grid power against the
+  *lowest* cap seen in any cycle of the quarter, with that cap's source; over
+  as soon as the mean is above it, without tolerance.
+- ``LedgerQuarter`` + ``quarter_over_cap`` (the ledger's ``quarters`` rows,
+  ``hubctl report``): the mean against the *time-weighted mean* cap over the
+  seconds a cap was in force, with the source that held longest; over only
+  beyond it by more than 1 W (``EPS_OVER_KW``, SCENARIOS.md), the rule of the
+  core's budget integral and of ``hubctl.core.metrics``.
+
+For one quarter in which the park imports 450 kW throughout and the import
+cap drops from 500 to 400 kW at minute 10 (a window starting mid-quarter)::
+
+    QuarterMeter:  mean 450.0 kW vs cap 400.0 (window 16:10-20:00) -> over=True
+    LedgerQuarter: mean 450.0 kW vs cap 466.7 (contract)           -> over=False
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from hubctl.core.metrics import EPS_OVER_KW
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-__all__ = ["local_seconds_of_day", "quarter_index_of_day", "quarter_start", "quarters_in_local_day"]
+    from hubctl.core.types import Decision
+
+__all__ = [
+    "LedgerQuarter",
+    "ParkStep",
+    "QuarterMeter",
+    "QuarterRecord",
+    "QuarterRow",
+    "local_seconds_of_day",
+    "quarter_index_of_day",
+    "quarter_over_cap",
+    "quarter_start",
+    "quarters_in_local_day",
+]
 
 QUARTER_S = 900
 DAY_S = 86400
@@ -128,3 +165,197 @@ def local_seconds_of_day(ts_utc: float, tz: ZoneInfo) -> float:
     # quarter boundaries, and datetime's rounding to microseconds cannot cross one then.
     offset = _offset_s(quarter_start(ts_utc), tz)
     return float((ts_utc + offset) % DAY_S)
+
+
+# --- The gateway's quarter meter (the journal's verdict: the lowest cap, no tolerance) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterRecord:
+    """One closed quarter-hour of the park connection: the evidence a grid operator asks for."""
+
+    start_utc: float
+    mean_kw: float  # + import
+    import_cap_kw: float | None
+    export_cap_kw: float | None
+    import_source: str
+    export_source: str
+    coverage: float  # share of the quarter with a park reading
+    over: bool
+
+
+@dataclass(slots=True)
+class _MeterQuarter:
+    index: int
+    energy_kws: float = 0.0
+    seen_s: float = 0.0
+    import_cap_kw: float | None = None
+    export_cap_kw: float | None = None
+    import_source: str = "none"
+    export_source: str = "none"
+
+
+class QuarterMeter:
+    """Integrates the park's grid power per quarter-hour (UTC quarters, as the core counts them).
+
+    Judged against the lowest cap seen in the quarter, without tolerance (module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, _MeterQuarter] = {}
+        self.closed: list[QuarterRecord] = []
+
+    def add(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
+        index = int(ts_utc // QUARTER_S)
+        q = self._open.get(index)
+        if q is None:
+            q = self._open[index] = _MeterQuarter(index)
+        lim = decision.park_limits
+        # the lowest cap seen in the quarter is the one the quarter is judged against
+        if lim.import_kw is not None and (q.import_cap_kw is None or lim.import_kw < q.import_cap_kw):
+            q.import_cap_kw, q.import_source = lim.import_kw, lim.import_source
+        if lim.export_kw is not None and (q.export_cap_kw is None or lim.export_kw < q.export_cap_kw):
+            q.export_cap_kw, q.export_source = lim.export_kw, lim.export_source
+        if park_kw is not None:
+            q.energy_kws += park_kw * dt_s
+            q.seen_s += dt_s
+
+    def close_before(self, ts_utc: float) -> list[QuarterRecord]:
+        """Close every quarter that ended before `ts_utc`."""
+        current = int(ts_utc // QUARTER_S)
+        out = []
+        for index in sorted(i for i in self._open if i < current):
+            q = self._open.pop(index)
+            mean = q.energy_kws / q.seen_s if q.seen_s > 0 else math.nan
+            over = bool(
+                (q.import_cap_kw is not None and mean > q.import_cap_kw)
+                or (q.export_cap_kw is not None and -mean > q.export_cap_kw)
+            )
+            out.append(
+                QuarterRecord(
+                    index * float(QUARTER_S),
+                    mean,
+                    q.import_cap_kw,
+                    q.export_cap_kw,
+                    q.import_source,
+                    q.export_source,
+                    min(1.0, q.seen_s / QUARTER_S),
+                    over,
+                )
+            )
+        self.closed.extend(out)
+        return out
+
+
+# --- The ledger's park quarter (the report's verdict: the time-weighted mean cap, 1 W tolerance) -----------
+
+
+@dataclass(frozen=True, slots=True)
+class ParkStep:
+    """What the park did during a step besides the companies' grid power (``None``: not measured)."""
+
+    load_kw: float | None = None
+    pv_kw: float | None = None
+    pv_available_kw: float | None = None
+    import_limit_kw: float | None = None
+    import_source: str = "none"
+    export_limit_kw: float | None = None
+    export_source: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterRow:
+    start_utc: float
+    import_kwh: float
+    export_kwh: float
+    grid_kw: float | None  # mean over the covered seconds
+    import_limit_kw: float | None  # mean over the seconds a cap was in force; None: no cap
+    export_limit_kw: float | None
+    import_source: str  # the source that held longest in the quarter
+    export_source: str
+    pv_kwh: float | None
+    load_kwh: float | None
+    curtailed_kwh: float | None
+    covered_s: float
+    over_cap: bool
+
+
+def quarter_over_cap(
+    grid_kw: float | None, import_limit_kw: float | None, export_limit_kw: float | None
+) -> bool:
+    """A quarter is over a cap when its mean is beyond the mean cap by more than 1 W (SCENARIOS.md)."""
+    if grid_kw is None:
+        return False
+    over_import = import_limit_kw is not None and grid_kw - import_limit_kw > EPS_OVER_KW
+    over_export = export_limit_kw is not None and -export_limit_kw - grid_kw > EPS_OVER_KW
+    return over_import or over_export
+
+
+@dataclass(slots=True)
+class LedgerQuarter:
+    """Accumulators of the ledger's open park quarter-hour (plain data, saved as JSON)."""
+
+    start: float
+    covered_s: float = 0.0
+    import_kwh: float = 0.0
+    export_kwh: float = 0.0
+    grid_kws: float = 0.0  # ∫ grid dt in kW·s
+    imp_lim_kws: float = 0.0
+    imp_lim_s: float = 0.0
+    exp_lim_kws: float = 0.0
+    exp_lim_s: float = 0.0
+    imp_src_s: dict[str, float] = field(default_factory=dict)
+    exp_src_s: dict[str, float] = field(default_factory=dict)
+    pv_kwh: float | None = None
+    load_kwh: float | None = None
+    curtailed_kwh: float | None = None
+
+    def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
+        h = dt_s / 3600
+        self.covered_s += dt_s
+        self.import_kwh += max(park_grid_kw, 0.0) * h
+        self.export_kwh += max(-park_grid_kw, 0.0) * h
+        self.grid_kws += park_grid_kw * dt_s
+        if park is None:
+            return
+        if park.import_limit_kw is not None:
+            self.imp_lim_kws += park.import_limit_kw * dt_s
+            self.imp_lim_s += dt_s
+        if park.export_limit_kw is not None:
+            self.exp_lim_kws += park.export_limit_kw * dt_s
+            self.exp_lim_s += dt_s
+        self.imp_src_s[park.import_source] = self.imp_src_s.get(park.import_source, 0.0) + dt_s
+        self.exp_src_s[park.export_source] = self.exp_src_s.get(park.export_source, 0.0) + dt_s
+        if park.pv_kw is not None:
+            self.pv_kwh = (self.pv_kwh or 0.0) + park.pv_kw * h
+        if park.load_kw is not None:
+            self.load_kwh = (self.load_kwh or 0.0) + park.load_kw * h
+        if park.pv_available_kw is not None and park.pv_kw is not None:
+            self.curtailed_kwh = (self.curtailed_kwh or 0.0) + max(park.pv_available_kw - park.pv_kw, 0.0) * h
+
+    def row(self) -> QuarterRow:
+        grid = self.grid_kws / self.covered_s if self.covered_s > 0 else None
+        imp = self.imp_lim_kws / self.imp_lim_s if self.imp_lim_s > 0 else None
+        exp = self.exp_lim_kws / self.exp_lim_s if self.exp_lim_s > 0 else None
+        return QuarterRow(
+            start_utc=self.start,
+            import_kwh=self.import_kwh,
+            export_kwh=self.export_kwh,
+            grid_kw=grid,
+            import_limit_kw=imp,
+            export_limit_kw=exp,
+            import_source=max(self.imp_src_s, key=self.imp_src_s.__getitem__) if self.imp_src_s else "none",
+            export_source=max(self.exp_src_s, key=self.exp_src_s.__getitem__) if self.exp_src_s else "none",
+            pv_kwh=self.pv_kwh,
+            load_kwh=self.load_kwh,
+            curtailed_kwh=self.curtailed_kwh,
+            covered_s=self.covered_s,
+            over_cap=quarter_over_cap(grid, imp, exp),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LedgerQuarter:
+        return cls(**data)
