@@ -1,6 +1,6 @@
 """Register maps of the supported Modbus devices, one YAML file each; shipped as `hubctl.drivers`.
 
-A map is data, not code: `hubctl.codec.registers.load_map` reads it. docs/drivers.md says how to
+A map is data, not code: `hubctl.codec.regmap.load_map` reads it. docs/drivers.md says how to
 write one.
 """
 

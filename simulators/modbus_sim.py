@@ -18,7 +18,7 @@ Layers (transport -> protocol -> device, as in python-kasa):
   park's latest `StepRecord` (unless the device is `frozen`), on a write it
   validates and applies it (or answers exception 6 when `busy`).
 - `MapUnit`: a device described by a register map from drivers/ and its
-  `roles:` block. Physical values are encoded with `hubctl.registers.encode`
+  `roles:` block. Physical values are encoded with `hubctl.codec.registers.encode`
   using the map's scale and sign, so a client decoding with the same map reads
   the physics' values back in hubctl's sign convention.
 
@@ -61,18 +61,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from hubctl.codec.registers import (
-    Access,
-    DataType,
-    Function,
-    Point,
-    RegisterMap,
-    WordOrder,
-    decode,
-    encode,
-    load_map,
-    role_point_values,
-)
+from hubctl.codec.registers import DataType, Function, WordOrder, decode, encode
+from hubctl.codec.regmap import Access, Point, RegisterMap, load_map, role_point_values
 from hubctl.drivers import DRIVERS_DIR
 from hubctl.errors import DecodeError, EncodeError
 from simulators.connections import ConnectionSet

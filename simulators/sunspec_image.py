@@ -33,6 +33,8 @@ from typing import Any
 
 from sunspec2 import device as sunspec_device
 
+from hubctl.codec.sunspec import SunSpecPoint
+
 BASE_ADDRESS = 40000
 MARKER = (0x5375, 0x6E53)  # "SunS"
 END_MODEL_ID = 0xFFFF
@@ -46,50 +48,31 @@ class _Type:
     accumulator: bool = False
 
 
+# (words, signed, "not implemented" pattern) -> the types that share them; accumulators are acc*
+_TYPE_GROUPS: tuple[tuple[int, bool, int, tuple[str, ...]], ...] = (
+    (1, True, 0x8000, ("int16", "sunssf")),
+    (1, False, 0xFFFF, ("uint16", "count", "enum16", "bitfield16")),
+    (1, False, 0, ("acc16", "pad")),
+    (2, True, 0x8000_0000, ("int32",)),
+    (2, False, 0xFFFF_FFFF, ("uint32", "enum32", "bitfield32")),
+    (2, False, 0, ("acc32", "ipaddr")),
+    (2, True, 0x7FC0_0000, ("float32",)),
+    (4, True, 0x8000_0000_0000_0000, ("int64",)),
+    (4, False, 0xFFFF_FFFF_FFFF_FFFF, ("uint64",)),
+    (4, False, 0, ("acc64",)),
+)
 _TYPES: dict[str, _Type] = {
-    "int16": _Type(1, signed=True, unimpl=0x8000),
-    "sunssf": _Type(1, signed=True, unimpl=0x8000),
-    "uint16": _Type(1, signed=False, unimpl=0xFFFF),
-    "count": _Type(1, signed=False, unimpl=0xFFFF),
-    "enum16": _Type(1, signed=False, unimpl=0xFFFF),
-    "bitfield16": _Type(1, signed=False, unimpl=0xFFFF),
-    "acc16": _Type(1, signed=False, unimpl=0, accumulator=True),
-    "pad": _Type(1, signed=False, unimpl=0),
-    "int32": _Type(2, signed=True, unimpl=0x8000_0000),
-    "uint32": _Type(2, signed=False, unimpl=0xFFFF_FFFF),
-    "enum32": _Type(2, signed=False, unimpl=0xFFFF_FFFF),
-    "bitfield32": _Type(2, signed=False, unimpl=0xFFFF_FFFF),
-    "acc32": _Type(2, signed=False, unimpl=0, accumulator=True),
-    "ipaddr": _Type(2, signed=False, unimpl=0),
-    "float32": _Type(2, signed=True, unimpl=0x7FC0_0000),
-    "int64": _Type(4, signed=True, unimpl=0x8000_0000_0000_0000),
-    "uint64": _Type(4, signed=False, unimpl=0xFFFF_FFFF_FFFF_FFFF),
-    "acc64": _Type(4, signed=False, unimpl=0, accumulator=True),
+    name: _Type(words, signed=signed, unimpl=unimpl, accumulator=name.startswith("acc"))
+    for words, signed, unimpl, names in _TYPE_GROUPS
+    for name in names
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SunSpecPoint:
-    """One point of one model in the image."""
-
-    model_id: int
-    name: str
-    address: int
-    type: str
-    words: int
-    sf: str | int | None  # the scale factor: a sunssf point of the same model, a fixed exponent, or none
-    writable: bool  # RW in the model definition
-
-    @property
-    def end(self) -> int:
-        return self.address + self.words
 
 
 class SunSpecImageError(ValueError):
     """A model or point the image does not have, or a value that cannot be set."""
 
 
-def _point_def(pdef: Any) -> tuple[str, str, int, str | int | None, bool]:
+def _point_def(pdef: Any) -> tuple[str, str, int, str | int | None, bool, str]:
     if not isinstance(pdef, dict):
         raise SunSpecImageError(f"point definition is not an object: {pdef!r}")
     name, ptype, size = pdef.get("name"), pdef.get("type"), pdef.get("size")
@@ -98,7 +81,7 @@ def _point_def(pdef: Any) -> tuple[str, str, int, str | int | None, bool]:
     sf = pdef.get("sf")
     if sf is not None and not isinstance(sf, str | int):
         raise SunSpecImageError(f"{name}: scale factor {sf!r} is neither a name nor a number")
-    return name, ptype, size, sf, pdef.get("access") == "RW"
+    return name, ptype, size, sf, pdef.get("access") == "RW", str(pdef.get("units", ""))
 
 
 class SunSpecImage:
@@ -118,7 +101,7 @@ class SunSpecImage:
             self.model_addresses[mid] = start
             group = sunspec_device.get_model_def(mid)["group"]
             layout = self._layout(mid, group, start, "")
-            length = sum(p.words for p in layout) - 2
+            length = sum(p.size for p in layout) - 2
             for p in layout:
                 self.points[(mid, p.name)] = p
                 words += _split(p, _TYPES[p.type].unimpl if p.type in _TYPES else 0)
@@ -132,8 +115,8 @@ class SunSpecImage:
             raise SunSpecImageError(f"model {mid}: group definition is not an object")
         out: list[SunSpecPoint] = []
         for pdef in group.get("points", []):
-            name, ptype, size, sf, writable = _point_def(pdef)
-            out.append(SunSpecPoint(mid, prefix + name, address, ptype, size, sf, writable))
+            name, ptype, size, sf, writable, units = _point_def(pdef)
+            out.append(SunSpecPoint(mid, prefix + name, address, ptype, size, units, sf, writable))
             address += size
         for sub in group.get("groups", []):
             count = sub.get("count", 1) if isinstance(sub, dict) else 1
@@ -159,11 +142,11 @@ class SunSpecImage:
 
     def _words(self, p: SunSpecPoint) -> list[int]:
         i = p.address - BASE_ADDRESS
-        return self.words[i : i + p.words]
+        return self.words[i : i + p.size]
 
     def _put(self, p: SunSpecPoint, words: list[int]) -> None:
         i = p.address - BASE_ADDRESS
-        self.words[i : i + p.words] = words
+        self.words[i : i + p.size] = words
 
     def set_raw(self, model_id: int, name: str, raw: int | None) -> None:
         """Store an integer as the point's type holds it (None: not implemented)."""
@@ -173,22 +156,22 @@ class SunSpecImage:
             self._put(p, _split(p, info.unimpl))
             return
         low, high = _raw_range(p)
-        self._put(p, _split(p, min(max(raw, low), high) & ((1 << (16 * p.words)) - 1)))
+        self._put(p, _split(p, min(max(raw, low), high) & ((1 << (16 * p.size)) - 1)))
 
     def set_string(self, model_id: int, name: str, text: str) -> None:
         p = self.point(model_id, name)
         if p.type != "string":
             raise SunSpecImageError(f"{model_id}.{name} is {p.type}, not a string")
-        data = text.encode("utf-8")[: 2 * p.words].ljust(2 * p.words, b"\0")
+        data = text.encode("utf-8")[: 2 * p.size].ljust(2 * p.size, b"\0")
         self._put(p, [int.from_bytes(data[k : k + 2], "big") for k in range(0, len(data), 2)])
 
     def exponent(self, p: SunSpecPoint) -> int | None:
         """The scale factor exponent in force for `p` (0 without one; None when not implemented)."""
-        if p.sf is None:
+        if p.scale_factor is None:
             return 0
-        if isinstance(p.sf, int):
-            return p.sf
-        return self.get_raw(p.model_id, p.sf)
+        if isinstance(p.scale_factor, int):
+            return p.scale_factor
+        return self.get_raw(p.model_id, p.scale_factor)
 
     def set_value(self, model_id: int, name: str, value: float | None) -> None:
         """Store an engineering value, scaled by the point's scale factor; None: not implemented."""
@@ -221,8 +204,8 @@ class SunSpecImage:
             raw = raw << 16 | (w & 0xFFFF)
         if raw == info.unimpl:
             return None
-        if info.signed and raw >= 1 << (16 * p.words - 1):
-            raw -= 1 << (16 * p.words)
+        if info.signed and raw >= 1 << (16 * p.size - 1):
+            raw -= 1 << (16 * p.size)
         return raw
 
     def decode_value(self, p: SunSpecPoint, words: list[int]) -> float | None:
@@ -248,7 +231,7 @@ def _type(p: SunSpecPoint) -> _Type:
 def _raw_range(p: SunSpecPoint) -> tuple[int, int]:
     """Raw values a point may hold, short of its "not implemented" pattern."""
     info = _type(p)
-    bits = 16 * p.words
+    bits = 16 * p.size
     if info.signed:
         return -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1
     if info.unimpl == 0:
@@ -257,7 +240,7 @@ def _raw_range(p: SunSpecPoint) -> tuple[int, int]:
 
 
 def _split(p: SunSpecPoint, raw: int) -> list[int]:
-    return [(raw >> (16 * i)) & 0xFFFF for i in reversed(range(p.words))]
+    return [(raw >> (16 * i)) & 0xFFFF for i in reversed(range(p.size))]
 
 
 def scale_exponent(max_abs: float, *, signed: bool, minimum: int = 0) -> int:

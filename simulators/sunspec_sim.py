@@ -1,4 +1,4 @@
-"""Simulated SunSpec devices: two kinds of PV inverter and of storage, and a meter, on pysunspec2's models.
+"""Simulated SunSpec devices: the kinds, their common base, two kinds of PV inverter and a meter.
 
 Model chains (from 40000, ending 0xFFFF):
 
@@ -28,18 +28,7 @@ Model chains (from 40000, ending 0xFFFF):
   stores the value; writing the enable point 0 switches the limit off (and
   ends a fallback). After a communication loss (`DeviceOptions.comm_loss_s`)
   the output follows the same fallback as after a lapse, limit or not.
-- `storage-124`: 1, 103 (W: + discharge), 120, 121, 124 basic storage
-  controls. `StorCtl_Mod` bit 0 bounds charging to `InWRte` % of `WChaMax`,
-  bit 1 bounds discharging to `OutWRte` % of `MaxDisChaRte`; a negative rate
-  forces the other direction (the reading of 124 that Fronius and evcc use).
-  The battery then runs at the power nearest to 0 kW inside those bounds.
-  `InOutWRte_RvrtTms` reverts `StorCtl_Mod` to 0 (and the battery to the
-  fallback power); `ChaState` is the state of charge.
-- `storage-802`: 1, 103, 120, 121, 802 battery (SoC, W: + discharge), 704
-  DER AC controls: `WSetEna`, `WSetMod` (1 = watts, 0 = percent of WMax),
-  `WSet` / `WSetPct` (+ discharge), `WSetRvrtTms` with `WSetEnaRvrt`,
-  `WSetRvrt` / `WSetPctRvrt` as the reversion power (else the device's
-  fallback power), `WSetRvrtRem` counting down.
+- `storage-124` and `storage-802`: the storage kinds, in `simulators.sunspec_storage`.
 - `meter`: 1, 203 wye meter for a company's connection or the park's:
   `W` is + import / - export (SunSpec meters report power flowing from the grid
   into the site as positive), `TotWhImp` / `TotWhExp` accumulate.
@@ -67,20 +56,19 @@ from pymodbus.constants import ExcCodes
 from hubctl.codec.registers import Function
 from simulators.live_park import Setpoint
 from simulators.modbus_sim import ModbusUnit, write_span
-from simulators.sunspec_image import BASE_ADDRESS, SunSpecImage, SunSpecPoint, scale_exponent
+from simulators.sunspec_image import BASE_ADDRESS, SunSpecImage, scale_exponent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from hubctl.codec.sunspec import SunSpecPoint
     from simulators.live_park import CompanyInfo, Park
     from simulators.modbus_sim import DeviceOptions
 
 _PHASE_KV = 0.23
-_BATTERY_V = 51.2
-_ST_SLEEPING, _ST_MPPT, _ST_THROTTLED, _ST_STANDBY = 2, 4, 5, 8
-_CHA_EMPTY, _CHA_DISCHARGING, _CHA_CHARGING, _CHA_FULL, _CHA_HOLDING = 2, 3, 4, 5, 6
-_U16_MAX = 65534  # 0xFFFF is "not implemented"
-_U32_MAX = 2**32 - 2
+_ST_SLEEPING, ST_MPPT, _ST_THROTTLED = 2, 4, 5  # 103 St: operating states
+U16_MAX = 65534  # 0xFFFF is "not implemented"
+U32_MAX = 2**32 - 2
 
 
 class SunSpecKind(StrEnum):
@@ -139,15 +127,15 @@ class SunSpecUnit(ModbusUnit):
             yield BASE_ADDRESS, list(self.image.words)
 
     def write(self, address: int, words: list[int]) -> ExcCodes | None:
-        span = write_span([(p.address, p.words) for p in self._write_order], address, len(words))
+        span = write_span([(p.address, p.size) for p in self._write_order], address, len(words))
         if isinstance(span, ExcCodes):
             return span
         updates: dict[Key, float] = {}
         at = 0
         for i in span:
             p = self._write_order[i]
-            value = self.image.decode_value(p, words[at : at + p.words])
-            at += p.words
+            value = self.image.decode_value(p, words[at : at + p.size])
+            at += p.size
             low, high = self._writable[(p.model_id, p.name)]
             if value is None or not low <= value <= high:
                 return ExcCodes.ILLEGAL_VALUE
@@ -261,14 +249,12 @@ class SunSpecUnit(ModbusUnit):
         img.set_value(121, "VRefOfs", 0.0)
 
 
-class _Inverter(SunSpecUnit):
-    """What both inverter kinds share: ratings, 103, the PV unit, and the limit `WMaxLimPct` (percent
-    of WMax) under an enable point with a revert timer, held as a `Setpoint` (see the module docstring).
-    """
+class CompanyUnit(SunSpecUnit):
+    """A device of a company's PV plant or battery, holding `share` of it: an inverter or a storage.
 
-    control: ClassVar[int]  # the model with the limit
-    enable: ClassVar[str]  # its enable point
-    timer: ClassVar[str]  # its revert timer (seconds)
+    Construction: the common model, the owner, then `_attach` (the family's park unit and static
+    points: `_Inverter`, `sunspec_storage._Storage`), then `_configure` (the kind's own points).
+    """
 
     def __init__(
         self,
@@ -281,17 +267,34 @@ class _Inverter(SunSpecUnit):
     ) -> None:
         super().__init__(device_id, unit_id, park, company, options)
         self.owner = self._owner()
+        self._attach(park, company, share)
+        self._configure()
+
+    def _attach(self, park: Park, company: str, share: float) -> None:
+        """Take this device's share of the company's plant and set the points its family shares."""
+        raise NotImplementedError
+
+    def _configure(self) -> None:
+        """The kind's own points (called at the end of construction)."""
+
+
+class _Inverter(CompanyUnit):
+    """What both inverter kinds share: ratings, 103, the PV unit, and the limit `WMaxLimPct` (percent
+    of WMax) under an enable point with a revert timer, held as a `Setpoint` (see the module docstring).
+    """
+
+    control: ClassVar[int]  # the model with the limit
+    enable: ClassVar[str]  # its enable point
+    timer: ClassVar[str]  # its revert timer (seconds)
+
+    def _attach(self, park: Park, company: str, share: float) -> None:
         if self.owner.pv_peak_kw is None:
-            raise ValueError(f"{device_id}: company {company} has no PV")
+            raise ValueError(f"{self.device_id}: company {company} has no PV")
         self.unit = park.pv_unit(self.owner.id, share=share, limit_kw=self.pv_limit_kw)
         peak_kw = self.peak_kw = self.unit.peak_kw
         self.limit_pct = Setpoint()
         self._inverter_ac(peak_kw * 1000.0)
         self._nameplate(der_type=4, rating_w=peak_kw * 1000.0, settings_w=peak_kw * 1000.0)
-        self._configure()
-
-    def _configure(self) -> None:
-        """The kind's own points (called at the end of construction)."""
 
     def on_write(self, updates: dict[Key, float]) -> None:
         m = self.control
@@ -326,7 +329,7 @@ class _Inverter(SunSpecUnit):
 
     def update(self) -> None:
         pv, avail = self.unit.kw, self.unit.available_kw
-        status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else _ST_MPPT
+        status = _ST_SLEEPING if pv <= 0 else _ST_THROTTLED if pv < avail - 1e-6 else ST_MPPT
         self._inverter_live(pv, self.unit.energy_kwh, status)
         self.limit_pct.update(self.now_s)
         self.image.set_raw(self.control, self.enable, 0 if self.limit_pct.value is None else 1)
@@ -356,7 +359,7 @@ class SunSpecInverter(_Inverter):
         self.allow_write(123, "Conn", 0, 1)
         self.allow_write(123, "WMaxLimPct", 0, 100)
         for name in ("WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms"):
-            self.allow_write(123, name, 0, _U16_MAX)
+            self.allow_write(123, name, 0, U16_MAX)
         self.allow_write(123, "WMaxLim_Ena", 0, 1)
 
     def connected(self) -> bool:
@@ -385,7 +388,7 @@ class SunSpecInverter704(_Inverter):
             self.allow_write(704, name, 0, 1)
         for name in ("WMaxLimPct", "WMaxLimPctRvrt"):
             self.allow_write(704, name, 0, 100)
-        self.allow_write(704, "WMaxLimPctRvrtTms", 0, _U32_MAX)
+        self.allow_write(704, "WMaxLimPctRvrtTms", 0, U32_MAX)
 
     def reversion_pct(self) -> float | None:
         if self.image.get_raw(704, "WMaxLimPctEnaRvrt") == 1:
@@ -395,248 +398,6 @@ class SunSpecInverter704(_Inverter):
     def update(self) -> None:
         super().update()
         self.image.set_value(704, "WMaxLimPctRvrtRem", math.ceil(self.limit_pct.remaining_s(self.now_s)))
-
-
-class _Storage(SunSpecUnit):
-    """What both storage kinds share: ratings, 103 as the AC side, the setpoint plumbing."""
-
-    def __init__(
-        self,
-        device_id: str,
-        unit_id: int,
-        park: Park,
-        company: str,
-        options: DeviceOptions | None = None,
-        share: float = 1.0,
-    ) -> None:
-        super().__init__(device_id, unit_id, park, company, options)
-        self.owner = self._owner()
-        if self.owner.battery is None:
-            raise ValueError(f"{device_id}: company {company} has no battery")
-        self.unit = park.battery_unit(self.owner.id, share=share, setpoint_kw=self.battery_setpoint_kw)
-        self.battery = battery = self.unit.spec
-        self.setpoint = Setpoint()
-        rating_w = 1000.0 * max(battery.max_charge_kw, battery.max_discharge_kw)
-        self._inverter_ac(rating_w)
-        self._nameplate(der_type=82, rating_w=rating_w, settings_w=1000.0 * battery.max_discharge_kw)
-        img = self.image
-        capacity_wh = battery.capacity_kwh * 1000.0
-        self._scale_factors(
-            120,
-            {
-                "WHRtg_SF": scale_exponent(capacity_wh, signed=False),
-                "AhrRtg_SF": scale_exponent(capacity_wh / _BATTERY_V, signed=False),
-                "MaxChaRte_SF": scale_exponent(rating_w, signed=False),
-                "MaxDisChaRte_SF": scale_exponent(rating_w, signed=False),
-            },
-        )
-        img.set_value(120, "WHRtg", capacity_wh)
-        img.set_value(120, "AhrRtg", capacity_wh / _BATTERY_V)
-        img.set_value(120, "MaxChaRte", 1000.0 * battery.max_charge_kw)
-        img.set_value(120, "MaxDisChaRte", 1000.0 * battery.max_discharge_kw)
-        self._configure()
-
-    def _configure(self) -> None:
-        """The kind's own points (called at the end of construction)."""
-
-    def battery_setpoint_kw(self, now_s: float) -> float | None:
-        fallback = self.reversion_kw()
-        if self.comm_lost():
-            return fallback
-        return self.setpoint.effective(now_s, fallback)
-
-    def reversion_kw(self) -> float:
-        return self.options.battery_fallback_kw
-
-    def live(self) -> tuple[float, float]:
-        """(battery_kw, soc_pct) now, and model 103 refreshed."""
-        p = self.unit.kw
-        self._inverter_live(p, self.unit.discharge_kwh, _ST_MPPT if p else _ST_STANDBY)
-        self.setpoint.update(self.now_s)
-        return p, self.unit.soc_pct
-
-    def charge_status(self, p: float, soc: float) -> int:
-        b = self.battery
-        if soc <= b.min_soc_pct + 1e-6 and p >= 0:
-            return _CHA_EMPTY
-        if soc >= b.max_soc_pct - 1e-6 and p <= 0:
-            return _CHA_FULL
-        return _CHA_CHARGING if p < 0 else _CHA_DISCHARGING if p > 0 else _CHA_HOLDING
-
-
-class SunSpecStorage124(_Storage):
-    """Storage with model 124 (InWRte / OutWRte under StorCtl_Mod)."""
-
-    kind = SunSpecKind.STORAGE_124
-
-    def _configure(self) -> None:
-        b = self.battery
-        img = self.image
-        self._scale_factors(
-            124,
-            {
-                "WChaMax_SF": scale_exponent(1000.0 * b.max_charge_kw, signed=False),
-                "WChaDisChaGra_SF": 0,
-                "MinRsvPct_SF": -1,
-                "ChaState_SF": -1,
-                "InBatV_SF": -1,
-                "InOutWRte_SF": -2,
-            },
-        )
-        for name, value in (
-            ("WChaMax", 1000.0 * b.max_charge_kw),
-            ("WChaGra", b.ramp_pct_per_s),
-            ("WDisChaGra", b.ramp_pct_per_s),
-            ("StorCtl_Mod", 0),
-            ("MinRsvPct", b.min_soc_pct),
-            ("InBatV", _BATTERY_V),
-            ("OutWRte", 100.0),
-            ("InWRte", 100.0),
-            ("InOutWRte_WinTms", 0),
-            ("InOutWRte_RvrtTms", 0),
-            ("InOutWRte_RmpTms", 0),
-            ("ChaGriSet", 1),
-        ):
-            img.set_value(124, name, value)
-        self.allow_write(124, "WChaMax", 0, 1000.0 * b.max_charge_kw)
-        self.allow_write(124, "StorCtl_Mod", 0, 3)
-        self.allow_write(124, "OutWRte", -100, 100)
-        self.allow_write(124, "InWRte", -100, 100)
-        for name in ("InOutWRte_WinTms", "InOutWRte_RvrtTms", "InOutWRte_RmpTms"):
-            self.allow_write(124, name, 0, _U16_MAX)
-
-    def on_write(self, updates: dict[Key, float]) -> None:
-        names = {n for m, n in updates if m == 124}
-        if not names & {"StorCtl_Mod", "OutWRte", "InWRte", "WChaMax", "InOutWRte_RvrtTms"}:
-            return
-        img = self.image
-        mode = img.get_raw(124, "StorCtl_Mod") or 0
-        if mode == 0:
-            self.setpoint.cancel()
-            return
-        b = self.battery
-        low, high = -b.max_charge_kw, b.max_discharge_kw
-        if mode & 1:
-            low = (
-                -(img.get_value(124, "InWRte") or 0.0)
-                / 100.0
-                * (img.get_value(124, "WChaMax") or 0.0)
-                / 1000.0
-            )
-        if mode & 2:
-            high = (img.get_value(124, "OutWRte") or 0.0) / 100.0 * b.max_discharge_kw
-        target = min(max(0.0, low), high)
-        self.setpoint.write(target, self.now_s, img.get_raw(124, "InOutWRte_RvrtTms"))
-
-    def update(self) -> None:
-        p, soc = self.live()
-        img = self.image
-        img.set_value(124, "ChaState", soc)
-        img.set_raw(124, "ChaSt", self.charge_status(p, soc))
-        if self.setpoint.value is None:
-            img.set_raw(124, "StorCtl_Mod", 0)
-
-
-class SunSpecStorage802(_Storage):
-    """Storage with model 802 (battery) and 704's active power setpoint WSet."""
-
-    kind = SunSpecKind.STORAGE_802
-
-    def _configure(self) -> None:
-        b = self.battery
-        img = self.image
-        rating_w = 1000.0 * max(b.max_charge_kw, b.max_discharge_kw)
-        capacity_wh = b.capacity_kwh * 1000.0
-        self._scale_factors(
-            802,
-            {
-                "AHRtg_SF": scale_exponent(capacity_wh / _BATTERY_V, signed=False),
-                "WHRtg_SF": scale_exponent(capacity_wh, signed=False),
-                "WChaDisChaMax_SF": scale_exponent(rating_w, signed=False),
-                "SoC_SF": -1,
-                "SoH_SF": 0,
-                "V_SF": -1,
-                "CellV_SF": -3,
-                "A_SF": scale_exponent(rating_w / _BATTERY_V, signed=True),
-                "AMax_SF": scale_exponent(rating_w / _BATTERY_V, signed=False),
-                "W_SF": scale_exponent(rating_w, signed=True),
-            },
-        )
-        for name, value in (
-            ("AHRtg", capacity_wh / _BATTERY_V),
-            ("WHRtg", capacity_wh),
-            ("WChaRteMax", 1000.0 * b.max_charge_kw),
-            ("WDisChaRteMax", 1000.0 * b.max_discharge_kw),
-            ("SoCMax", b.max_soc_pct),
-            ("SoCMin", b.min_soc_pct),
-            ("SoH", 100),
-            ("LocRemCtl", 0),
-            ("AlmRst", 0),
-            ("Typ", 4),
-            ("State", 3),
-            ("Evt1", 0),
-            ("Evt2", 0),
-            ("EvtVnd1", 0),
-            ("EvtVnd2", 0),
-            ("V", _BATTERY_V),
-            ("SetOp", 1),
-            ("SetInvState", 1),
-        ):
-            img.set_value(802, name, value)
-        self._scale_factors(704, {"WSet_SF": 0, "WSetPct_SF": -2})
-        for name, value in (
-            ("WSetEna", 0),
-            ("WSetMod", 1),
-            ("WSet", 0),
-            ("WSetRvrt", 0),
-            ("WSetPct", 0),
-            ("WSetPctRvrt", 0),
-            ("WSetEnaRvrt", 0),
-            ("WSetRvrtTms", 0),
-            ("WSetRvrtRem", 0),
-        ):
-            img.set_value(704, name, value)
-        for name in ("WSetEna", "WSetMod", "WSetEnaRvrt"):
-            self.allow_write(704, name, 0, 1)
-        for name in ("WSet", "WSetRvrt"):
-            self.allow_write(704, name, -1000.0 * b.max_charge_kw, 1000.0 * b.max_discharge_kw)
-        for name in ("WSetPct", "WSetPctRvrt"):
-            self.allow_write(704, name, -100, 100)
-        self.allow_write(704, "WSetRvrtTms", 0, _U32_MAX)
-
-    def _target_kw(self, watts: str, pct: str) -> float:
-        img = self.image
-        if img.get_raw(704, "WSetMod") == 1:
-            return (img.get_value(704, watts) or 0.0) / 1000.0
-        return (img.get_value(704, pct) or 0.0) / 100.0 * self.battery.max_discharge_kw
-
-    def on_write(self, updates: dict[Key, float]) -> None:
-        names = {n for m, n in updates if m == 704}
-        if not names & {"WSetEna", "WSetMod", "WSet", "WSetPct", "WSetRvrtTms"}:
-            return
-        img = self.image
-        if img.get_raw(704, "WSetEna") == 1:
-            self.setpoint.write(
-                self._target_kw("WSet", "WSetPct"), self.now_s, img.get_raw(704, "WSetRvrtTms")
-            )
-        else:
-            self.setpoint.cancel()
-
-    def reversion_kw(self) -> float:
-        if self.image.get_raw(704, "WSetEnaRvrt") == 1:
-            return self._target_kw("WSetRvrt", "WSetPctRvrt")
-        return self.options.battery_fallback_kw
-
-    def update(self) -> None:
-        p, soc = self.live()
-        img = self.image
-        w = p * 1000.0
-        img.set_value(802, "SoC", soc)
-        img.set_value(802, "W", w)
-        img.set_value(802, "A", w / _BATTERY_V)
-        img.set_raw(802, "ChaSt", self.charge_status(p, soc))
-        img.set_raw(704, "WSetEna", 0 if self.setpoint.value is None else 1)
-        img.set_value(704, "WSetRvrtRem", math.ceil(self.setpoint.remaining_s(self.now_s)))
 
 
 class SunSpecMeter(SunSpecUnit):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from support import hold_setpoints, read_all
 from test_modbus_harness import (  # pytest puts tests/ on sys.path
     DRIVERS,
     RegisterImage,
@@ -25,22 +26,20 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
 from test_sunspec import image_of, inverter_models, model, storage_models
 
 from hubctl.cli.main import main as cli_main
-from hubctl.codec.registers import Function, RegisterMap, load_map, parse_map
+from hubctl.codec.registers import Function
+from hubctl.codec.regmap import RegisterMap, load_map, parse_map
 from hubctl.config.devices import Device as DeviceConfig
-from hubctl.devices.base import (
+from hubctl.devices import build_device
+from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
+from hubctl.devices.mapped import ModbusMapDevice
+from hubctl.devices.sunspec import SunSpecDevice
+from hubctl.errors import (
     CommandNotConfirmedError,
     CommandRejectedError,
-    Device,
-    FallbackResult,
-    ModbusMapDevice,
-    Reading,
-    SetpointResult,
-    SunSpecDevice,
-    build_device,
-    hold_setpoints,
-    read_all,
+    DeviceConfigError,
+    DeviceError,
+    DeviceUnavailableError,
 )
-from hubctl.errors import DeviceConfigError, DeviceError, DeviceUnavailableError
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:

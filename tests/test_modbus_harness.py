@@ -37,11 +37,13 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hubctl.codec.registers import Function, Point, encode
+from hubctl.codec.registers import Function, encode
 from hubctl.transport.modbus import ModbusConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping
+
+    from hubctl.codec.regmap import Point
 
 T = TypeVar("T")
 DRIVERS = Path(__file__).resolve().parent.parent / "drivers"

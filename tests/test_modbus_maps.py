@@ -26,24 +26,18 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
     unit_for,
 )
 
-from hubctl.codec.registers import (
-    Access,
-    DataType,
-    Function,
-    RegisterMap,
-    load_map,
-    role_point_values,
-    role_values,
-)
+from hubctl.codec.registers import DataType, Function
+from hubctl.codec.regmap import Access, RegisterMap, load_map, role_point_values, role_values
 from hubctl.config.devices import Device as DeviceConfig
 from hubctl.config.devices import DeviceRole
-from hubctl.devices.base import ModbusMapDevice, Reading
+from hubctl.devices.mapped import ModbusMapDevice
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from hubctl.codec.registers import Point
+    from hubctl.codec.regmap import Point
+    from hubctl.devices.base import Reading
 
 MAP_FILES = sorted(DRIVERS.glob("*.yaml"))
 ROLES = (DeviceRole.GRID_METER, DeviceRole.PV, DeviceRole.BATTERY)

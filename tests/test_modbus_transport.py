@@ -23,7 +23,8 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
     unit_for,
 )
 
-from hubctl.codec.registers import Function, Transport
+from hubctl.codec.registers import Function
+from hubctl.codec.regmap import Transport
 from hubctl.errors import DeviceBusyError, DeviceError, DeviceProtocolError, DeviceUnavailableError
 from hubctl.transport.backoff import backoff_s
 from hubctl.transport.modbus import ConnectionPool, ModbusConnection, exception_error

@@ -16,20 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubctl.codec.registers import (
-    Access,
     DataType,
     Function,
-    Point,
     ReadBlock,
-    RegisterMap,
     WordOrder,
     decode,
     decode_reads,
     encode,
-    load_map,
-    parse_map,
     plan_reads,
 )
+from hubctl.codec.regmap import Access, Point, RegisterMap, load_map, parse_map
 from hubctl.errors import DecodeError, EncodeError, RegisterMapError
 
 DRIVERS = Path(__file__).resolve().parent.parent / "drivers"

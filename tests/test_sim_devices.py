@@ -27,7 +27,8 @@ from pymodbus.exceptions import ModbusException
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, free_port, open_sockets
 
-from hubctl.codec.registers import RegisterMap, decode_reads, role_values
+from hubctl.codec.registers import decode_reads
+from hubctl.codec.regmap import RegisterMap, role_values
 from simulators.faults import ControlServer, Fault, FaultControl, FaultError, control_request
 from simulators.live_park import Park, ParkClock
 from simulators.modbus_sim import DeviceOptions, MapUnit, ModbusEndpoint, ModbusUnit, load_driver
@@ -40,10 +41,9 @@ from simulators.sunspec_sim import (
     SunSpecInverter704,
     SunSpecKind,
     SunSpecMeter,
-    SunSpecStorage124,
-    SunSpecStorage802,
     SunSpecUnit,
 )
+from simulators.sunspec_storage import SunSpecStorage124, SunSpecStorage802
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -152,12 +152,12 @@ async def sunspec_read(
     client: AsyncModbusTcpClient, unit: SunSpecUnit, model_id: int, name: str
 ) -> float | None:
     p = unit.image.point(model_id, name)
-    rr = await client.read_holding_registers(p.address, count=p.words, device_id=unit.unit_id)
+    rr = await client.read_holding_registers(p.address, count=p.size, device_id=unit.unit_id)
     assert not rr.isError(), rr
     words = list(rr.registers)
-    if p.sf is None or isinstance(p.sf, int):
+    if p.scale_factor is None or isinstance(p.scale_factor, int):
         return unit.image.decode_value(p, words)
-    sf = unit.image.point(model_id, p.sf)
+    sf = unit.image.point(model_id, p.scale_factor)
     rs = await client.read_holding_registers(sf.address, count=1, device_id=unit.unit_id)
     exponent = unit.image.decode_raw(sf, list(rs.registers))
     raw = unit.image.decode_raw(p, words)

@@ -9,7 +9,7 @@ hubctl, and served by pymodbus; hubctl must discover the chain and decode it.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sunspec2.device as sunspec_device
@@ -27,9 +27,12 @@ from test_modbus_harness import (  # pytest puts tests/ on sys.path
 from hubctl.codec import sunspec
 from hubctl.codec.registers import Function
 from hubctl.config.devices import Device as DeviceConfig
-from hubctl.devices.base import Reading, SunSpecDevice
+from hubctl.devices.sunspec import SunSpecDevice
 from hubctl.errors import CommandRejectedError, DeviceIdentityError, DeviceProtocolError
 from hubctl.transport.modbus import ConnectionPool
+
+if TYPE_CHECKING:
+    from hubctl.devices.base import Reading
 
 
 def model(model_id: int, **values: Any) -> Any:

@@ -6,7 +6,7 @@ The model definitions are pysunspec2's (the official SunSpec JSON models): a
 model's registers are decoded by `sunspec2.device.Model` (types, offsets,
 repeating groups, "not implemented" patterns). hubctl retypes no SunSpec
 table. pysunspec2's own Modbus client is blocking, so it is not used: reads go
-through `hubctl.modbus` (this module only takes read/write callables) and the
+through `hubctl.transport.modbus` (this module only takes read/write callables) and the
 register words are handed to pysunspec2 to decode.
 
 Decisions:
@@ -118,7 +118,8 @@ def _definition(model_id: int) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class SunSpecPoint:
-    """Where a top-level point of a model lives and how it is encoded."""
+    """Where a point of a model lives and how it is encoded (hubctl decodes top-level points; the
+    simulators' images lay out group points too, named `Group.Point`)."""
 
     model_id: int
     name: str
@@ -128,6 +129,11 @@ class SunSpecPoint:
     units: str
     scale_factor: str | int | None  # name of the *_SF point, a fixed exponent, or None
     writable: bool
+
+    @property
+    def end(self) -> int:
+        """First register after the point."""
+        return self.address + self.size
 
 
 @dataclass(frozen=True, slots=True)

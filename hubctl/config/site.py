@@ -13,7 +13,7 @@ Limits: `import_limit_kw` / `export_limit_kw` are the contracted caps. Daily
 start > end runs across midnight) replace the limits they name; day-specific
 `schedules` (one date each, e.g. a capacity-limitation call announced a day
 ahead) add windows for that date only. Where several windows or schedules are
-active the lowest limit holds (see `hubctl.limits`).
+active the lowest limit holds (see `hubctl.core.limits`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hubctl.config.base import FrozenModel as _Model
-from hubctl.config.base import Slug
+from hubctl.config.base import Slug, load_yaml, parse_model
 from hubctl.config.devices import Device, DeviceRole
 from hubctl.errors import ConfigError
 
@@ -334,7 +333,8 @@ class InfluxTarget(_Model):
 
 
 class Storage(_Model):
-    """The local spool and ledger (hubctl.spool, hubctl.ledger); without `influx` the spool is the store."""
+    """The local spool and ledger (hubctl.data.spool, hubctl.data.ledger); without `influx` the spool
+    is the store."""
 
     dir: str | None = Field(
         default=None,
@@ -363,7 +363,8 @@ class Report(_Model):
 
 
 class MqttApi(_Model):
-    """The operator MQTT API (`hubctl.operator_api`, docs/mqtt.md). Secrets come from the environment."""
+    """The operator MQTT API (`hubctl.service.operator_api`, docs/mqtt.md). Secrets come from the
+    environment."""
 
     url: str | None = Field(
         default=None, description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); default service.mqtt_url"
@@ -442,35 +443,11 @@ def report_problems(source: str, problems: list[str]) -> int:
     return ConfigError.exit_code
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {msg}")
-    return lines
-
-
 def parse_config(data: Any, source: str = "<config>") -> SiteConfig:
     """Validate plain data (from YAML) into a SiteConfig, or raise ConfigError listing every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, ["(top level): expected a mapping with park, companies, ..."])
-    try:
-        return SiteConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, _format_errors(exc)) from exc
+    return parse_model(SiteConfig, data, source, ConfigError, expected="park, companies, ...")
 
 
 def load_config(path: Path) -> SiteConfig:
     """Read and validate a site config YAML file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"
-        raise ConfigError(str(path), [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
-    return parse_config(data, str(path))
+    return parse_config(load_yaml(path, ConfigError), str(path))

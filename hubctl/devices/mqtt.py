@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Devices that publish readings over MQTT (P1/DSMR readers, Shelly, Tasmota, batteries with an MQTT API).
 
-Config (`hubctl.device_config.MqttDevice`): per point a topic, where the number
+Config (`hubctl.config.devices.MqttDevice`): per point a topic, where the number
 is in the payload (`json_path`, dotted into a JSON object, digits index a
 list: "ENERGY.Power", "emeters.0.power"; none: the payload is a bare number),
 a `scale` to the point's unit (negative to flip a sign) and `stale_after_s`.
@@ -10,11 +10,14 @@ a `scale` to the point's unit (negative to flip a sign) and `stale_after_s`.
 Decisions:
 
 - **One connection per broker** (`MqttHub`, aiomqtt 2.5) for every MQTT device,
-  in one named task. It **resubscribes after every reconnect** (subscriptions
-  are lost with the session) and reconnects with the same capped, jittered
-  backoff as Modbus (`hubctl.modbus.backoff_s`). With `status_topic` it
+  in one named task. The connection is `hubctl.transport.mqtt.MqttSession`, the
+  one the operator API runs too: it **resubscribes after every reconnect**
+  (subscriptions are lost with the session) and reconnects with the same capped,
+  jittered backoff as Modbus (`hubctl.transport.backoff`). With `status_topic` it
   publishes a retained "online" on connect and "offline" itself before a clean
-  disconnect (the last will covers only an unclean one).
+  disconnect (the last will covers only an unclean one). MQTT 3.1.1, no TLS
+  (mqtts:// is refused); the differences from the operator API are listed in
+  `hubctl.transport.mqtt`.
 - **Staleness per point**: a point whose last good value is older than its
   `stale_after_s` reads as None and is listed in `Reading.stale`. A read with
   no fresh point at all raises DeviceUnavailableError naming when each point
@@ -23,7 +26,7 @@ Decisions:
 - **Role values from point names**: a point named after a semantic key
   (`power_kw`, `soc_pct`, `energy_import_kwh`, `energy_export_kwh`) is that
   value; `active_power_kw` also gives `power_kw`. The point's unit is its name's
-  suffix (`hubctl.registers.UNIT_SUFFIXES`).
+  suffix (`hubctl.codec.regmap.UNIT_SUFFIXES`).
 - **Setpoints** are published (QoS 1, not retained: a retained setpoint would
   outlive hubctl) to `setpoint_topic` with `{value}` in the template replaced by
   kW. If the device echoes its setpoint in a point named `setpoint_kw` (battery)
@@ -41,37 +44,28 @@ import contextlib
 import json
 import logging
 import math
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
-from urllib.parse import urlsplit
 
 import aiomqtt
 
-from hubctl.codec.registers import UNIT_SUFFIXES
+from hubctl.codec.regmap import UNIT_SUFFIXES
 from hubctl.devices.base import Device, Reading, SetpointResult
 from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
-from hubctl.transport.backoff import backoff_s
+from hubctl.transport.mqtt import ClientOptions, MqttSession, SessionUser, parse_broker_url, payload_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from hubctl.config.devices import Device as DeviceConfig
+    from hubctl.transport.mqtt import Subscription
 
 log = logging.getLogger("hubctl.mqtt_devices")  # the name the journal has always shown
 
 _SEMANTIC = ("power_kw", "soc_pct", "energy_import_kwh", "energy_export_kwh", "limit_kw", "setpoint_kw")
 _ALIASES = {"power_kw": ("active_power_kw",)}
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """(host, port) from "mqtt://host:port", "host:port" or "host" (port 1883)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-        raise ValueError(f"not an MQTT broker URL: {url!r} (expected mqtt://host:port)")
-    return parts.hostname, parts.port or 1883
 
 
 def extract_value(payload: bytes, json_path: str | None) -> float:
@@ -119,8 +113,12 @@ def unit_of(name: str) -> str:
     return UNIT_SUFFIXES.get(name.rsplit("_", 1)[-1], "")
 
 
-class MqttHub:
-    """One MQTT connection for all MQTT devices on a broker: subscribe, dispatch, publish, reconnect."""
+class MqttHub(SessionUser):
+    """One MQTT connection for all MQTT devices on a broker: subscribe, dispatch, publish, reconnect.
+
+    The connection is a `hubctl.transport.mqtt.MqttSession` (MQTT 3.1.1, no TLS; where this
+    differs from the operator API is listed there).
+    """
 
     _running: ClassVar[set[MqttHub]] = set()
 
@@ -142,18 +140,19 @@ class MqttHub:
         self.host = host
         self.port = port
         self.identifier = identifier or f"hubctl-{uuid.uuid4().hex[:12]}"
-        self._credentials = (username, password)
         self.status_topic = status_topic
         self.timeout_s = timeout_s
         self.keepalive_s = keepalive_s
-        self._backoff = (backoff_initial_s, backoff_max_s)
         self.clock = clock
         self._handlers: dict[str, list[Callable[[bytes, float], None]]] = {}
-        self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
+        credentials, backoff = (username, password), (backoff_initial_s, backoff_max_s)
+        options = ClientOptions(
+            self.identifier, credentials, timeout_s, keepalive_s, backoff, count_renewed=True
+        )
+        self._session = MqttSession(
+            host, port, options, log=log, subscriptions=self._subscriptions, status_topic=status_topic
+        )
         self._task: asyncio.Task[None] | None = None
-        self._rng = random.Random()  # noqa: S311 - jitter
-        self.connects = 0
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MqttHub:
@@ -167,11 +166,7 @@ class MqttHub:
 
     @property
     def label(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._session.label
 
     def subscribe(self, topic: str, handler: Callable[[bytes, float], None]) -> None:
         """Call `handler(payload, monotonic time)` for every message on `topic` (wildcards allowed).
@@ -181,18 +176,22 @@ class MqttHub:
         """
         self._handlers.setdefault(topic, []).append(handler)
 
+    def _subscriptions(self) -> list[Subscription]:
+        return [(topic, None) for topic in sorted(self._handlers)]
+
     async def start(self, *, wait_s: float | None = None) -> None:
         """Start the connection task; with `wait_s`, wait that long for the first connect."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt-hub {self.label}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._session.run(self._serve), name=f"mqtt-hub {self.label}"
+            )
             MqttHub._running.add(self)
         if wait_s is not None:
             await self.wait_connected(wait_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
+            await self._session.wait_connected(timeout_s)
         except TimeoutError:
             raise DeviceUnavailableError(f"{self.label}: not connected within {timeout_s:g} s") from None
 
@@ -202,10 +201,7 @@ class MqttHub:
         MqttHub._running.discard(self)
         if task is None:
             return
-        client = self._client
-        if client is not None and self.status_topic is not None and self._connected.is_set():
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await client.publish(self.status_topic, "offline", qos=1, retain=True, timeout=self.timeout_s)
+        await self._session.publish_offline(self.timeout_s)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -218,72 +214,20 @@ class MqttHub:
         await self.stop()
 
     async def publish(self, topic: str, payload: str, *, qos: int = 1, retain: bool = False) -> None:
-        client = self._client
-        if client is None or not self._connected.is_set():
+        client = self._session.client
+        if client is None or not self.connected:
             raise DeviceUnavailableError(f"{self.label}: not connected, cannot publish to {topic}")
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout_s)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise DeviceUnavailableError(f"{self.label}: publish to {topic} failed: {exc}") from None
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._session()
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                self._connected.clear()
-                failures += 1
-                if failures == 1:
-                    log.warning("%s: %s; reconnecting with backoff", self.label, exc)
-                delay = backoff_s(
-                    failures, self._rng.random(), initial_s=self._backoff[0], max_s=self._backoff[1]
-                )
-                await asyncio.sleep(delay)
-            else:
-                failures = 0
-
-    async def _session(self) -> None:
-        will = None
-        if self.status_topic is not None:
-            will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
-        username, password = self._credentials
-        client = aiomqtt.Client(
-            self.host,
-            self.port,
-            identifier=self.identifier,
-            username=username,
-            password=password,
-            will=will,
-            timeout=self.timeout_s,
-            keepalive=self.keepalive_s,
-        )
-        try:
-            async with client:
-                for topic in sorted(self._handlers):  # after every (re)connect: the broker forgot them
-                    await client.subscribe(topic, qos=1)
-                if self.status_topic is not None:
-                    await client.publish(self.status_topic, "online", qos=1, retain=True)
-                self._client = client
-                self.connects += 1
-                if self.connects > 1:
-                    log.info("%s: connected again, %d subscriptions renewed", self.label, len(self._handlers))
-                self._connected.set()
-                async for message in client.messages:
-                    self._dispatch(message)
-        finally:
-            self._client = None
-            self._connected.clear()
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._dispatch(message)
 
     def _dispatch(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        if isinstance(payload, bytes | bytearray):
-            data = bytes(payload)
-        elif payload is None:
-            data = b""
-        else:
-            data = str(payload).encode()
+        data = payload_bytes(message.payload)
         at = self.clock()
         for pattern, handlers in self._handlers.items():
             if message.topic.matches(pattern):

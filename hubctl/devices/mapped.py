@@ -1,0 +1,282 @@
+# Copyright 2026 hubctl contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Devices described by a register map in drivers/ (`ModbusMapDevice`), over Modbus TCP.
+
+The map (`hubctl.codec.regmap`) says where each point is and which points give
+the role values and take the setpoints; the codec (`hubctl.codec.registers`)
+decodes and encodes. Devices of one model share one read plan.
+
+Decisions:
+
+- **Which unit id and timeout**: the site config's, when it sets them
+  explicitly; otherwise the map's `default_unit_id` and `transport.timeout_s`.
+- **Setpoints are checked, written, read back.** A value outside the map's
+  bounds raises CommandRejectedError before anything is written. A read-back
+  that differs by more than half a register step raises
+  CommandNotConfirmedError.
+- **Installer limits are never loosened.** `start()` (run before the first
+  setpoint) reads the device's limit point. A limit found then is the ceiling
+  for every later PV limit when it is static (a point without a revert timer).
+  A larger request is applied as the ceiling and the result says so
+  (`limited_by`).
+- **Revert timers**: a point's `revert_s` or `revert_point`: hubctl writes the
+  timer (`revert_s`, default 60 s) with the setpoint and re-writes it at the
+  map's `refresh_s`, else half its `revert_s`, else a third of the timer
+  hubctl wrote.
+- **No fallback value**: no map in drivers/ has a fallback value point
+  (Victron ESS keeps its installer settings, Huawei's derating is persistent
+  and its forcible mode ends by itself), so nothing is written.
+- **Persistent setpoints** (a point without revert, e.g. Huawei's derating):
+  written once, not refreshed (flash wear); `release()` writes back the value
+  read at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import cache
+from typing import TYPE_CHECKING
+
+from hubctl.codec.registers import Function, decode_reads, encode
+from hubctl.codec.regmap import Access
+from hubctl.devices.base import (
+    DEFAULT_REVERT_S,
+    Device,
+    Reading,
+    SetpointResult,
+    confirmed,
+    kw_bounds_text,
+    unit_and_timeout,
+)
+from hubctl.errors import (
+    CommandNotConfirmedError,
+    CommandRejectedError,
+    DecodeError,
+    DeviceConfigError,
+    DeviceProtocolError,
+    EncodeError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from hubctl.codec.registers import ReadBlock
+    from hubctl.codec.regmap import Point, RegisterMap
+    from hubctl.config.devices import Device as DeviceConfig
+    from hubctl.transport.modbus import ModbusConnection
+
+log = logging.getLogger("hubctl.devices")  # the name the journal has always shown
+
+_TIMER_UNITS_S = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+@cache
+def _shared_plan(register_map: RegisterMap, points: tuple[str, ...] | None) -> tuple[ReadBlock, ...]:
+    """One read plan (and its decoding layouts) for all devices of a model: fewer objects to walk per poll."""
+    return tuple(register_map.read_plan(points))
+
+
+class ModbusMapDevice(Device):
+    """A device described by a register map in drivers/."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        register_map: RegisterMap,
+        connection: ModbusConnection,
+        *,
+        rated_kw: float | None = None,
+        revert_s: float = DEFAULT_REVERT_S,
+        points: Iterable[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(config, clock=clock)
+        keys = register_map.roles.keys(config.role.value)
+        if keys is None:
+            offered = ", ".join(register_map.roles.offered()) or "none"
+            raise DeviceConfigError(
+                f"{config.id}: map {config.driver!r} offers no {config.role.value} role (offers: {offered})"
+            )
+        self.map = register_map
+        self.connection = connection
+        self.rated_kw = rated_kw
+        self.revert_s = revert_s
+        self.unit_id, self.timeout_s = unit_and_timeout(
+            config, register_map.default_unit_id, register_map.transport.timeout_s
+        )
+        self._keys = keys
+        self._plan = _shared_plan(register_map, None if points is None else tuple(points))
+        self._units = {p.name: p.unit for block in self._plan for p in block.points}
+        self._started = False
+        self._original: dict[str, float | None] = {}  # setpoint point -> value read at start
+        self._ceiling: float | None = None  # installer's static PV limit, in the limit point's unit
+
+    async def _read(self) -> Reading:
+        answered = await self.connection.read_blocks(self._plan, self.unit_id, timeout_s=self.timeout_s)
+        at = self.clock()
+        try:
+            values = decode_reads(answered)
+        except DecodeError as exc:
+            raise DeviceProtocolError(f"{self.id}: {exc}") from None
+        return Reading(
+            device_id=self.id,
+            role=self.role,
+            read_at_s=at,
+            values=self._role_values(values),
+            point_values=values,
+            units=self._units,
+        )
+
+    def _role_values(self, values: Mapping[str, float | None]) -> dict[str, float | None]:
+        """`registers.role_values` with the role's keys looked up once (this runs on every poll)."""
+        result: dict[str, float | None] = {}
+        for key, names in self._keys.items():
+            if len(names) == 1:
+                result[key] = values.get(names[0])
+            else:
+                parts = [v for name in names if (v := values.get(name)) is not None]
+                result[key] = math.fsum(parts) if parts else None
+        return result
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        for key in ("limit_pct", "limit_kw", "setpoint_kw"):
+            if key in self._keys:
+                point = self.map.point(self._keys[key][0])
+                self._original[point.name] = await self._read_point(point)
+        limit = self._limit_point()
+        if limit is not None and self._is_persistent(limit):
+            value = self._original.get(limit.name)
+            if value is not None and limit.write_max is not None and value < limit.write_max:
+                self._ceiling = value
+                log.info(
+                    "%s: installer limit %g %s found; hubctl will not exceed it", self.id, value, limit.unit
+                )
+        self._started = True
+
+    def _limit_point(self) -> Point | None:
+        for key in ("limit_pct", "limit_kw"):
+            if key in self._keys:
+                return self.map.point(self._keys[key][0])
+        return None
+
+    @staticmethod
+    def _is_persistent(point: Point) -> bool:
+        return point.revert_s is None and point.revert_point is None and point.refresh_s is None
+
+    def _refresh_every_s(self, point: Point) -> float | None:
+        if point.refresh_s is not None:
+            return point.refresh_s
+        if point.revert_s is not None:
+            return point.revert_s / 2
+        if point.revert_point is not None:
+            return self.revert_s / 3
+        return None
+
+    async def _set_pv_limit(self, kw: float) -> SetpointResult:
+        point = self._limit_point()
+        if point is None:
+            raise CommandRejectedError(f"{self.id}: map {self.config.driver!r} has no PV limit point")
+        await self.start()
+        per_kw = 1.0
+        if point.unit == "%":
+            if not self.rated_kw:
+                raise CommandRejectedError(f"{self.id}: a limit in % needs the inverter's rating (rated_kw)")
+            per_kw = 100.0 / self.rated_kw
+        return await self._command("pv_limit", point, kw, per_kw, ceiling=self._ceiling)
+
+    async def _set_battery(self, kw: float) -> SetpointResult:
+        if "setpoint_kw" not in self._keys:
+            raise CommandRejectedError(f"{self.id}: map {self.config.driver!r} has no battery setpoint point")
+        await self.start()
+        return await self._command(
+            "battery", self.map.point(self._keys["setpoint_kw"][0]), kw, 1.0, ceiling=None
+        )
+
+    async def _command(
+        self, kind: str, point: Point, kw: float, per_kw: float, *, ceiling: float | None
+    ) -> SetpointResult:
+        low, high = point.write_min, point.write_max
+        if (
+            low is None
+            or high is None
+            or point.access is not Access.RW
+            or point.function is not Function.HOLDING
+        ):
+            raise CommandRejectedError(f"{self.id}: {point.name} is not a writable holding register")
+        target = kw * per_kw
+        if not math.isfinite(target) or not low - 1e-9 <= target <= high + 1e-9:
+            raise CommandRejectedError(
+                f"{self.id}: {kw:g} kW is outside {kw_bounds_text(low / per_kw, high / per_kw)}"
+                f" ({point.name})"
+            )
+        applied, limited_by = target, None
+        if ceiling is not None and target > ceiling:
+            applied, limited_by = ceiling, f"installer limit {ceiling:g} {point.unit}"
+        exponents = await self._exponents(point)
+        try:
+            words = encode(point, min(max(applied, low), high), exponents)
+        except EncodeError as exc:
+            raise CommandRejectedError(f"{self.id}: {exc}") from None
+        if point.revert_point is not None:
+            await self._write_timer(self.map.point(point.revert_point))
+        await self.connection.write(point.address, words, self.unit_id, timeout_s=self.timeout_s)
+        read_back = await self._read_point(point)
+        exponent = exponents.get(point.scale_factor or "", 0) or 0
+        step = (
+            point.scale * 10.0**exponent if point.type.value != "float32" else 1e-6 * max(1.0, abs(applied))
+        )
+        if read_back is None or not confirmed(applied, read_back, step):
+            raise CommandNotConfirmedError(
+                f"{self.id}: wrote {applied:g} {point.unit} to {point.name}, reads back {read_back}"
+            )
+        return SetpointResult(
+            device_id=self.id,
+            kind=kind,
+            requested_kw=kw,
+            applied_kw=applied / per_kw,
+            confirmed_kw=read_back / per_kw,
+            limited_by=limited_by,
+            refresh_every_s=self._refresh_every_s(point),
+        )
+
+    async def _write_timer(self, timer: Point) -> None:
+        factor = _TIMER_UNITS_S.get(timer.unit)
+        if factor is None:
+            raise CommandRejectedError(
+                f"{self.id}: revert point {timer.name} is in {timer.unit!r}, not a time"
+            )
+        value = math.ceil(self.revert_s / factor)
+        try:
+            words = encode(timer, value, await self._exponents(timer))
+        except EncodeError as exc:
+            raise CommandRejectedError(f"{self.id}: revert timer: {exc}") from None
+        await self.connection.write(timer.address, words, self.unit_id, timeout_s=self.timeout_s)
+
+    async def _exponents(self, point: Point) -> dict[str, int | None]:
+        if point.scale_factor is None:
+            return {}
+        sf = await self._read_point(self.map.point(point.scale_factor))
+        return {point.scale_factor: None if sf is None else int(sf)}
+
+    async def _read_point(self, point: Point) -> float | None:
+        plan = self.map.read_plan([point.name])
+        answered = await self.connection.read_blocks(plan, self.unit_id, timeout_s=self.timeout_s)
+        try:
+            return decode_reads(answered)[point.name]
+        except DecodeError as exc:
+            raise DeviceProtocolError(f"{self.id}: {exc}") from None
+
+    async def release(self) -> None:
+        held = set(self._held)
+        await super().release()
+        limit = self._limit_point()
+        if "pv_limit" in held and limit is not None and self._is_persistent(limit):
+            original = self._original.get(limit.name)
+            restore = limit.write_max if original is None else original
+            if restore is not None:
+                words = encode(limit, restore, await self._exponents(limit))
+                await self.connection.write(limit.address, words, self.unit_id, timeout_s=self.timeout_s)
