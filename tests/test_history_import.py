@@ -13,10 +13,13 @@ import pytest
 
 from hubctl.config.scenario import load_scenario
 from hubctl.config.site import parse_config
-from hubctl.core.control import Params
 from hubctl.core.history import SLOTS, DayRecord, DayType
 from hubctl.core.solar import clear_sky_shape
-from hubctl.data.history_import import detect_format, merge_day, parse_contract, parse_history, parse_metering
+from hubctl.core.types import Params
+from hubctl.data.history_common import merge_day
+from hubctl.data.history_contract import parse_contract
+from hubctl.data.history_import import detect_format, parse_history
+from hubctl.data.history_metering import parse_metering
 from hubctl.errors import HistoryImportError
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ import pytest
 from test_history_import import CONFIG, contract_csv, local, site_params
 
 from hubctl.config.site import parse_config
-from hubctl.core.control import Params
 from hubctl.core.history import SLOTS, DayType, History
-from hubctl.data.history_import import parse_contract
+from hubctl.core.types import Params
+from hubctl.data.history_contract import parse_contract
 from hubctl.data.history_store import (
     FILE_NAME,
     SCHEMA_VERSION,

@@ -1,4 +1,5 @@
-"""Line protocol and the schema; spool -> forwarder -> a real VictoriaMetrics, including outages and restarts.
+"""Spool -> forwarder -> a real VictoriaMetrics, including outages and restarts (the pure line
+protocol and schema: tests/test_points.py).
 
 VictoriaMetrics (Debian package ``victoria-metrics``) is started by the
 fixture on a free loopback port with ``-search.latencyOffset=1s`` and read
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -32,23 +32,18 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from support import free_port
 
-from hubctl.data.influx import (
-    Forwarder,
-    InfluxWriter,
+from hubctl.data.influx import Forwarder, InfluxWriter
+from hubctl.data.points import (
     Point,
     allocation_point,
     command_point,
     company_point,
     device_point,
-    encode_line,
     health_point,
     limit_point,
     park_point,
-    parse_line,
     quarter_point,
     setpoint_point,
 )
@@ -63,73 +58,6 @@ OUTAGE_S = float(os.environ.get("HUBCTL_OUTAGE_S", "60"))
 needs_vm = pytest.mark.skipif(
     VM_BIN is None, reason="victoria-metrics not installed (apt-get install victoria-metrics)"
 )
-
-
-# --- pure parts ---------------------------------------------------------------------------------------------
-
-
-def test_line_protocol_shape() -> None:
-    p = company_point("de-hoek", "cold-store", 1_780_000_000.123, grid_kw=-12.5, soc_pct=None, pv_kw=3)
-    assert encode_line(p) == "company,company=cold-store,site=de-hoek grid_kw=-12.5,pv_kw=3.0 1780000000123"
-
-
-def test_limit_source_is_an_escaped_tag() -> None:
-    p = limit_point("park-1", None, 1_780_000_000, 600, "window 16:00-20:00", 500, "contract")
-    assert p is not None
-    line = encode_line(p)
-    assert "import_source=window\\ 16:00-20:00" in line
-    assert parse_line(line) == p
-
-
-def test_nothing_to_record_gives_no_point() -> None:
-    assert limit_point("p", None, 0, None, "none", None, "none") is None
-    assert setpoint_point("p", "c", 0, None, None) is None
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        Point("Park", {}, {"grid_kw": 1.0}, 0),
-        Point("park", {"Site": "x"}, {"grid_kw": 1.0}, 0),
-        Point("park", {"site": ""}, {"grid_kw": 1.0}, 0),
-        Point("park", {}, {"gridKw": 1.0}, 0),
-        Point("park", {}, {"grid_kw": math.nan}, 0),
-        Point("park", {}, {}, 0),
-    ],
-)
-def test_bad_points_are_refused(bad: Point) -> None:
-    with pytest.raises(ValueError):
-        encode_line(bad)
-
-
-def test_schema_is_enforced_by_the_builders() -> None:
-    with pytest.raises(ValueError, match="not in the schema"):
-        park_point("p", 0, grid_kw=1, voltage_v=230)
-    assert device_point("p", None, "meter-1", 0, voltage_v=230.0).fields == {"voltage_v": 230.0}
-
-
-_tag_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="\n\r\x00"), min_size=1, max_size=20
-)
-
-
-@given(
-    tags=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), _tag_text, max_size=4),
-    fields=st.dictionaries(
-        st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
-        st.floats(allow_nan=False, allow_infinity=False),
-        min_size=1,
-        max_size=4,
-    ),
-    ts=st.integers(min_value=0, max_value=2**52),
-)
-def test_line_protocol_round_trip(tags: dict[str, str], fields: dict[str, float], ts: int) -> None:
-    p = Point("device", tags, fields, ts)
-    back = parse_line(encode_line(p))
-    assert back.measurement == "device"
-    assert back.tags == tags
-    assert back.fields == fields
-    assert back.ts_ms == ts
 
 
 # --- VictoriaMetrics fixture --------------------------------------------------------------------------------

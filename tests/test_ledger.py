@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubctl.core.quarters import quarter_index_of_day
+from hubctl.core.quarters import ParkStep, quarter_index_of_day
 from hubctl.core.sharing import IntervalMeter, SharingKey, SharingRule, allocate_surplus
-from hubctl.data.ledger import IntervalRow, Ledger, ParkStep
+from hubctl.data.ledger import IntervalRow, Ledger
 from hubctl.data.spool import Spool, SpoolBounds
 
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -178,7 +178,7 @@ def test_rows_reach_the_spool_exactly_once(tmp_path: Path) -> None:
     spool.close()
 
 
-# --- properties: the ledger's allocations are those of SCENARIOS.md, computed by hubctl.sharing -------------
+# --- properties: the ledger's allocations are those of SCENARIOS.md, computed by hubctl.core.sharing -----
 
 _companies = st.integers(min_value=2, max_value=5)
 

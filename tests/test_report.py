@@ -14,8 +14,9 @@ import yaml
 from hubctl.cli.main import main as cli_main
 from hubctl.config.scenario import load_scenario
 from hubctl.core.limits import LimitClock
-from hubctl.data.ledger import Ledger, ParkStep
-from hubctl.data.report import _read_timeseries
+from hubctl.core.quarters import ParkStep
+from hubctl.data.ledger import Ledger
+from hubctl.data.report_load import _read_timeseries
 
 SHARED = Path(os.environ.get("HUBCTL_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 SCENARIO = SHARED / "scenarios" / "summer-small" / "scenario.yaml"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hubctl.cli.main import main as cli_main
-from hubctl.data.influx import Point, allocation_point, parse_line
+from hubctl.data.points import Point, allocation_point, parse_line
 from hubctl.data.spool import DropPolicy, Spool, SpoolBounds, export_lines
 
 if TYPE_CHECKING:

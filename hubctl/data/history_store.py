@@ -53,15 +53,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hubctl.core.history import QUARTER_S, SLOTS, DayRecord, DayType, History, LocalQuarters, frozen
-from hubctl.data.history_import import merge_day
+from hubctl.data.history_common import merge_day
 from hubctl.errors import HistoryStoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from zoneinfo import ZoneInfo
 
-    from hubctl.core.control import Params
     from hubctl.core.history import FloatArray
+    from hubctl.core.types import Params
 
 log = logging.getLogger("hubctl.history_store")  # the name the journal has always shown
 

@@ -9,14 +9,14 @@ API for the gateway service (``hubctl run``), once per control cycle::
 Decisions:
 
 - **The same code as ``hubctl sim``**: energy is accumulated by
-  :class:`hubctl.sharing.IntervalMeter` and divided by
-  :func:`hubctl.sharing.allocate_surplus` with the configured
-  :class:`~hubctl.sharing.SharingRule`; fed the simulator's ``<id>.grid_kw``
+  :class:`hubctl.core.sharing.IntervalMeter` and divided by
+  :func:`hubctl.core.sharing.allocate_surplus` with the configured
+  :class:`~hubctl.core.sharing.SharingRule`; fed the simulator's ``<id>.grid_kw``
   the ledger writes the rows of ``allocations.csv``.
 - **Intervals are aligned to local time, DST-aware**: an interval starts at
   ``floor(ts / interval_s) · interval_s`` in UTC epoch seconds, which is a
   local :00/:15/:30/:45 because every real UTC offset is a whole number of
-  quarter-hours (:mod:`hubctl.quarters`). So a local day has 92 or 100
+  quarter-hours (:mod:`hubctl.core.quarters`). So a local day has 92 or 100
   quarter-hours on the DST change days, with no gap and no repeat. (A
   ``interval_s`` of one hour is aligned to UTC hours, which are local hours
   wherever the offset is whole hours, as in Europe/Amsterdam.) A step that
@@ -26,7 +26,9 @@ Decisions:
   import/export energy, mean grid power, the mean caps in force with the
   source that held longest, PV, load and curtailed energy, and how many
   seconds were measured (``covered_s``: data completeness). The report
-  works from these rows.
+  works from these rows. The accumulator and its verdict are
+  :class:`hubctl.core.quarters.LedgerQuarter` and ``quarter_over_cap``, beside
+  the gateway's ``QuarterMeter``, whose verdict differs (see there).
 - **Idempotent across restarts** (SQLite, WAL): the open interval's
   accumulators and the end of the last step taken are saved with every step
   (one small UPDATE). After a restart the open interval resumes where it
@@ -37,7 +39,7 @@ Decisions:
   was down are simply not covered: ``covered_s`` tells. A step for an
   interval already settled is late and ignored (counted in ``late_steps``).
 - **Written to InfluxDB through the spool**, exactly once: rows carry a key
-  (:func:`hubctl.influx.allocation_point`), are marked ``spooled`` after the
+  (:func:`hubctl.data.points.allocation_point`), are marked ``spooled`` after the
   append, and rows not yet marked are appended again on start (the spool
   ignores keys it holds or delivered).
 - Restoring the accumulators feeds each company's saved kWh back through
@@ -51,26 +53,25 @@ import json
 import logging
 import math
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubctl.core.metrics import EPS_OVER_KW
+from hubctl.core.quarters import QUARTER_S, LedgerQuarter, ParkStep, QuarterRow
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
-from hubctl.data.influx import allocation_point, quarter_point
+from hubctl.data.points import allocation_point, quarter_point
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from hubctl.config.site import SiteConfig
-    from hubctl.data.influx import Point
+    from hubctl.data.points import Point
     from hubctl.data.spool import Spool
 
-__all__ = ["IntervalRow", "Ledger", "ParkStep", "QuarterRow", "rule_from_config"]
+__all__ = ["IntervalRow", "Ledger", "rule_from_config"]
 
 log = logging.getLogger("hubctl.ledger")  # the name the journal has always shown
 
-QUARTER_S = 900
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS allocations (
@@ -113,19 +114,6 @@ def rule_from_config(cfg: SiteConfig) -> SharingRule:
 
 
 @dataclass(frozen=True, slots=True)
-class ParkStep:
-    """What the park did during a step besides the companies' grid power (``None``: not measured)."""
-
-    load_kw: float | None = None
-    pv_kw: float | None = None
-    pv_available_kw: float | None = None
-    import_limit_kw: float | None = None
-    import_source: str = "none"
-    export_limit_kw: float | None = None
-    export_source: str = "none"
-
-
-@dataclass(frozen=True, slots=True)
 class IntervalRow:
     start_utc: float
     company: str
@@ -135,104 +123,6 @@ class IntervalRow:
     shared_out_kwh: float
     covered_s: float
     interval_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class QuarterRow:
-    start_utc: float
-    import_kwh: float
-    export_kwh: float
-    grid_kw: float | None  # mean over the covered seconds
-    import_limit_kw: float | None  # mean over the seconds a cap was in force; None: no cap
-    export_limit_kw: float | None
-    import_source: str  # the source that held longest in the quarter
-    export_source: str
-    pv_kwh: float | None
-    load_kwh: float | None
-    curtailed_kwh: float | None
-    covered_s: float
-    over_cap: bool
-
-
-def quarter_over_cap(
-    grid_kw: float | None, import_limit_kw: float | None, export_limit_kw: float | None
-) -> bool:
-    """A quarter is over a cap when its mean is beyond the mean cap by more than 1 W (SCENARIOS.md)."""
-    if grid_kw is None:
-        return False
-    over_import = import_limit_kw is not None and grid_kw - import_limit_kw > EPS_OVER_KW
-    over_export = export_limit_kw is not None and -export_limit_kw - grid_kw > EPS_OVER_KW
-    return over_import or over_export
-
-
-@dataclass(slots=True)
-class _Quarter:
-    """Accumulators of the open park quarter-hour (plain data, saved as JSON)."""
-
-    start: float
-    covered_s: float = 0.0
-    import_kwh: float = 0.0
-    export_kwh: float = 0.0
-    grid_kws: float = 0.0  # ∫ grid dt in kW·s
-    imp_lim_kws: float = 0.0
-    imp_lim_s: float = 0.0
-    exp_lim_kws: float = 0.0
-    exp_lim_s: float = 0.0
-    imp_src_s: dict[str, float] = field(default_factory=dict)
-    exp_src_s: dict[str, float] = field(default_factory=dict)
-    pv_kwh: float | None = None
-    load_kwh: float | None = None
-    curtailed_kwh: float | None = None
-
-    def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
-        h = dt_s / 3600
-        self.covered_s += dt_s
-        self.import_kwh += max(park_grid_kw, 0.0) * h
-        self.export_kwh += max(-park_grid_kw, 0.0) * h
-        self.grid_kws += park_grid_kw * dt_s
-        if park is None:
-            return
-        if park.import_limit_kw is not None:
-            self.imp_lim_kws += park.import_limit_kw * dt_s
-            self.imp_lim_s += dt_s
-        if park.export_limit_kw is not None:
-            self.exp_lim_kws += park.export_limit_kw * dt_s
-            self.exp_lim_s += dt_s
-        self.imp_src_s[park.import_source] = self.imp_src_s.get(park.import_source, 0.0) + dt_s
-        self.exp_src_s[park.export_source] = self.exp_src_s.get(park.export_source, 0.0) + dt_s
-        if park.pv_kw is not None:
-            self.pv_kwh = (self.pv_kwh or 0.0) + park.pv_kw * h
-        if park.load_kw is not None:
-            self.load_kwh = (self.load_kwh or 0.0) + park.load_kw * h
-        if park.pv_available_kw is not None and park.pv_kw is not None:
-            self.curtailed_kwh = (self.curtailed_kwh or 0.0) + max(park.pv_available_kw - park.pv_kw, 0.0) * h
-
-    def row(self) -> QuarterRow:
-        grid = self.grid_kws / self.covered_s if self.covered_s > 0 else None
-        imp = self.imp_lim_kws / self.imp_lim_s if self.imp_lim_s > 0 else None
-        exp = self.exp_lim_kws / self.exp_lim_s if self.exp_lim_s > 0 else None
-        return QuarterRow(
-            start_utc=self.start,
-            import_kwh=self.import_kwh,
-            export_kwh=self.export_kwh,
-            grid_kw=grid,
-            import_limit_kw=imp,
-            export_limit_kw=exp,
-            import_source=max(self.imp_src_s, key=self.imp_src_s.__getitem__) if self.imp_src_s else "none",
-            export_source=max(self.exp_src_s, key=self.exp_src_s.__getitem__) if self.exp_src_s else "none",
-            pv_kwh=self.pv_kwh,
-            load_kwh=self.load_kwh,
-            curtailed_kwh=self.curtailed_kwh,
-            covered_s=self.covered_s,
-            over_cap=quarter_over_cap(grid, imp, exp),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Quarter:
-        return cls(**data)
 
 
 class Ledger:
@@ -266,7 +156,7 @@ class Ledger:
         self._meter = IntervalMeter(self.ids)
         self._alloc_start: float | None = None
         self._alloc_covered = 0.0
-        self._quarter: _Quarter | None = None
+        self._quarter: LedgerQuarter | None = None
         self._last_end: float | None = None
         self._restore()
         self._respool()
@@ -311,7 +201,7 @@ class Ledger:
         st = json.loads(row[0])
         self._last_end = st["last_end"]
         if st["quarter"] is not None:
-            self._quarter = _Quarter.from_json(st["quarter"])
+            self._quarter = LedgerQuarter.from_json(st["quarter"])
         if st["alloc_start"] is None:
             return
         meter = IntervalMeter(st["ids"]) if st["ids"] != list(self.ids) else self._meter
@@ -386,7 +276,7 @@ class Ledger:
                 return settled
             self._alloc_start = a_start
         if self._quarter is None:
-            self._quarter = _Quarter(q_start)
+            self._quarter = LedgerQuarter(q_start)
         self._meter.add(grid_kw, dt)
         self._alloc_covered += dt
         self._quarter.add(park_grid, dt, park)

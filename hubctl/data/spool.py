@@ -1,11 +1,14 @@
 """The local durable spool: every point lands here first; a forwarder sends it on and then deletes it.
 
+Of this package it imports only ``points`` (the lines it stores); the writer (``influx.py``)
+imports the spool, never the other way round.
+
 API for the gateway service (``hubctl run``)::
 
     spool = Spool(path, SpoolBounds(...))
     spool.append(points)            # from the control loop: O(1), in memory, never blocks, never raises
     tg.create_task(spool.run())     # commits the queue to SQLite every commit_every_s, in a worker thread
-    tg.create_task(forwarder.run()) # hubctl.influx.Forwarder: peek -> write -> ack
+    tg.create_task(forwarder.run()) # hubctl.data.influx.Forwarder: peek -> write -> ack
     ...
     spool.close()                   # commits what is queued
 
@@ -63,14 +66,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubctl.config.paths import resolve_state_dir
-from hubctl.data.influx import encode_line
+from hubctl.config.resolve import report_state_dir
+from hubctl.data.points import encode_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from hubctl.config.site import SiteConfig
-    from hubctl.data.influx import Point
+    from hubctl.data.points import Point
 
 __all__ = [
     "Batch",
@@ -504,7 +507,7 @@ def export_lines(path: Path, from_ms: int | None = None, to_ms: int | None = Non
 def storage_dir(cfg: SiteConfig) -> Path:
     """Where the spool and the ledger live: ``storage.dir``, else ``service.state_dir``, else
     ``$STATE_DIRECTORY`` (systemd's StateDirectory=), else /var/lib/hubctl."""
-    return resolve_state_dir(cfg, os.environ) or Path("/var/lib/hubctl")
+    return report_state_dir(cfg, os.environ)
 
 
 def bounds_from_config(cfg: SiteConfig) -> SpoolBounds:
