@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from test_history_import import CONFIG, contract_csv, local
 
 from hubctl.config.site import parse_config
-from hubctl.core.control import Params
-from hubctl.data.history_import import parse_contract
+from hubctl.core.types import Params
+from hubctl.data.history_contract import parse_contract
 from hubctl.data.history_store import FILE_NAME, HistoryStore, read_history
-from hubctl.service.gateway import Gateway, Options
+from hubctl.service.gateway import Gateway
+from hubctl.service.options import Options
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,7 +36,7 @@ def gateway(state: Path | None) -> Gateway:
 def complete_a_quarter(gw: Gateway, date: dt.date, slot: int) -> None:
     """What `step` does when a quarter-hour completes: the state's history gets one slot more."""
     history = gw.state.history.with_slots([(date, slot, [1.0, 2.0, 3.0], [0.0, 0.0, 0.0], 6.0)])
-    gw.state = replace(gw.state, history=history)
+    gw.controller.state = replace(gw.state, history=history)
 
 
 def test_the_stored_history_is_the_controllers_at_start(
@@ -62,7 +63,7 @@ def test_the_stored_history_is_the_controllers_at_start(
     assert doc["days_by_type"] == {"working": 2, "saturday": 1, "sunday": 1, "holiday": 0}
     # a quarter-hour completes: saved at once; the summary follows
     complete_a_quarter(gw, dt.date(2026, 3, 31), 0)
-    gw._save_history()
+    gw.history.save(gw.state.history)
     assert gw._history_summary()["days"] == 5
     on_disk, _ = read_history(state / FILE_NAME, params)
     assert on_disk.days[dt.date(2026, 3, 31)].load_kw[0].tolist() == [1.0, 2.0, 3.0]
@@ -82,14 +83,14 @@ def test_a_failing_save_is_logged_once_retried_and_never_raised(
     gw._open_history()
     assert gw.history_store is not None
     gw.history_store.close()
-    gw.history_store = HistoryStore(state / FILE_NAME, gw.params, busy_timeout_s=0.05)
+    gw.history.store = HistoryStore(state / FILE_NAME, gw.params, busy_timeout_s=0.05)
     other = sqlite3.connect(state / FILE_NAME, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")  # another writer holds the file
     try:
         with caplog.at_level(logging.INFO, logger="hubctl.service"):
             for slot in (0, 1, 2):
                 complete_a_quarter(gw, dt.date(2026, 3, 31), slot)
-                gw._save_history()
+                gw.history.save(gw.state.history)
         failures = [r for r in caplog.records if "could not be saved" in r.getMessage()]
         assert len(failures) == 1
         assert "database is locked" in caplog.text
@@ -99,7 +100,7 @@ def test_a_failing_save_is_logged_once_retried_and_never_raised(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hubctl.service"):
         complete_a_quarter(gw, dt.date(2026, 3, 31), 3)
-        gw._save_history()
+        gw.history.save(gw.state.history)
     assert "the load history is saved again" in caplog.text
     gw._close_history()
     on_disk, _ = read_history(state / FILE_NAME, gw.params)
@@ -122,7 +123,7 @@ def test_a_damaged_file_does_not_keep_the_service_from_starting(
     assert sum(" is damaged (" in r.getMessage() for r in caplog.records) == 1
     assert f"load history: nothing stored in {state / FILE_NAME} yet" in caplog.text
     complete_a_quarter(gw, dt.date(2026, 3, 31), 0)
-    gw._save_history()
+    gw.history.save(gw.state.history)
     gw._close_history()
     on_disk, _ = read_history(state / FILE_NAME, gw.params)
     assert list(on_disk.days) == [dt.date(2026, 3, 31)]
@@ -135,7 +136,7 @@ def test_without_a_state_directory_the_history_is_kept_in_memory(caplog: pytest.
     assert gw.history_store is None
     assert "no state directory: the load history is kept in memory only" in caplog.text
     complete_a_quarter(gw, dt.date(2026, 3, 31), 0)
-    gw._save_history()  # nothing to write to, nothing raised
+    gw.history.save(gw.state.history)  # nothing to write to, nothing raised
     gw._close_history()
     assert gw._history_summary() == {
         "days": 1,

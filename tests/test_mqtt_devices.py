@@ -18,8 +18,9 @@ from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
 from hubctl.cli.main import main as cli_main
 from hubctl.config.devices import Device as DeviceConfig
-from hubctl.devices.base import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
-from hubctl.devices.mqtt import MqttDevice, MqttHub, extract_value, parse_broker_url, render_setpoint
+from hubctl.devices.mqtt import MqttDevice, MqttHub, extract_value, render_setpoint
+from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
+from hubctl.transport.mqtt import parse_broker_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

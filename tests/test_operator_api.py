@@ -29,11 +29,14 @@ from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
 from hubctl.config.site import parse_config
 from hubctl.core.commands import DEFAULT_MODE_TTL_S
-from hubctl.core.control import BatteryMode
-from hubctl.service.operator_api import AuditRecord, OperatorApi, parse_url
+from hubctl.core.types import BatteryMode
+from hubctl.service.operator_api import OperatorApi
+from hubctl.transport.mqtt import parse_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+
+    from hubctl.service.operator_document import AuditRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for hubctl.quarters: local quarter-hours and DST (SCENARIOS.md, "Metrics")."""
+"""Tests for hubctl.core.quarters: local quarter-hours and DST (SCENARIOS.md, "Metrics")."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hubctl.core.limits import LimitsInForce
 from hubctl.core.quarters import (
+    LedgerQuarter,
+    ParkStep,
+    QuarterMeter,
     local_seconds_of_day,
     quarter_index_of_day,
     quarter_start,
     quarters_in_local_day,
 )
+from hubctl.core.types import Decision
 
 AMS = ZoneInfo("Europe/Amsterdam")
 KTM = ZoneInfo("Asia/Kathmandu")
@@ -198,3 +203,26 @@ def test_index_within_day_and_consistent(ts: float, zone: str) -> None:
     assert local_seconds_of_day(start, tz) % 900 == 0
     local = datetime.fromtimestamp(start, tz)
     assert local_seconds_of_day(start, tz) == local.hour * 3600 + local.minute * 60 + local.second
+
+
+# ----------------------------------------------------------------- the two accumulators, side by side
+def test_the_two_quarter_verdicts_differ_as_the_module_docstring_says() -> None:
+    """450 kW all quarter; the import cap drops from 500 to 400 kW at minute 10 (hubctl.core.quarters).
+
+    The gateway's meter judges against the lowest cap (over), the ledger against the time-weighted
+    mean cap (not over). Pinned until one rule is chosen (ARCHITECTURE-REVIEW.md, (d) 3)."""
+    t0 = 900.0 * 1_978_000  # a quarter boundary
+    meter = QuarterMeter()
+    ledger = LedgerQuarter(t0)
+    for k in range(900):
+        window = k >= 600
+        cap, source = (400.0, "window 16:10-20:00") if window else (500.0, "contract")
+        lim = LimitsInForce(cap, source, None, "none")
+        meter.add(t0 + k, 450.0, 1.0, Decision((), (), "normal", lim, {}, 0.0, 0.0, "test"))
+        ledger.add(450.0, 1.0, ParkStep(import_limit_kw=cap, import_source=source))
+    (q,) = meter.close_before(t0 + 900)
+    row = ledger.row()
+    assert (q.mean_kw, q.import_cap_kw, q.import_source, q.over) == (450.0, 400.0, "window 16:10-20:00", True)
+    assert row.grid_kw == pytest.approx(450.0)
+    assert row.import_limit_kw == pytest.approx(1400.0 / 3)  # 466.7 kW
+    assert (row.import_source, row.over_cap) == ("contract", False)

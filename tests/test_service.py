@@ -13,14 +13,20 @@ import pytest
 from hubctl.config.devices import Device as DeviceConfig
 from hubctl.config.devices import DeviceRole
 from hubctl.config.site import parse_config
-from hubctl.core.control import Decision, Overrides, Params, State, fallback_pv_limits, step
+from hubctl.core.control import step
+from hubctl.core.failsafe import fallback_pv_limits
 from hubctl.core.limits import NO_LIMITS, LimitClock
+from hubctl.core.quarters import QuarterMeter
+from hubctl.core.types import Decision, Overrides, Params, State
 from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
 from hubctl.devices.health import Health
 from hubctl.devices.health import State as H
 from hubctl.errors import DeviceError, DeviceProtocolError, DeviceUnavailableError
-from hubctl.service.gateway import Clock, FallbackKeeper, Gateway, Options, QuarterMeter, SetpointWriter
+from hubctl.service.clock import Clock
+from hubctl.service.cycle import Controller, OperatorSync
+from hubctl.service.fallbacks import FallbackKeeper, FallbackTargets
 from hubctl.service.store import Layout, ReadingStore
+from hubctl.service.writer import SetpointWriter
 
 CONFIG = {
     "park": {"import_limit_kw": 100, "export_limit_kw": 50},
@@ -242,7 +248,7 @@ def test_fallbacks_are_written_again_after_an_outage_and_when_the_limits_change(
 
 
 class FakeApi:
-    """What `Gateway._sync_operator` asks of the operator API."""
+    """What `OperatorSync.apply` (and `Controller.overrides`) ask of the operator API."""
 
     def __init__(self, cfg: Any, overrides: Overrides) -> None:
         self.cfg = cfg
@@ -261,13 +267,15 @@ class FakeApi:
 
 def test_an_operators_lower_export_cap_lowers_the_fallbacks() -> None:
     cfg, _, _, _, keeper = keeper_setup()
-    gateway = Gateway(cfg, Options())
-    gateway.fallbacks = keeper
-    gateway._update_fallbacks(NOON)  # what run() does at start
+    params = Params.from_config(cfg)
+    controller = Controller(params, State.initial(params))  # as the gateway builds it
+    fallbacks = FallbackTargets(keeper, controller, cfg.tz)
+    fallbacks.update(NOON)  # what run() does at start
     assert keeper.wanted["a-pv"] == pytest.approx(23.5)  # (50 - 3) / 2
     api = FakeApi(cfg, Overrides(park_export_kw=20.0))  # an operator lowered the export cap over MQTT
-    gateway.api = api  # type: ignore[assignment]
-    gateway._sync_operator(api, NOON)  # type: ignore[arg-type]  # the control loop's call
+    controller.api = api  # type: ignore[assignment]
+    sync = OperatorSync(cfg, api, controller, None, fallbacks)  # type: ignore[arg-type]
+    sync.apply(NOON)  # the control loop's call
     assert keeper.wanted["a-pv"] == pytest.approx(8.5)  # (20 - 3) / 2
     assert keeper.wanted["a-bat"] == 0.0
 

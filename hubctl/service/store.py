@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hubctl.config.devices import DeviceRole
-from hubctl.core.control import CompanyReading, Snapshot
+from hubctl.core.types import CompanyReading, Snapshot
 
 if TYPE_CHECKING:
     from hubctl.config.site import SiteConfig

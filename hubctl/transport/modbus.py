@@ -3,7 +3,7 @@
 """Modbus TCP transport: one connection per host:port, shared by every unit id behind it.
 
 This is the boundary where library errors become hubctl's device errors, once.
-Above it (`hubctl.devices`, `hubctl.sunspec`) nothing imports pymodbus.
+Above it (`hubctl.devices`, `hubctl.codec.sunspec`) nothing imports pymodbus.
 
 Decisions:
 
@@ -90,7 +90,8 @@ if TYPE_CHECKING:
 
     from pymodbus.pdu import ModbusPDU
 
-    from hubctl.codec.registers import ReadBlock, Transport
+    from hubctl.codec.registers import ReadBlock
+    from hubctl.codec.regmap import Transport
 
 log = logging.getLogger("hubctl.modbus")  # the name the journal has always shown
 

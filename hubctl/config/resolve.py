@@ -1,0 +1,148 @@
+"""Which broker, which InfluxDB target and which state directory each part of hubctl uses.
+
+What it is: every resolution of a setting from the site config, a command-line flag and the
+environment, side by side, one function per call site. Each function returns exactly what its
+call site computed before it moved here: the same precedence, the same defaults. They disagree,
+and the comment on each says how; one precedence for all is issue #12
+(ARCHITECTURE-REVIEW.md, (d) 1), so none of them is changed here. Turning a broker URL into
+host, port and TLS is not done here (`hubctl.transport.mqtt`): this module only chooses the URL.
+
+The state directory: `storage.dir`, else `service.state_dir`, else `$STATE_DIRECTORY` (systemd's
+`StateDirectory=`; it may list several directories separated by `:`, the first is used). None: no
+state directory, so nothing survives a restart. The gateway (`hubctl run`) keeps the spool, the
+ledger, the operator settings and the load history there; `hubctl history` reads and writes the
+same directory, so that an import lands where the service looks. `hubctl export` and `hubctl
+report` fall back to /var/lib/hubctl instead.
+
+May import: `hubctl.errors` and the config models (a package that sits just above the errors).
+Pure: the environment comes in as a mapping, nothing is read from the process here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hubctl.config.site import InfluxTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from hubctl.config.site import SiteConfig
+
+__all__ = [
+    "DEFAULT_READ_MQTT_URL",
+    "REPORT_STATE_DIR",
+    "SOURCES",
+    "InfluxSettings",
+    "device_hub_credentials",
+    "device_hub_mqtt_url",
+    "influx_settings",
+    "operator_api_mqtt_url",
+    "read_mqtt_url",
+    "report_state_dir",
+    "resolve_state_dir",
+]
+
+SOURCES = "storage.dir, service.state_dir or $STATE_DIRECTORY"
+DEFAULT_READ_MQTT_URL = "mqtt://127.0.0.1:1883"
+REPORT_STATE_DIR = Path("/var/lib/hubctl")
+
+
+# --- the state directory -----------------------------------------------------------------------------------
+
+
+def resolve_state_dir(cfg: SiteConfig, env: Mapping[str, str]) -> Path | None:
+    """The state directory of the gateway and `hubctl history` (module docstring); None when none is set."""
+    for candidate in (cfg.storage.dir, cfg.service.state_dir, env.get("STATE_DIRECTORY")):
+        if candidate:
+            return Path(candidate.split(":")[0])
+    return None
+
+
+def report_state_dir(cfg: SiteConfig, env: Mapping[str, str]) -> Path:
+    """Where `hubctl export` and `hubctl report` look for the spool and the ledger.
+
+    Differs from the gateway's `resolve_state_dir`: with none of its three sources set, these
+    commands look in /var/lib/hubctl, where the gateway keeps nothing (it runs without storage).
+    """
+    return resolve_state_dir(cfg, env) or REPORT_STATE_DIR
+
+
+# --- MQTT brokers ------------------------------------------------------------------------------------------
+
+
+def device_hub_mqtt_url(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> str | None:
+    """The broker of the gateway's MQTT device hub: `--mqtt-url`, `$HUBCTL_MQTT_URL`, `service.mqtt_url`.
+
+    Differs from `operator_api_mqtt_url`: `mqtt.url` is not read, so a config with only
+    `mqtt: {url: ...}` and an MQTT device finds no broker for its devices (exit 78) while the
+    operator API connects.
+    """
+    return cli_url or env.get("HUBCTL_MQTT_URL") or cfg.service.mqtt_url
+
+
+def operator_api_mqtt_url(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> str | None:
+    """The broker of the gateway's operator API: `--mqtt-url`, `$HUBCTL_MQTT_URL`, `mqtt.url`,
+    `service.mqtt_url`.
+
+    Differs from `device_hub_mqtt_url` by reading `mqtt.url` (before `service.mqtt_url`).
+    `OperatorApi.from_config` (hubctl/service/operator_api.py), given no URL, has its own default
+    again: `mqtt.url`, then `service.mqtt_url`, without the environment.
+    """
+    mq = cfg.mqtt
+    return (
+        cli_url or env.get("HUBCTL_MQTT_URL") or (mq.url if mq is not None else None) or cfg.service.mqtt_url
+    )
+
+
+def read_mqtt_url(cli_url: str | None, env: Mapping[str, str]) -> str:
+    """The broker of `hubctl read`: `--mqtt-url`, `$HUBCTL_MQTT_URL`, else mqtt://127.0.0.1:1883.
+
+    Differs from both of the gateway's: the site config (`service.mqtt_url`, `mqtt.url`) is not
+    read at all, and there is always a broker (the local default) where the gateway has none.
+    """
+    return cli_url or env.get("HUBCTL_MQTT_URL") or DEFAULT_READ_MQTT_URL
+
+
+def device_hub_credentials(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """User name and password of the gateway's MQTT device hub: `$HUBCTL_MQTT_USERNAME`,
+    `$HUBCTL_MQTT_PASSWORD` (an empty value: none).
+
+    Differs from the operator API, which reads the variables `mqtt.username_env` and
+    `mqtt.password_env` name (the same two by default; hubctl/service/operator_api.py).
+    """
+    return env.get("HUBCTL_MQTT_USERNAME") or None, env.get("HUBCTL_MQTT_PASSWORD") or None
+
+
+# --- InfluxDB ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    """Where the gateway's forwarder writes the spool to."""
+
+    url: str
+    target: InfluxTarget  # the `storage.influx` section, or its defaults when there is none
+    token: str  # from the variable `target.token_env` names; "" when it is not set
+
+
+def influx_settings(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> InfluxSettings | None:
+    """The gateway's InfluxDB target: the URL from `--influx-url`, `$HUBCTL_INFLUX_URL`,
+    `storage.influx.url`, `service.influx_url` (None: no forwarding); bucket, org, timeout and
+    batching from `storage.influx` (or that section's defaults); the token from the environment.
+
+    The only InfluxDB resolution in hubctl (the commands read the spool, never InfluxDB).
+    """
+    section = cfg.storage.influx
+    url = (
+        cli_url
+        or env.get("HUBCTL_INFLUX_URL")
+        or (section.url if section is not None else None)
+        or cfg.service.influx_url
+    )
+    if not url:
+        return None
+    target = section if section is not None else InfluxTarget()
+    return InfluxSettings(url, target, env.get(target.token_env, ""))

@@ -1,0 +1,297 @@
+"""The control loop: snapshot, step, write, then the after-cycle steps in their order.
+
+What it is:
+
+- `Controller`: what the core decides from, cycle after cycle: `params` (rebuilt when the
+  operator's schedules change), `state` (what `hubctl.core.control.step` carries forward) and the
+  operator API whose overrides every snapshot carries.
+- `OperatorSync`: when the operator API's revision moves, the params' LimitClock is rebuilt from
+  `api.limit_clock(now)` (operator day schedules), the ledger takes the operator's sharing key and
+  the devices' fallback limits are renewed.
+- `ControlLoop`: on the monotonic clock every `control.cycle_s`: snapshot the store, call `step`
+  (the very function `hubctl sim` runs), write the setpoints that changed and re-write those whose
+  revert timers are due; then the **after-cycle steps**, an ordered list of `AfterStep`s (the
+  gateway composes it: quarter meter, ledger, history, the accelerated jobs, the operator's state,
+  mode, readiness, watchdog, the cycle record). Each step is isolated with its own failure
+  handling: it names the errors it survives (logged once, the other steps still run); an error
+  it does not name stops the service, as before the steps were split out.
+- `LedgerFeed`, `OperatorView`, `CycleRecords`: three of those steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from hubctl.core.control import step
+from hubctl.core.quarters import ParkStep
+from hubctl.core.types import NO_OVERRIDES, CompanyReading, Snapshot
+from hubctl.data.ledger import rule_from_config
+from hubctl.service.sinks import CycleRecord, total
+from hubctl.service.tasks import raise_if_cancelled
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from hubctl.config.site import SiteConfig
+    from hubctl.core.types import Decision, Overrides, Params, State
+    from hubctl.data.ledger import Ledger
+    from hubctl.devices.health import Health
+    from hubctl.service.clock import Clock
+    from hubctl.service.fallbacks import FallbackTargets
+    from hubctl.service.operator_api import OperatorApi
+    from hubctl.service.sinks import TelemetrySink
+    from hubctl.service.store import ReadingStore
+    from hubctl.service.writer import SetpointWriter
+
+log = logging.getLogger("hubctl.service")  # the name the journal has always shown
+
+
+# --- what the core decides from ----------------------------------------------------------------------------
+
+
+class Controller:
+    """The core's params and state, carried from cycle to cycle, and the operator API (once it runs)."""
+
+    def __init__(self, params: Params, state: State) -> None:
+        self.params = params
+        self.state = state
+        self.api: OperatorApi | None = None
+
+    def overrides(self, ts: float) -> Overrides:
+        """The operator's overrides in force at `ts` (none without an operator API)."""
+        return self.api.current_overrides(ts) if self.api is not None else NO_OVERRIDES
+
+    def decide(self, snap: Snapshot) -> Decision:
+        """One step of the core; the state moves on."""
+        decision, self.state = step(snap, self.state, self.params)
+        return decision
+
+    def failsafe(self, ts_utc: float, companies: int) -> Decision:
+        """The decision with no reading at all (the shutdown's fail-safe setpoints); the state stays."""
+        snap = Snapshot(ts_utc, tuple(CompanyReading(grid_kw=None) for _ in range(companies)))
+        decision, _ = step(snap, self.state, self.params)
+        return decision
+
+
+class OperatorSync:
+    """Applies the operator API's settings to the controller, the ledger and the fallbacks on a change."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        api: OperatorApi,
+        controller: Controller,
+        ledger: Ledger | None,
+        fallbacks: FallbackTargets,
+    ) -> None:
+        self.cfg = cfg
+        self.api = api
+        self.controller = controller
+        self.ledger = ledger
+        self.fallbacks = fallbacks
+        self.revision = -1
+
+    def apply(self, ts: float) -> None:
+        """Rebuild the LimitClock (operator schedules) and the ledger's sharing key when the API changed."""
+        api = self.api
+        if api.revision == self.revision:
+            return
+        try:
+            self.controller.params = replace(self.controller.params, limits=api.limit_clock(ts))
+            if self.ledger is not None:
+                self.ledger.rule = api.sharing(ts) or rule_from_config(self.cfg)
+        except Exception:
+            log.exception("the operator settings could not be applied; keeping the previous caps")
+        else:
+            if self.revision >= 0 or api.revision:
+                log.info("operator settings applied (revision %d)", api.revision)
+            self.fallbacks.update(ts)  # an operator's export limit or schedule may lower them
+        self.revision = api.revision
+
+
+# --- the loop and its after-cycle steps --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CycleFacts:
+    """What one cycle saw and did, as every after-cycle step gets it."""
+
+    snap: Snapshot
+    decision: Decision
+    ts: float  # wall clock (UTC) of the snapshot
+    dt_s: float  # the step just measured: since the last cycle, at most 60 s
+    park_kw: float | None  # the park's grid power: the companies' sum, None when one is unknown
+    writes: int
+    failed_writes: int
+    latency_ms: float
+    started: float  # the loop's start on the monotonic clock
+
+
+@dataclass(frozen=True, slots=True)
+class AfterStep:
+    """One after-cycle step: `run` with the errors it survives (`survives`, logged once as `failure`)."""
+
+    name: str
+    run: Callable[[CycleFacts], None]
+    survives: tuple[type[Exception], ...] = ()
+    failure: str = ""
+
+
+class ControlLoop:
+    """The control cycle (module docstring); runs until cancelled."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        clock: Clock,
+        store: ReadingStore,
+        controller: Controller,
+        writer: SetpointWriter,
+        after: Sequence[AfterStep],
+        operator: OperatorSync | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.store = store
+        self.controller = controller
+        self.writer = writer
+        self.after = tuple(after)
+        self.operator = operator
+        self.last_decision: Decision | None = None
+        self.cycles = 0
+        self._failed: set[str] = set()  # the steps whose failure was logged
+
+    async def run(self, first_pass: Sequence[asyncio.Event]) -> None:
+        cycle_s = self.cfg.control.cycle_s
+        # the first decision waits for one round of polls (or until a reading would be stale anyway)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.clock.real_s(self.cfg.control.stale_after_s)):
+                await asyncio.gather(*(e.wait() for e in first_pass))
+        started = self.clock.mono()
+        next_t = started
+        last_ts: float | None = None
+        late = False
+        while True:
+            t0 = time.perf_counter()
+            now = self.clock.mono()
+            ts = self.clock.utc()
+            snap = self.store.snapshot(ts, now)
+            if self.operator is not None:
+                self.operator.apply(ts)
+                snap = replace(snap, overrides=self.operator.api.current_overrides(ts))
+            decision = self.controller.decide(snap)
+            writes, failed = await self.writer.apply(decision, budget_s=self.clock.real_s(0.8 * cycle_s))
+            raise_if_cancelled()
+            latency_ms = (time.perf_counter() - t0) * 1000
+            self.last_decision = decision
+            self.cycles += 1
+            dt_s = cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
+            grids = [r.grid_kw for r in snap.companies]
+            park = None if any(g is None for g in grids) else math.fsum(g for g in grids if g is not None)
+            self.after_cycle(CycleFacts(snap, decision, ts, dt_s, park, writes, failed, latency_ms, started))
+            last_ts = ts
+            next_t += cycle_s
+            now = self.clock.mono()
+            if next_t < now:
+                if not late:
+                    log.warning("control cycle overran by %.0f ms; skipping to now", (now - next_t) * 1000)
+                late = True
+                next_t = now
+            else:
+                late = False
+            await asyncio.sleep(self.clock.real_s(next_t - now))
+
+    def after_cycle(self, facts: CycleFacts) -> None:
+        """The after-cycle steps in order, each isolated (module docstring)."""
+        for after in self.after:
+            try:
+                after.run(facts)
+            except after.survives:
+                if after.name not in self._failed:
+                    log.exception(after.failure)
+                self._failed.add(after.name)
+
+
+class LedgerFeed:
+    """The ledger step: the step just measured (only with every grid meter read: uncovered otherwise).
+
+    In accelerated mode it also settles the intervals that ended (the quarter-hour job's part).
+    """
+
+    def __init__(self, ledger: Ledger, *, accelerated: bool) -> None:
+        self.ledger = ledger
+        self.accelerated = accelerated
+
+    def __call__(self, facts: CycleFacts) -> None:
+        companies = facts.snap.companies
+        if facts.park_kw is not None:
+            pv = total([r.pv_kw for r in companies])
+            bat = total([r.battery_kw for r in companies])
+            lim = facts.decision.park_limits
+            step_info = ParkStep(
+                load_kw=None if pv is None or bat is None else facts.park_kw + pv + bat,
+                pv_kw=pv,
+                import_limit_kw=lim.import_kw,
+                import_source=lim.import_source,
+                export_limit_kw=lim.export_kw,
+                export_source=lim.export_source,
+            )
+            grids = [r.grid_kw for r in companies]
+            self.ledger.add_step(facts.ts, [g for g in grids if g is not None], facts.dt_s, step_info)
+        if self.accelerated:
+            self.ledger.close_due(facts.ts)
+
+
+class OperatorView:
+    """The operator API's step: keeps the last cycle for its state document and offers the document."""
+
+    def __init__(self, api: OperatorApi) -> None:
+        self.api = api
+        self.last: tuple[float, Decision, tuple[CompanyReading, ...]] | None = None
+
+    def __call__(self, facts: CycleFacts) -> None:
+        self.last = (facts.ts, facts.decision, facts.snap.companies)
+        self.api.notify_state()
+
+
+class CycleRecords:
+    """The last step: the cycle as a `CycleRecord` to every sink."""
+
+    def __init__(self, sinks: Sequence[TelemetrySink], health: Health) -> None:
+        self.sinks = sinks
+        self.health = health
+
+    def __call__(self, facts: CycleFacts) -> None:
+        if not self.sinks:
+            return
+        snap, decision = facts.snap, facts.decision
+        lim = decision.park_limits
+        record = CycleRecord(
+            ts_utc=facts.ts,
+            mode=decision.mode,
+            reason=decision.reason,
+            park_grid_kw=facts.park_kw,
+            import_cap_kw=lim.import_kw,
+            export_cap_kw=lim.export_kw,
+            cap_source=f"import {lim.import_source}, export {lim.export_source}",
+            grid_kw=tuple(r.grid_kw for r in snap.companies),
+            pv_kw=tuple(r.pv_kw for r in snap.companies),
+            battery_kw=tuple(r.battery_kw for r in snap.companies),
+            soc_pct=tuple(r.soc_pct for r in snap.companies),
+            setpoint_kw=decision.battery_setpoint_kw,
+            pv_limit_kw=decision.pv_limit_kw,
+            latency_ms=facts.latency_ms,
+            writes=facts.writes,
+            failed_writes=facts.failed_writes,
+            down=tuple(self.health.down()),
+            import_source=lim.import_source,
+            export_source=lim.export_source,
+        )
+        for sink in self.sinks:
+            sink.cycle(record)
