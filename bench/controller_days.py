@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
-import importlib.util
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from simulators.contract import load_score
 from simulators.scenario_gen import GenOptions, write_scenario
 
 H = 14  # days of history every run carries
@@ -138,16 +138,6 @@ class Job:
     week: bool
 
 
-def _score_module(shared: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("score", shared / "tools" / "score.py")
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["score"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def run_job(job: Job, shared: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "hubctl.cli", "sim", "--scenario", str(job.scenario), "--out", str(job.out)]
     if not job.history:
@@ -175,7 +165,7 @@ def run_job(job: Job, shared: Path) -> dict[str, Any]:
 def per_day(job: Job, shared: Path) -> list[dict[str, float]]:
     """Per local day of a week: the run's quarter-hours over, longest run over, curtailed and imported
     kWh, beside the LP schedule's import and curtailment cut at the same midnights."""
-    score = _score_module(shared)
+    score = load_score(shared)
     sc = score.load_scenario(str(job.scenario))
     prof = score.read_profiles(sc)
     lp = score.lp_bound(sc, prof, res_s=300, series=True)

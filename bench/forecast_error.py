@@ -6,7 +6,7 @@ Runs `hubctl sim` in this process on each scenario (default: every scenario in .
 and ../shared/scenarios-extra, with its history.csv where it has one) and looks inside the run
 (`hubctl.sim.run(observer=...)`): at every local midnight it takes the controller's forecast of the
 park's load for the 96 quarter-hours of the day ahead, and at every quarter-hour its forecast for
-the next hour, exactly as the plan gets them (`hubctl.forecast.forecast`, from the controller's
+the next hour, exactly as the plan gets them (`hubctl.core.forecast.forecast`, from the controller's
 state at that moment). Against the load the physics then drew it reports per local day:
 
 * **day-ahead MAE**: mean absolute error of the expected load over the day's quarter-hours, in %
@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubctl.config.scenario import load_scenario
-from hubctl.core.control import Params
 from hubctl.core.forecast import forecast
+from hubctl.core.types import Params
 from hubctl.sim.run import run, scenario_history
 
 if TYPE_CHECKING:
-    from hubctl.core.control import State
+    from hubctl.core.types import State
     from simulators.physics import StepRecord
 
 QUARTER_S = 900

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hubctl.data.influx import (
-    Forwarder,
-    InfluxWriter,
+from hubctl.data.influx import Forwarder, InfluxWriter
+from hubctl.data.points import (
     Point,
     allocation_point,
     company_point,

@@ -41,9 +41,10 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hubctl.codec.registers import Function, RegisterMap, encode, load_map
+from hubctl.codec.registers import Function, encode
+from hubctl.codec.regmap import RegisterMap, load_map
 from hubctl.config.devices import Device as DeviceConfig
-from hubctl.devices.base import ModbusMapDevice
+from hubctl.devices.mapped import ModbusMapDevice
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:

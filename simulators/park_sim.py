@@ -66,17 +66,11 @@ from simulators.modbus_sim import (
 from simulators.mqtt_sim import MqttMeter
 from simulators.physics import Profiles
 from simulators.specs import company_specs
-from simulators.sunspec_sim import (
-    SunSpecInverter,
-    SunSpecInverter704,
-    SunSpecKind,
-    SunSpecMeter,
-    SunSpecStorage124,
-    SunSpecStorage802,
-)
+from simulators.sunspec_sim import SunSpecInverter, SunSpecInverter704, SunSpecKind, SunSpecMeter
+from simulators.sunspec_storage import SunSpecStorage124, SunSpecStorage802
 
 if TYPE_CHECKING:
-    from hubctl.codec.registers import RegisterMap
+    from hubctl.codec.regmap import RegisterMap
     from hubctl.config.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -92,7 +86,7 @@ class DevicePlan:
     """One simulated device: what it is, whose, and where it sits."""
 
     device_id: str
-    role: str  # grid_meter | park_meter | pv | battery (hubctl.device_config.DeviceRole)
+    role: str  # grid_meter | park_meter | pv | battery (hubctl.config.devices.DeviceRole)
     company: str | None
     driver: str  # a map in drivers/, "sunspec" or "mqtt"
     sunspec_kind: SunSpecKind | None

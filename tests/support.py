@@ -1,16 +1,33 @@
-"""Helpers shared by the tests that start real servers and subprocesses on loopback."""
+"""Helpers shared by the tests that start real servers and subprocesses on loopback, and that
+drive devices (`read_all`, `hold_setpoints`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from hubctl.errors import DeviceError
+from hubctl.transport.modbus import ModbusConnection
+from simulators.contract import SHARED, load_score
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from hubctl.devices.base import Device, Reading
+
+log = logging.getLogger("hubctl.devices")  # the name the devices' own logs have
+REPO = Path(__file__).resolve().parents[1]
 
 
 def open_sockets() -> set[str]:
@@ -113,3 +130,88 @@ def assert_no_new_sockets(before: set[str], grace_s: float = 2.0) -> None:
     while (leaked := open_sockets() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"sockets left open: {sorted(leaked)}"
+
+
+class Children:
+    """The `hubctl` child processes a test module starts: spawned unbuffered with both pipes (a
+    buffered reader could hold "ready" while select() sees an empty pipe), killed by the leak
+    fixture if a test leaves one running."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def hubctl(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`python -m hubctl.cli ARGS` from the repository."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hubctl.cli", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+        )
+        self.procs.append(proc)
+        return proc
+
+
+def leak_fixture(children: Children, *, modbus: bool = False) -> Callable[[], Iterator[None]]:
+    """An autouse fixture for a module: fail a test that leaves a child process running (and kill
+    it), a socket open or, with `modbus`, a Modbus connection. Assign it to `no_leaks`."""
+
+    @pytest.fixture(autouse=True, name="no_leaks")
+    def fixture() -> Iterator[None]:
+        before = open_sockets()
+        yield
+        reap_children(children.procs)
+        if modbus:
+            assert not ModbusConnection.open_connections()
+        assert_no_new_sockets(before)
+
+    return fixture
+
+
+def score_module() -> Any:
+    """The shared contract's scorer (`simulators.contract.load_score`); skips the test without it."""
+    if not (SHARED / "tools" / "score.py").exists():
+        pytest.skip(f"{SHARED / 'tools' / 'score.py'} not found")
+    return load_score()
+
+
+# --- Driving devices -------------------------------------------------------------------------------------
+
+
+async def read_all(devices: Sequence[Device]) -> dict[str, Reading | DeviceError]:
+    """Read every device once, concurrently; a device's failure is its entry, not an exception."""
+
+    async def one(device: Device) -> Reading | DeviceError:
+        try:
+            return await device.read()
+        except DeviceError as exc:
+            return exc
+
+    results = await asyncio.gather(*(one(device) for device in devices))
+    return {device.id: result for device, result in zip(devices, results, strict=True)}
+
+
+async def hold_setpoints(devices: Sequence[Device], *, tick_s: float = 0.5) -> None:
+    """Re-write held setpoints before their revert timers run out; runs until cancelled.
+
+    A failed refresh is logged (once per device until it works again) and
+    tried again on the next tick: the refresh interval leaves room for it.
+    """
+    failing: set[str] = set()
+    while True:
+        for device in devices:
+            if not device.refresh_due():
+                continue
+            try:
+                await device.refresh()
+            except DeviceError as exc:
+                if device.id not in failing:
+                    log.warning("%s: setpoint refresh failed: %s", device.id, exc)
+                failing.add(device.id)
+            else:
+                if device.id in failing:
+                    log.info("%s: setpoint refresh works again", device.id)
+                failing.discard(device.id)
+        await asyncio.sleep(tick_s)

@@ -52,6 +52,11 @@ PURE = [
     "hubctl/codec",
     "hubctl/errors.py",
     "hubctl/data/history_import.py",
+    "hubctl/data/history_common.py",
+    "hubctl/data/history_contract.py",
+    "hubctl/data/history_metering.py",
+    "hubctl/data/points.py",
+    "hubctl/data/report.py",
     "simulators/physics.py",
 ]
 FORBIDDEN = {

@@ -1,4 +1,4 @@
-"""Operator commands (hubctl.commands): tables of good and bad commands, properties with hypothesis."""
+"""Operator commands (hubctl.core.commands): tables of good and bad commands, properties with hypothesis."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from hubctl.config.site import SiteConfig, parse_config
 from hubctl.core.commands import DEFAULT_MODE_TTL_S, OperatorState, apply_command, dump_state, load_state
-from hubctl.core.control import BatteryMode, BatteryOverride, CompanyReading, Params, Snapshot, State, step
+from hubctl.core.control import step
 from hubctl.core.limits import LocalTime, limits_in_force
 from hubctl.core.sharing import SharingKey
+from hubctl.core.types import BatteryMode, BatteryOverride, CompanyReading, Params, Snapshot, State
 
 # 2026-05-04 10:00 Europe/Amsterdam (CEST, UTC+2)
 NOW = dt.datetime(2026, 5, 4, 8, 0, tzinfo=dt.UTC).timestamp()

@@ -11,6 +11,8 @@ lapsed limit leaves it at full output; with it, the inverter falls back to hubct
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from test_sim_devices import (  # pytest puts tests/ on sys.path
     arun,
@@ -20,10 +22,14 @@ from test_sim_devices import (  # pytest puts tests/ on sys.path
 )
 
 from hubctl.config.devices import Device as DeviceConfig
-from hubctl.devices.base import FallbackResult, SunSpecDevice
+from hubctl.devices.sunspec import SunSpecDevice
 from hubctl.transport.modbus import ConnectionPool
 from simulators.modbus_sim import DeviceOptions
-from simulators.sunspec_sim import SunSpecInverter704, SunSpecStorage802
+from simulators.sunspec_sim import SunSpecInverter704
+from simulators.sunspec_storage import SunSpecStorage802
+
+if TYPE_CHECKING:
+    from hubctl.devices.base import FallbackResult
 
 INSTALLER_FALLBACK_KW = 20.0
 REVERT_S = 5.0

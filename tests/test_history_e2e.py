@@ -16,20 +16,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from support import assert_no_new_sockets, open_sockets, read_until, reap_children
+from support import Children, leak_fixture, read_until
 
 from hubctl.config.site import load_config
-from hubctl.core.control import Params
+from hubctl.core.types import Params
 from hubctl.data.history_store import FILE_NAME, read_history
 from hubctl.errors import HistoryStoreError
 from simulators.faults import control_request
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 pytestmark = pytest.mark.slow  # about 50 s: three simulated quarter-hours at 60x
 
@@ -57,27 +53,12 @@ PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw\n" + "".join(
     f"{t},{40 + (t // 7) % 3},30,{25 + (t // 11) % 2},0\n" for t in range(0, 7200, 5)
 )
 
-_CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = open_sockets()
-    yield
-    reap_children(_CHILDREN)
-    assert_no_new_sockets(before)
+_CHILDREN = Children()
+no_leaks = leak_fixture(_CHILDREN)
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hubctl.cli", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
-    _CHILDREN.append(proc)
-    return proc
+    return _CHILDREN.hubctl(*args)
 
 
 def _start_service(config: Path, simulated_utc: float) -> subprocess.Popen[bytes]:

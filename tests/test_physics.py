@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import score_module
 
 from simulators.physics import BatterySpec, CompanySpec, ParkPhysics, Profiles, PvSpec, StepRecord
 
@@ -413,18 +413,6 @@ def test_physics_invariants(park: tuple[list[CompanySpec], Profiles, float], dat
 
 
 # ----------------------------------------------------------------- a stretch of a real scenario
-def load_score() -> Any:
-    path = SHARED / "tools" / "score.py"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    spec = importlib.util.spec_from_file_location("hubctl_test_score", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 SUMMER = SHARED / "scenarios" / "summer-small" / "scenario.yaml"
 START_S = 10 * 3600.0  # start the stretch at 10:00, with the sun up
 STRETCH_S = 3 * 3600
@@ -481,7 +469,7 @@ def test_summer_small_passes_score_physics_checks(
     summer_run: tuple[list[CompanySpec], Profiles, list[StepRecord]],
 ) -> None:
     """The physics checks of tools/score.py (`validate`) accept the stretch, rounded as in a CSV."""
-    score = load_score()
+    score = score_module()
     companies, _, records = summer_run
     sc = score.load_scenario(str(SUMMER))
     sc["duration_s"] = float(STRETCH_S)

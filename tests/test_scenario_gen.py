@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import importlib.util
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 import yaml
+from support import score_module
 
 from simulators.scenario_gen import (
     ARCHETYPES,
@@ -84,18 +84,6 @@ def park_net(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 def local_hours(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Local hour of day per row, on days without a DST change."""
     return np.asarray(rows[:, 0] / 3600.0, dtype=np.float64)
-
-
-def load_score() -> Any:
-    path = SHARED / "tools" / "score.py"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    spec = importlib.util.spec_from_file_location("hubctl_test_score_gen", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------- sun
@@ -345,7 +333,7 @@ def test_sky_models() -> None:
 
 # ----------------------------------------------------------------- score.py reads it
 def test_score_reads_the_written_files(tmp_path: Path) -> None:
-    score = load_score()
+    score = score_module()
     opts = GenOptions(
         seed=11, date=dt.date(2026, 10, 25), companies=5, import_window=WINDOW, sharing_key="static"
     )
@@ -368,7 +356,7 @@ def test_score_reads_the_written_files(tmp_path: Path) -> None:
 
 def test_caps_are_feasible_for_a_perfect_schedule(tmp_path: Path) -> None:
     """score.py's perfect-foresight LP keeps every cap (on 5-minute means) on a hard day."""
-    score = load_score()
+    score = score_module()
     pytest.importorskip("scipy")
     opts = GenOptions(seed=3, date=WINTER_WEEKDAY, companies=5, import_window=WINDOW, company_caps=True)
     sc = score.load_scenario(str(write_scenario(opts, tmp_path)))
@@ -496,7 +484,7 @@ def test_mixed_sky_draws_a_sky_per_day() -> None:
 
 # ----------------------------------------------------------------- history
 def test_history_csv_follows_the_contract(tmp_path: Path) -> None:
-    score = load_score()
+    score = score_module()
     date = dt.date(2026, 4, 2)  # 14 days back reach across the spring DST change (29 March)
     opts = GenOptions(seed=4, date=date, companies=4, days=2, history_days=14, step_s=300, sky="mixed")
     path = write_scenario(opts, tmp_path)
@@ -594,7 +582,7 @@ def test_morning_ramp_passes_the_import_cap(opts: GenOptions) -> None:
 @pytest.mark.parametrize("opts", MORNING_CASES[:1] + MORNING_CASES[2:], ids=lambda o: o.default_name)
 def test_several_days_are_feasible_for_a_perfect_schedule(opts: GenOptions, tmp_path: Path) -> None:
     """score.py's LP keeps every cap over the whole run (5-minute means), also with a window."""
-    score = load_score()
+    score = score_module()
     pytest.importorskip("scipy")
     for k, o in enumerate((opts, dataclasses.replace(opts, import_window=("06:00", "09:00")))):
         sc = score.load_scenario(str(write_scenario(o, tmp_path / str(k))))

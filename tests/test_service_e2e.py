@@ -32,32 +32,21 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiomqtt
 import pytest
 import yaml
-from support import (
-    MOSQUITTO,
-    assert_no_new_sockets,
-    free_port,
-    open_sockets,
-    read_until,
-    reap_children,
-    wait_for_port,
-)
+from support import MOSQUITTO, Children, free_port, leak_fixture, read_until, wait_for_port
 
 from hubctl.config.site import load_config
-from hubctl.core.control import Params, fallback_pv_limits
-from hubctl.devices.base import build_device
-from hubctl.transport.modbus import ConnectionPool, ModbusConnection
+from hubctl.core.failsafe import fallback_pv_limits
+from hubctl.core.types import Params
+from hubctl.devices import build_device
+from hubctl.transport.modbus import ConnectionPool
 from simulators.faults import control_request
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = """\
@@ -101,30 +90,12 @@ INSTALLER_FALLBACK_KW = 20.0  # run B: the simulated batteries' own fallback pow
 INSTALLER_PV_FALLBACK_PCT = 100.0  # run B: the simulated inverters' own fallback limit (none in effect)
 
 
-_CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Fail a test that leaves a child process running, a socket open or a Modbus connection."""
-    before = open_sockets()
-    yield
-    reap_children(_CHILDREN)
-    assert not ModbusConnection.open_connections()
-    assert_no_new_sockets(before)
+_CHILDREN = Children()
+no_leaks = leak_fixture(_CHILDREN, modbus=True)
 
 
 def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hubctl.cli", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-        env=env,
-    )
-    _CHILDREN.append(proc)
-    return proc
+    return _CHILDREN.hubctl(*args, env=env)
 
 
 class Park:
@@ -261,7 +232,7 @@ def _start_broker(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    _CHILDREN.append(proc)
+    _CHILDREN.procs.append(proc)
     wait_for_port(port, "mosquitto")
     return proc
 

@@ -1,4 +1,4 @@
-"""Tests for hubctl.sharing against SCENARIOS.md, "Sharing surplus between companies"."""
+"""Tests for hubctl.core.sharing against SCENARIOS.md, "Sharing surplus between companies"."""
 
 from __future__ import annotations
 

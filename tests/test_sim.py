@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ import yaml
 from hubctl.cli.main import main
 from hubctl.config.scenario import load_scenario
 from hubctl.sim.run import run
-
-if TYPE_CHECKING:
-    from types import ModuleType
+from simulators.contract import load_score
 
 SHARED = Path(os.environ.get("HUBCTL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SCORE = SHARED / "tools" / "score.py"
@@ -94,16 +90,6 @@ def write_park(
 def read_rows(out: Path) -> list[dict[str, str]]:
     with (out / "timeseries.csv").open(encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def load_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("score", SCORE)
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["score"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_outputs_follow_the_contract(tmp_path: Path) -> None:

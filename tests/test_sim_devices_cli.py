@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
-from support import MOSQUITTO, Mosquitto, assert_no_new_sockets, open_sockets, read_until, reap_children
+from support import MOSQUITTO, Children, Mosquitto, leak_fixture, read_until
 
-from hubctl.codec.registers import decode_reads, role_values
+from hubctl.codec.registers import decode_reads
+from hubctl.codec.regmap import role_values
 from hubctl.config.scenario import load_scenario
 from hubctl.config.site import load_config
 from simulators.faults import control_request
@@ -65,16 +66,8 @@ t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw,
 """
 
 
-_CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Fail a test that leaves sockets open or a child process running (and kill the child)."""
-    before = open_sockets()
-    yield
-    reap_children(_CHILDREN)
-    assert_no_new_sockets(before)
+_CHILDREN = Children()
+no_leaks = leak_fixture(_CHILDREN)
 
 
 @pytest.fixture
@@ -99,16 +92,7 @@ def broker(tmp_path: Path) -> Iterator[int | None]:
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
-    # unbuffered: a buffered reader could hold "ready" while select() sees an empty pipe
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hubctl.cli", "simulate", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
-    _CHILDREN.append(proc)
-    return proc
+    return _CHILDREN.hubctl("simulate", *args)
 
 
 async def _one_mqtt_message(port: int, topic: str) -> dict[str, Any]:
@@ -314,7 +298,7 @@ def test_a_park_with_split_plants_serves_every_unit_and_sums_to_the_plant(scenar
     """In process, over Modbus TCP: hubctl's own device layer reads both inverters of a company,
     and the two add up to the company's PV in the physics."""
     from hubctl.config.site import parse_config  # noqa: PLC0415
-    from hubctl.devices.base import build_device  # noqa: PLC0415
+    from hubctl.devices import build_device  # noqa: PLC0415
     from hubctl.transport.modbus import ConnectionPool  # noqa: PLC0415
 
     scenario = load_scenario(scenario_file)

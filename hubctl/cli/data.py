@@ -53,7 +53,7 @@ def _config_error(exc: ConfigError) -> int:
 
 def _csv_rows(lines: Iterable[str]) -> Iterable[list[str]]:
     """Long format, a row per field: time, measurement, site, company, device, other tags, field, value."""
-    from hubctl.data.influx import parse_line  # noqa: PLC0415
+    from hubctl.data.points import parse_line  # noqa: PLC0415
 
     for line in lines:
         p = parse_line(line)
@@ -126,7 +126,7 @@ def _prices(cfg: SiteConfig, args: argparse.Namespace) -> object:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from hubctl.config.scenario import load_scenario  # noqa: PLC0415
-    from hubctl.data import report  # noqa: PLC0415
+    from hubctl.data import report, report_load, report_render  # noqa: PLC0415
     from hubctl.data.spool import storage_dir  # noqa: PLC0415
 
     try:
@@ -144,7 +144,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             cfg = scenario.config
             prices = _prices(cfg, args)
             assert isinstance(prices, report.Prices)
-            inp = report.load_sim(
+            inp = report_load.load_sim(
                 sim_dir,
                 cfg,
                 scenario.start_utc,
@@ -157,7 +157,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             prices = _prices(cfg, args)
             assert isinstance(prices, report.Prices)
             ledger_path = Path(args.ledger) if args.ledger else storage_dir(cfg) / "ledger.sqlite"
-            inp = report.load_ledger(
+            inp = report_load.load_ledger(
                 cfg,
                 ledger_path,
                 parse_when(args.from_, cfg.tz),
@@ -173,7 +173,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not months:
         print("hubctl report: no data in that period", file=sys.stderr)
         return 1
-    written = report.write(inp, months, Path(args.out), args.format, plots=not args.no_plots)
+    written = report_render.write(inp, months, Path(args.out), args.format, plots=not args.no_plots)
     for m in months:
         k = m.kpis
         print(

@@ -11,9 +11,10 @@ printed with its kind: unavailable, busy, protocol, identity); 2 usage (an
 unknown --device); 78 a configuration that cannot be used.
 
 MQTT devices need a broker: `--mqtt-url`, else $HUBCTL_MQTT_URL, else
-mqtt://127.0.0.1:1883 (the site config has no broker setting yet). `read` waits
-up to each point's `stale_after_s` (at most `--timeout`) for MQTT values;
-retained topics answer at once.
+mqtt://127.0.0.1:1883 (the site config is not read for it, unlike `hubctl run`:
+`hubctl.config.resolve.read_mqtt_url`). `read` waits up to each point's
+`stale_after_s` (at most `--timeout`) for MQTT values; retained topics answer
+at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubctl.config.resolve import DEFAULT_READ_MQTT_URL, read_mqtt_url
 from hubctl.errors import EX_CONFIG
 
 if TYPE_CHECKING:
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
     from hubctl.errors import DeviceError
 
 EX_USAGE = 2
-DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", action="append", metavar="ID", help="only this device (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument(
-        "--mqtt-url", default=None, help=f"MQTT broker (default $HUBCTL_MQTT_URL or {DEFAULT_MQTT_URL})"
+        "--mqtt-url", default=None, help=f"MQTT broker (default $HUBCTL_MQTT_URL or {DEFAULT_READ_MQTT_URL})"
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for MQTT data (default 10)")
     p.set_defaults(func=_cmd_read)
@@ -84,7 +85,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
     if not devices:
         print(f"{args.config}: no devices configured (devices: section)", file=sys.stderr)
         return EX_CONFIG
-    mqtt_url = args.mqtt_url or os.environ.get("HUBCTL_MQTT_URL") or DEFAULT_MQTT_URL
+    mqtt_url = read_mqtt_url(args.mqtt_url, os.environ)
     results = asyncio.run(_read_devices(cfg, devices, mqtt_url, args.timeout))
     failed = sum(1 for result in results.values() if not isinstance(result, tuple))
     if args.json:
@@ -101,7 +102,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
 async def _read_devices(
     cfg: SiteConfig, devices: list[DeviceConfig], mqtt_url: str, timeout_s: float
 ) -> dict[str, tuple[Device, Reading] | DeviceError | str]:
-    from hubctl.devices.base import build_device  # noqa: PLC0415
+    from hubctl.devices import build_device  # noqa: PLC0415
     from hubctl.devices.mqtt import MqttDevice, MqttHub  # noqa: PLC0415
     from hubctl.errors import (  # noqa: PLC0415
         DeviceConfigError,

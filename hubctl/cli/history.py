@@ -6,11 +6,11 @@
 
 `import` reads a contract `history.csv` (SCENARIOS.md), a metering company's quarter-hour
 export, or a scenario.yaml (its `history:` file, with its `start` as t0 and, without
---config, its own companies), checks all of it (`hubctl.history_import`) and merges it into
-`<state dir>/history.sqlite` (`hubctl.history_store`): per slot, company and quantity the
+--config, its own companies), checks all of it (`hubctl.data.history_import`) and merges it into
+`<state dir>/history.sqlite` (`hubctl.data.history_store`): per slot, company and quantity the
 file's value where it has one, else what was stored. Nothing is written unless the whole
 file is good; a failed import leaves the store byte for byte as it was. The state
-directory is the service's (`hubctl.state_dir`: storage.dir, service.state_dir,
+directory is the service's (`hubctl.config.resolve`: storage.dir, service.state_dir,
 $STATE_DIRECTORY), or --state-dir. The gateway reads the history at start: restart it
 after an import (an import while it runs is kept, but the service may rewrite today).
 
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hubctl.config.paths import SOURCES, resolve_state_dir
+from hubctl.config.resolve import SOURCES, resolve_state_dir
 from hubctl.config.site import load_config, report_problems
 from hubctl.errors import EX_CONFIG, EX_DATAERR, ConfigError
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from hubctl.config.site import SiteConfig
     from hubctl.core.history import DayType, History
-    from hubctl.data.history_import import Format, ImportedHistory
+    from hubctl.data.history_common import Format, ImportedHistory
 
 # the parser is built for every hubctl command: numpy, holidays and the parsers load when one runs
 EX_OK = 0
@@ -190,7 +190,7 @@ def _print_imported(file: Path, imported: ImportedHistory, *, dry_run: bool, met
 
 
 def _cmd_import(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per documented outcome
-    from hubctl.core.control import Params  # noqa: PLC0415
+    from hubctl.core.types import Params  # noqa: PLC0415
     from hubctl.data.history_import import detect_format, parse_history  # noqa: PLC0415
     from hubctl.data.history_store import FILE_NAME, HistoryStore, read_history, store_size_bytes  # noqa: PLC0415
     from hubctl.errors import HistoryImportError  # noqa: PLC0415
@@ -292,7 +292,7 @@ def _cmd_import(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit pe
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from hubctl.core.control import Params  # noqa: PLC0415
+    from hubctl.core.types import Params  # noqa: PLC0415
     from hubctl.data.history_store import FILE_NAME, read_history, store_size_bytes  # noqa: PLC0415
     from hubctl.errors import HistoryStoreError  # noqa: PLC0415
 

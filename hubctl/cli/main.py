@@ -86,7 +86,7 @@ def _kpi_table(summary: dict[str, object]) -> None:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     from hubctl.config.scenario import load_scenario
-    from hubctl.core.control import Params
+    from hubctl.core.types import Params
     from hubctl.errors import HistoryImportError
     from hubctl.sim import run as sim
 

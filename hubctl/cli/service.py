@@ -93,7 +93,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:
         return report_problems(exc.source, exc.problems)
-    from hubctl.service.gateway import Options, run_service  # noqa: PLC0415 - asyncio, devices: only when running
+    from hubctl.service.gateway import run_service  # noqa: PLC0415 - asyncio, devices: only when running
+    from hubctl.service.options import Options  # noqa: PLC0415 - with the service
 
     options = Options(
         mqtt_url=args.mqtt_url,

@@ -2,7 +2,7 @@
 
 Deterministic and as fast as the machine allows. Each step:
 the controller sees the physics record of `measurement_delay_s` ago (what a
-gateway's meters would show), decides with the same `hubctl.control.step`
+gateway's meters would show), decides with the same `hubctl.core.control.step`
 that `hubctl run` uses, and the physics model applies the decision with the
 devices' ramps. Before t = 0 the park is at rest: batteries at 0 kW, PV
 unlimited, loads at the profile's first row.
@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hubctl.core.control import CompanyReading, Params, Snapshot, State, step
+from hubctl.core.control import step
 from hubctl.core.metrics import CapSeries, summarize
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
-from hubctl.data.history_import import parse_contract
+from hubctl.core.types import CompanyReading, Params, Snapshot, State
+from hubctl.data.history_contract import parse_contract
 from simulators.physics import CompanySpec, ParkPhysics, Profiles, StepRecord
 from simulators.specs import company_specs
 
@@ -54,7 +55,7 @@ def _at_rest(profiles: Profiles, specs: list[CompanySpec], step_s: float) -> Ste
 
 def scenario_history(scenario: Scenario, params: Params) -> History | None:
     """The scenario's `history.csv` as the controller's history at t = 0, through the same import
-    as `hubctl history import` (`hubctl.history_import.parse_contract`); None without one.
+    as `hubctl history import` (`hubctl.data.history_contract.parse_contract`); None without one.
     Raises HistoryImportError for a bad file, OSError for an unreadable one."""
     if scenario.history_path is None:
         return None
