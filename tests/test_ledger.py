@@ -147,12 +147,36 @@ def test_quarter_rows_keep_caps_sources_and_over_cap(tmp_path: Path) -> None:
     (q,) = led.quarters()
     led.close()
     assert q.grid_kw == pytest.approx(660.0)
-    assert q.import_limit_kw == pytest.approx(800.0)  # time-weighted mean cap
-    assert q.import_source == "contract"  # held 600 of the 900 s
+    assert q.import_limit_kw == pytest.approx(800.0)  # the mean cap: the one verdict (core/quarters)
+    assert q.import_source == "contract + window 16:00-20:00"  # every source in force, in order
     assert not q.over_cap
     assert q.curtailed_kwh == pytest.approx(2.5)
     assert q.pv_kwh == pytest.approx(10.0)
     assert q.load_kwh == pytest.approx(175.0)
+
+
+def test_a_cap_not_in_force_all_quarter_is_not_judged_and_the_line_is_local(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The contract counts no cap as an infinite one: a window cap from minute 10 alone has no mean."""
+    led = Ledger(tmp_path / "ledger.sqlite", IDS, PRO_RATA, tz=AMS)
+    for k in range(1800):
+        lim = 400.0 if k >= 600 else None
+        park = ParkStep(import_limit_kw=lim, import_source="none" if lim is None else "window 16:10-20:00")
+        led.add_step(T0 + k, [450.0, 0.0, 0.0], 1.0, park)
+    led.close_due(T0 + 1800)
+    first, second = led.quarters()
+    led.close()
+    assert (first.import_limit_kw, first.import_source, first.over_cap) == (
+        None,
+        "none + window 16:10-20:00",
+        False,
+    )
+    assert (second.import_limit_kw, second.over_cap) == (400.0, True)
+    local = dt.datetime.fromtimestamp(T0 + 900, AMS).strftime("%Y-%m-%d %H:%M %Z")
+    assert [r.getMessage().split(" over")[0] for r in caplog.records if "over the cap" in r.getMessage()] == [
+        f"quarter-hour {local}"
+    ]
 
 
 def test_rows_reach_the_spool_exactly_once(tmp_path: Path) -> None:

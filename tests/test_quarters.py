@@ -12,13 +12,19 @@ from hypothesis import strategies as st
 
 from hubctl.core.limits import LimitsInForce
 from hubctl.core.quarters import (
-    LedgerQuarter,
+    EPS_OVER_KW,
+    ParkQuarter,
     ParkStep,
     QuarterMeter,
+    local_label,
     local_seconds_of_day,
+    mean_cap,
+    over_direction,
     quarter_index_of_day,
+    quarter_over_cap,
     quarter_start,
     quarters_in_local_day,
+    step_pieces,
 )
 from hubctl.core.types import Decision
 
@@ -205,24 +211,79 @@ def test_index_within_day_and_consistent(ts: float, zone: str) -> None:
     assert local_seconds_of_day(start, tz) == local.hour * 3600 + local.minute * 60 + local.second
 
 
-# ----------------------------------------------------------------- the two accumulators, side by side
-def test_the_two_quarter_verdicts_differ_as_the_module_docstring_says() -> None:
-    """450 kW all quarter; the import cap drops from 500 to 400 kW at minute 10 (hubctl.core.quarters).
+# ----------------------------------------------------------------- the one quarter-hour verdict
+T_Q = 900.0 * 1_978_000  # a quarter boundary
 
-    The gateway's meter judges against the lowest cap (over), the ledger against the time-weighted
-    mean cap (not over). Pinned until one rule is chosen (ARCHITECTURE-REVIEW.md, (d) 3)."""
-    t0 = 900.0 * 1_978_000  # a quarter boundary
+
+def _decision(cap: float | None, source: str) -> Decision:
+    return Decision((), (), "normal", LimitsInForce(cap, source, None, "none"), {}, 0.0, 0.0, "test")
+
+
+@pytest.mark.parametrize(("park_kw", "over"), [(450.0, False), (466.0, False), (470.0, True)])
+def test_meter_and_ledger_judge_a_mid_quarter_cap_change_alike(park_kw: float, over: bool) -> None:
+    """The module docstring's example: the cap drops from 500 to 400 kW at minute 10; mean cap 466.7 kW."""
     meter = QuarterMeter()
-    ledger = LedgerQuarter(t0)
+    ledger = ParkQuarter(T_Q)
     for k in range(900):
-        window = k >= 600
-        cap, source = (400.0, "window 16:10-20:00") if window else (500.0, "contract")
-        lim = LimitsInForce(cap, source, None, "none")
-        meter.add(t0 + k, 450.0, 1.0, Decision((), (), "normal", lim, {}, 0.0, 0.0, "test"))
-        ledger.add(450.0, 1.0, ParkStep(import_limit_kw=cap, import_source=source))
-    (q,) = meter.close_before(t0 + 900)
+        cap, source = (400.0, "window 16:10-20:00") if k >= 600 else (500.0, "contract")
+        meter.add(T_Q + k, park_kw, 1.0, _decision(cap, source))
+        ledger.add(park_kw, 1.0, ParkStep(import_limit_kw=cap, import_source=source))
+    (q,) = meter.close_before(T_Q + 900)
     row = ledger.row()
-    assert (q.mean_kw, q.import_cap_kw, q.import_source, q.over) == (450.0, 400.0, "window 16:10-20:00", True)
-    assert row.grid_kw == pytest.approx(450.0)
-    assert row.import_limit_kw == pytest.approx(1400.0 / 3)  # 466.7 kW
-    assert (row.import_source, row.over_cap) == ("contract", False)
+    assert q.mean_kw == pytest.approx(park_kw)
+    assert row.grid_kw == pytest.approx(park_kw)
+    assert q.import_cap_kw == pytest.approx(1400.0 / 3)
+    assert row.import_limit_kw == pytest.approx(1400.0 / 3)
+    assert q.import_source == row.import_source == "contract + window 16:10-20:00"
+    assert q.over is row.over_cap is over
+
+
+def test_the_tolerance_is_one_watt_each_way() -> None:
+    assert over_direction(500.0 + EPS_OVER_KW, 500.0, None) is None  # at the tolerance: inside
+    assert over_direction(500.0 + 2 * EPS_OVER_KW, 500.0, None) == "import"
+    assert over_direction(-300.0 - 2 * EPS_OVER_KW, 500.0, 300.0) == "export"
+    assert over_direction(-300.0 - 2 * EPS_OVER_KW, 500.0, None) is None
+    assert over_direction(None, 500.0, 300.0) is None  # nothing measured: not judged
+    assert over_direction(math.nan, 500.0, 300.0) is None
+    assert quarter_over_cap(510.0, 500.0, None)
+    assert not quarter_over_cap(490.0, 500.0, None)
+
+
+def test_a_cap_in_force_for_part_of_the_measured_seconds_has_no_mean() -> None:
+    """The contract (tools/score.py) counts "no cap" as an infinite limit: such a quarter is not judged."""
+    assert mean_cap(400.0 * 300, 300.0, 900.0) is None
+    assert mean_cap(400.0 * 900, 900.0, 900.0) == 400.0
+    assert mean_cap(0.0, 0.0, 0.0) is None
+    q = ParkQuarter(T_Q)
+    for k in range(900):
+        cap = 400.0 if k >= 600 else None
+        q.add(450.0, 1.0, ParkStep(import_limit_kw=cap, import_source="none" if cap is None else "window"))
+    row = q.row()
+    assert (row.import_limit_kw, row.import_source, row.over_cap) == (None, "none + window", False)
+    # caps are judged over the measured seconds only: a gap in the readings does not dilute them
+    meter = QuarterMeter()
+    for k in range(900):
+        meter.add(T_Q + k, 410.0 if k % 2 else None, 1.0, _decision(400.0, "contract"))
+    (rec,) = meter.close_before(T_Q + 900)
+    assert (rec.import_cap_kw, rec.over) == (400.0, True)
+    assert rec.coverage == pytest.approx(0.5)
+
+
+def test_steps_are_cut_at_quarter_boundaries_and_replays_dropped() -> None:
+    assert step_pieces(T_Q - 10, T_Q + 20, None) == [(T_Q - 10, 10.0), (T_Q, 20.0)]
+    assert step_pieces(T_Q, T_Q + 5, T_Q + 3) == [(T_Q + 3, 2.0)]  # an overlap is trimmed
+    assert step_pieces(T_Q, T_Q + 5, T_Q + 5) == []  # a replay
+    meter = QuarterMeter()
+    meter.add(T_Q - 10, 100.0, 30.0, _decision(50.0, "contract"))  # 10 s before the boundary, 20 s after
+    (before,) = meter.close_before(T_Q)
+    assert before.coverage == pytest.approx(10 / 900)
+    (after,) = meter.close_before(T_Q + 900)
+    assert after.coverage == pytest.approx(20 / 900)
+    assert before.over
+    assert after.over
+
+
+def test_local_label_is_the_sites_clock() -> None:
+    assert local_label(utc("2026-06-22T14:00:00"), AMS) == "2026-06-22 16:00 CEST"
+    assert local_label(utc("2026-12-15T14:00:00"), AMS) == "2026-12-15 15:00 CET"
+    assert local_label(utc("2026-06-22T14:00:00"), KTM) == "2026-06-22 19:45 +0545"

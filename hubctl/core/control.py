@@ -197,7 +197,13 @@ def quarter_caps(
     params: Params, park_lim: LimitsInForce, park_grid: float, budget: QuarterBudget, ts: float, dt_s: float
 ) -> Caps:
     """The park caps less margin; after an excursion, tightened so that the quarter-hour mean stays
-    inside the cap (the excess so far is made up over what is left of the quarter, at most half the cap)."""
+    inside the cap (the excess so far is made up over what is left of the quarter, at most half the cap).
+
+    Consistent with the one quarter-hour verdict (`hubctl.core.quarters`: mean power against mean cap,
+    over beyond 1 W): the budget integrates `grid - cap in force`, which at the quarter's end is
+    `(mean power - mean cap) * 900 s`, the verdict's own quantity; it tightens as soon as that is above
+    0 (stricter than the verdict's 1 W). A cycle without a cap resets it: a quarter whose cap was not in
+    force throughout has no mean cap and is not judged on it."""
     imp_cap = cap_less_margin(park_lim.import_kw, params)
     exp_cap = cap_less_margin(park_lim.export_kw, params)
     quarter = int(ts // QUARTER_S)

@@ -2,7 +2,8 @@
 
 Quarter-hours are aligned to local :00/:15/:30/:45. Every real UTC offset is a
 whole number of quarter-hours, so local quarter-hours are UTC quarter-hours:
-`floor(ts_utc / 900)`.
+`floor(ts_utc / 900)`. A quarter is judged by the one verdict of `hubctl.core.quarters`
+(`mean_cap`, `over_direction`): numpy only sums each quarter's power and caps here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from hubctl.core.quarters import EPS_OVER_KW, QUARTER_S, mean_cap, quarter_over_cap
+
 Array = npt.NDArray[np.float64]
-EPS_OVER_KW = 1e-3  # "over" a cap means beyond it by more than 1 W
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +36,27 @@ def _longest_run(mask: npt.NDArray[np.bool_]) -> int:
 
 
 def quarters_over(ts_utc: Array, cap: CapSeries) -> int:
-    """Quarter-hours whose mean grid is beyond the mean import limit or below minus the mean export limit."""
-    q = np.floor(ts_utc / 900.0).astype(np.int64)
+    """Quarter-hours over the cap by the one verdict (`hubctl.core.quarters`); steps are equally long."""
+    q = np.floor(ts_utc / QUARTER_S).astype(np.int64)
     _, inv = np.unique(q, return_inverse=True)
-    cnt = np.bincount(inv)
+    steps = np.bincount(inv).astype(np.float64)
 
-    def qmean(a: Array) -> Array:
-        return np.asarray(np.bincount(inv, a) / cnt, dtype=np.float64)
+    def sums(a: Array) -> tuple[Array, Array]:
+        """Per quarter: the sum of the finite values (a cap in force) and how many there are."""
+        finite = np.isfinite(a)
+        total = np.bincount(inv, np.where(finite, a, 0.0))
+        count = np.bincount(inv, finite.astype(np.float64))
+        return total.astype(np.float64), count.astype(np.float64)
 
-    mg = qmean(cap.grid_kw)
-    with np.errstate(invalid="ignore"):
-        over = np.maximum(mg - qmean(cap.import_limit_kw), -qmean(cap.export_limit_kw) - mg) > EPS_OVER_KW
-    return int(over.sum())
+    grid = np.bincount(inv, cap.grid_kw)
+    imp_sum, imp_n = sums(cap.import_limit_kw)
+    exp_sum, exp_n = sums(cap.export_limit_kw)
+    over = 0
+    for k, n in enumerate(steps):
+        imp = mean_cap(float(imp_sum[k]), float(imp_n[k]), float(n))
+        exp = mean_cap(float(exp_sum[k]), float(exp_n[k]), float(n))
+        over += quarter_over_cap(float(grid[k] / n), imp, exp)
+    return over
 
 
 def summarize(

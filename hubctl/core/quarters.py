@@ -28,36 +28,39 @@ as in ``tools/score.py``: on the fall-back day the hour 02:00–03:00 occurs
 twice and both times fall in a window that covers it; on the spring-forward
 day 02:00–03:00 does not occur.
 
-**The two quarter-hour accumulators, side by side.** Two rules judge a park
-quarter-hour against the caps, and they disagree; both are kept as they are
-here until one rule is chosen (ARCHITECTURE-REVIEW.md, (d) 3 and "Not part of
-the refactor" (a)):
-
-- ``QuarterMeter`` (the gateway's journal and ``--trace``: ``QuarterRecord``,
-  the ``OVER THE CAP`` warning): the quarter's mean grid power against the
-  *lowest* cap seen in any cycle of the quarter, with that cap's source; over
-  as soon as the mean is above it, without tolerance.
-- ``LedgerQuarter`` + ``quarter_over_cap`` (the ledger's ``quarters`` rows,
-  ``hubctl report``): the mean against the *time-weighted mean* cap over the
-  seconds a cap was in force, with the source that held longest; over only
-  beyond it by more than 1 W (``EPS_OVER_KW``, SCENARIOS.md), the rule of the
-  core's budget integral and of ``hubctl.core.metrics``.
+**One quarter-hour verdict** (SCENARIOS.md, "Metrics", ``cap_quarters_over``, and
+"Physics": "over" a cap means beyond it by more than 1 W): a quarter is over a cap when
+its *mean power* is beyond the quarter's *mean limit* by more than ``EPS_OVER_KW``
+(1 W). Both means are taken over the same seconds, the ones measured (all of them in
+``hubctl sim``); a cap that was not in force for some of those seconds has no mean (the
+contract counts "no cap" as an infinite limit, as ``tools/score.py`` does), so the
+quarter is not judged on it. The rule lives here once: :func:`mean_cap`,
+:func:`over_direction` (and :func:`quarter_over_cap`), applied to the integrals one
+accumulator keeps (:class:`ParkQuarter`). Its users: the gateway's journal and
+``--trace`` (:class:`QuarterMeter`, ``QuarterRecord``, the ``OVER THE CAP`` line in
+``hubctl.service.jobs``), the ledger's ``quarters`` rows (``hubctl.data.ledger``),
+``hubctl report`` (``hubctl.data.report``, ``report_load``) and the sim's metrics
+(``hubctl.core.metrics``). The record of a quarter names the mean cap it was judged
+against and every source in force during it (:func:`sources_in_force`, in the order
+they came into force, joined by ``" + "``).
 
 For one quarter in which the park imports 450 kW throughout and the import
 cap drops from 500 to 400 kW at minute 10 (a window starting mid-quarter)::
 
-    QuarterMeter:  mean 450.0 kW vs cap 400.0 (window 16:10-20:00) -> over=True
-    LedgerQuarter: mean 450.0 kW vs cap 466.7 (contract)           -> over=False
+    mean 450.0 kW vs mean cap 466.7 kW (contract + window 16:10-20:00) -> inside
+    mean 470.0 kW vs mean cap 466.7 kW (contract + window 16:10-20:00) -> over
+
+The control core's quarter budget (``hubctl.core.control.quarter_caps``) steers the
+same quantity: it integrates ``grid − cap in force`` over the quarter, which at the
+quarter's end is ``(mean power − mean cap) · 900 s``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
-
-from hubctl.core.metrics import EPS_OVER_KW
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -65,20 +68,27 @@ if TYPE_CHECKING:
     from hubctl.core.types import Decision
 
 __all__ = [
-    "LedgerQuarter",
+    "EPS_OVER_KW",
+    "ParkQuarter",
     "ParkStep",
     "QuarterMeter",
     "QuarterRecord",
     "QuarterRow",
+    "local_label",
     "local_seconds_of_day",
+    "mean_cap",
+    "over_direction",
     "quarter_index_of_day",
     "quarter_over_cap",
     "quarter_start",
     "quarters_in_local_day",
+    "sources_in_force",
+    "step_pieces",
 ]
 
 QUARTER_S = 900
 DAY_S = 86400
+EPS_OVER_KW = 1e-3  # "over" a cap means beyond it by more than 1 W (SCENARIOS.md, "Physics")
 
 
 def _check_finite(ts_utc: float) -> None:
@@ -167,87 +177,67 @@ def local_seconds_of_day(ts_utc: float, tz: ZoneInfo) -> float:
     return float((ts_utc + offset) % DAY_S)
 
 
-# --- The gateway's quarter meter (the journal's verdict: the lowest cap, no tolerance) ---------------------
+def local_label(ts_utc: float, tz: tzinfo) -> str:
+    """``ts_utc`` on the site's wall clock, ``2026-06-22 16:00 CEST`` (log lines; never the host's zone)."""
+    return datetime.fromtimestamp(ts_utc, tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
-@dataclass(frozen=True, slots=True)
-class QuarterRecord:
-    """One closed quarter-hour of the park connection: the evidence a grid operator asks for."""
-
-    start_utc: float
-    mean_kw: float  # + import
-    import_cap_kw: float | None
-    export_cap_kw: float | None
-    import_source: str
-    export_source: str
-    coverage: float  # share of the quarter with a park reading
-    over: bool
+# --- The one quarter-hour verdict (module docstring) --------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _MeterQuarter:
-    index: int
-    energy_kws: float = 0.0
-    seen_s: float = 0.0
-    import_cap_kw: float | None = None
-    export_cap_kw: float | None = None
-    import_source: str = "none"
-    export_source: str = "none"
+def mean_cap(cap_kws: float, cap_s: float, covered_s: float) -> float | None:
+    """The quarter's mean cap from ``∫ cap dt`` over the ``cap_s`` seconds it was in force.
 
-
-class QuarterMeter:
-    """Integrates the park's grid power per quarter-hour (UTC quarters, as the core counts them).
-
-    Judged against the lowest cap seen in the quarter, without tolerance (module docstring).
+    ``None`` (no cap to judge against: the contract's infinite limit) unless the cap was in
+    force for every one of the ``covered_s`` measured seconds, or nothing was measured.
     """
-
-    def __init__(self) -> None:
-        self._open: dict[int, _MeterQuarter] = {}
-        self.closed: list[QuarterRecord] = []
-
-    def add(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
-        index = int(ts_utc // QUARTER_S)
-        q = self._open.get(index)
-        if q is None:
-            q = self._open[index] = _MeterQuarter(index)
-        lim = decision.park_limits
-        # the lowest cap seen in the quarter is the one the quarter is judged against
-        if lim.import_kw is not None and (q.import_cap_kw is None or lim.import_kw < q.import_cap_kw):
-            q.import_cap_kw, q.import_source = lim.import_kw, lim.import_source
-        if lim.export_kw is not None and (q.export_cap_kw is None or lim.export_kw < q.export_cap_kw):
-            q.export_cap_kw, q.export_source = lim.export_kw, lim.export_source
-        if park_kw is not None:
-            q.energy_kws += park_kw * dt_s
-            q.seen_s += dt_s
-
-    def close_before(self, ts_utc: float) -> list[QuarterRecord]:
-        """Close every quarter that ended before `ts_utc`."""
-        current = int(ts_utc // QUARTER_S)
-        out = []
-        for index in sorted(i for i in self._open if i < current):
-            q = self._open.pop(index)
-            mean = q.energy_kws / q.seen_s if q.seen_s > 0 else math.nan
-            over = bool(
-                (q.import_cap_kw is not None and mean > q.import_cap_kw)
-                or (q.export_cap_kw is not None and -mean > q.export_cap_kw)
-            )
-            out.append(
-                QuarterRecord(
-                    index * float(QUARTER_S),
-                    mean,
-                    q.import_cap_kw,
-                    q.export_cap_kw,
-                    q.import_source,
-                    q.export_source,
-                    min(1.0, q.seen_s / QUARTER_S),
-                    over,
-                )
-            )
-        self.closed.extend(out)
-        return out
+    if covered_s <= 0 or cap_s < covered_s:
+        return None
+    return cap_kws / cap_s
 
 
-# --- The ledger's park quarter (the report's verdict: the time-weighted mean cap, 1 W tolerance) -----------
+def over_direction(
+    mean_kw: float | None, import_cap_kw: float | None, export_cap_kw: float | None
+) -> str | None:
+    """``"import"`` or ``"export"``: the quarter's mean is beyond that mean cap by over 1 W; else None."""
+    if mean_kw is None or not math.isfinite(mean_kw):
+        return None
+    if import_cap_kw is not None and mean_kw - import_cap_kw > EPS_OVER_KW:
+        return "import"
+    if export_cap_kw is not None and -export_cap_kw - mean_kw > EPS_OVER_KW:
+        return "export"
+    return None
+
+
+def quarter_over_cap(
+    grid_kw: float | None, import_limit_kw: float | None, export_limit_kw: float | None
+) -> bool:
+    """The verdict as a flag: over either mean cap (:func:`over_direction`)."""
+    return over_direction(grid_kw, import_limit_kw, export_limit_kw) is not None
+
+
+def sources_in_force(seconds_by_source: dict[str, float]) -> str:
+    """Every source in force during the quarter, in the order they came into force (``a + b``)."""
+    return " + ".join(seconds_by_source) if seconds_by_source else "none"
+
+
+def step_pieces(
+    start: float, end: float, last_end: float | None, grid_s: float = QUARTER_S
+) -> list[tuple[float, float]]:
+    """The step ``[start, end)`` as ``(start, seconds)`` pieces cut at multiples of ``grid_s``.
+
+    What ended at or before ``last_end`` was taken already: a replay gives no piece, an
+    overlap is trimmed. The ledger and the quarter meter take their steps through this.
+    """
+    if last_end is not None and start < last_end:
+        start = last_end
+    pieces = []
+    while start < end:
+        boundary = (math.floor(start / grid_s) + 1) * grid_s
+        piece_end = min(end, boundary)
+        pieces.append((start, piece_end - start))
+        start = piece_end
+    return pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +259,9 @@ class QuarterRow:
     import_kwh: float
     export_kwh: float
     grid_kw: float | None  # mean over the covered seconds
-    import_limit_kw: float | None  # mean over the seconds a cap was in force; None: no cap
+    import_limit_kw: float | None  # mean over the covered seconds; None: not in force all of them
     export_limit_kw: float | None
-    import_source: str  # the source that held longest in the quarter
+    import_source: str  # every source in force in the quarter (sources_in_force)
     export_source: str
     pv_kwh: float | None
     load_kwh: float | None
@@ -280,20 +270,10 @@ class QuarterRow:
     over_cap: bool
 
 
-def quarter_over_cap(
-    grid_kw: float | None, import_limit_kw: float | None, export_limit_kw: float | None
-) -> bool:
-    """A quarter is over a cap when its mean is beyond the mean cap by more than 1 W (SCENARIOS.md)."""
-    if grid_kw is None:
-        return False
-    over_import = import_limit_kw is not None and grid_kw - import_limit_kw > EPS_OVER_KW
-    over_export = export_limit_kw is not None and -export_limit_kw - grid_kw > EPS_OVER_KW
-    return over_import or over_export
-
-
 @dataclass(slots=True)
-class LedgerQuarter:
-    """Accumulators of the ledger's open park quarter-hour (plain data, saved as JSON)."""
+class ParkQuarter:
+    """The integrals of one park quarter-hour, the one accumulator of the verdict (plain data, saved as JSON
+    by the ledger)."""
 
     start: float
     covered_s: float = 0.0
@@ -311,6 +291,7 @@ class LedgerQuarter:
     curtailed_kwh: float | None = None
 
     def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
+        """A measured piece of the quarter (``park``: the caps in force; None: unknown, so no mean cap)."""
         h = dt_s / 3600
         self.covered_s += dt_s
         self.import_kwh += max(park_grid_kw, 0.0) * h
@@ -335,8 +316,8 @@ class LedgerQuarter:
 
     def row(self) -> QuarterRow:
         grid = self.grid_kws / self.covered_s if self.covered_s > 0 else None
-        imp = self.imp_lim_kws / self.imp_lim_s if self.imp_lim_s > 0 else None
-        exp = self.exp_lim_kws / self.exp_lim_s if self.exp_lim_s > 0 else None
+        imp = mean_cap(self.imp_lim_kws, self.imp_lim_s, self.covered_s)
+        exp = mean_cap(self.exp_lim_kws, self.exp_lim_s, self.covered_s)
         return QuarterRow(
             start_utc=self.start,
             import_kwh=self.import_kwh,
@@ -344,8 +325,8 @@ class LedgerQuarter:
             grid_kw=grid,
             import_limit_kw=imp,
             export_limit_kw=exp,
-            import_source=max(self.imp_src_s, key=self.imp_src_s.__getitem__) if self.imp_src_s else "none",
-            export_source=max(self.exp_src_s, key=self.exp_src_s.__getitem__) if self.exp_src_s else "none",
+            import_source=sources_in_force(self.imp_src_s),
+            export_source=sources_in_force(self.exp_src_s),
             pv_kwh=self.pv_kwh,
             load_kwh=self.load_kwh,
             curtailed_kwh=self.curtailed_kwh,
@@ -357,5 +338,76 @@ class LedgerQuarter:
         return {k: getattr(self, k) for k in self.__slots__}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LedgerQuarter:
+    def from_json(cls, data: dict[str, Any]) -> ParkQuarter:
         return cls(**data)
+
+
+# --- The gateway's quarter meter (the journal's and the trace's view of the same verdict) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterRecord:
+    """One closed quarter-hour of the park connection: the evidence a grid operator asks for."""
+
+    start_utc: float
+    mean_kw: float  # + import; nan: no reading in the quarter
+    import_cap_kw: float | None  # the mean cap the quarter was judged against; None: none in force throughout
+    export_cap_kw: float | None
+    import_source: str  # every source in force during the quarter, "contract + window 16:10-20:00"
+    export_source: str
+    coverage: float  # share of the quarter with a park reading
+    over: bool
+
+
+class QuarterMeter:
+    """The park's quarter-hours for the journal and ``--trace``: the ledger's accumulator and verdict
+    (:class:`ParkQuarter`), steps taken as the ledger takes them (:func:`step_pieces`)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, ParkQuarter] = {}
+        self._last_end: float | None = None
+        self.closed: list[QuarterRecord] = []
+
+    def add(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
+        """The cycle at ``ts_utc``: the step ``[ts, ts + dt)`` with the caps the decision had in force."""
+        index = int(ts_utc // QUARTER_S)
+        if index not in self._open:  # a quarter without a reading still closes (coverage 0)
+            self._open[index] = ParkQuarter(index * float(QUARTER_S))
+        if park_kw is None or not math.isfinite(park_kw):
+            return
+        lim = decision.park_limits
+        step = ParkStep(
+            import_limit_kw=lim.import_kw,
+            import_source=lim.import_source,
+            export_limit_kw=lim.export_kw,
+            export_source=lim.export_source,
+        )
+        end = ts_utc + dt_s
+        for start, dt in step_pieces(ts_utc, end, self._last_end):
+            i = int(start // QUARTER_S)
+            q = self._open.get(i)
+            if q is None:
+                q = self._open[i] = ParkQuarter(i * float(QUARTER_S))
+            q.add(park_kw, dt, step)
+        self._last_end = max(self._last_end or end, end)
+
+    def close_before(self, ts_utc: float) -> list[QuarterRecord]:
+        """Close every quarter that ended before `ts_utc`."""
+        current = int(ts_utc // QUARTER_S)
+        out = []
+        for index in sorted(i for i in self._open if i < current):
+            row = self._open.pop(index).row()
+            out.append(
+                QuarterRecord(
+                    row.start_utc,
+                    math.nan if row.grid_kw is None else row.grid_kw,
+                    row.import_limit_kw,
+                    row.export_limit_kw,
+                    row.import_source,
+                    row.export_source,
+                    min(1.0, row.covered_s / QUARTER_S),
+                    row.over_cap,
+                )
+            )
+        self.closed.extend(out)
+        return out

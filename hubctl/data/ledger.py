@@ -23,12 +23,13 @@ Decisions:
   straddles a boundary is split in proportion to time.
 - **Park quarter-hours are kept beside the allocations** (always 900 s, the
   imbalance settlement period the grid operator judges caps by): park
-  import/export energy, mean grid power, the mean caps in force with the
-  source that held longest, PV, load and curtailed energy, and how many
-  seconds were measured (``covered_s``: data completeness). The report
-  works from these rows. The accumulator and its verdict are
-  :class:`hubctl.core.quarters.LedgerQuarter` and ``quarter_over_cap``, beside
-  the gateway's ``QuarterMeter``, whose verdict differs (see there).
+  import/export energy, mean grid power, the mean caps it was judged against
+  with every source in force during it, PV, load and curtailed energy, and how
+  many seconds were measured (``covered_s``: data completeness). The report
+  works from these rows. The accumulator and the verdict are the one of
+  :mod:`hubctl.core.quarters` (:class:`~hubctl.core.quarters.ParkQuarter`), which
+  the journal's quarter lines (``QuarterMeter``), ``hubctl report`` and the sim's
+  metrics use as well; steps are cut the same way (``step_pieces``).
 - **Idempotent across restarts** (SQLite, WAL): the open interval's
   accumulators and the end of the last step taken are saved with every step
   (one small UPDATE). After a restart the open interval resumes where it
@@ -54,10 +55,11 @@ import logging
 import math
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubctl.core.quarters import QUARTER_S, LedgerQuarter, ParkStep, QuarterRow
+from hubctl.core.quarters import QUARTER_S, ParkQuarter, ParkStep, QuarterRow, local_label, step_pieces
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from hubctl.data.points import allocation_point, quarter_point
 
@@ -137,6 +139,7 @@ class Ledger:
         site: str = "park",
         interval_s: float = 900.0,
         spool: Spool | None = None,
+        tz: tzinfo = UTC,
     ) -> None:
         if not (900 % interval_s == 0 or interval_s % 900 == 0):
             raise ValueError("interval_s must divide or be a multiple of 900 s")
@@ -147,6 +150,7 @@ class Ledger:
         self.site = site
         self.interval_s = float(interval_s)
         self.spool = spool
+        self.tz = tz  # the site's zone, for the quarter log line
         self.late_steps = 0
         self._grid_s = min(self.interval_s, float(QUARTER_S))  # every boundary of either grid is on this grid
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -156,7 +160,7 @@ class Ledger:
         self._meter = IntervalMeter(self.ids)
         self._alloc_start: float | None = None
         self._alloc_covered = 0.0
-        self._quarter: LedgerQuarter | None = None
+        self._quarter: ParkQuarter | None = None
         self._last_end: float | None = None
         self._restore()
         self._respool()
@@ -170,6 +174,7 @@ class Ledger:
             site=cfg.site.id,
             interval_s=cfg.sharing.interval_s,
             spool=spool,
+            tz=cfg.tz,
         )
 
     # --- persistence of the open interval -------------------------------------------------------------------
@@ -201,7 +206,7 @@ class Ledger:
         st = json.loads(row[0])
         self._last_end = st["last_end"]
         if st["quarter"] is not None:
-            self._quarter = LedgerQuarter.from_json(st["quarter"])
+            self._quarter = ParkQuarter.from_json(st["quarter"])
         if st["alloc_start"] is None:
             return
         meter = IntervalMeter(st["ids"]) if st["ids"] != list(self.ids) else self._meter
@@ -241,18 +246,13 @@ class Ledger:
             raise ValueError(f"bad step: ts {ts_utc}, dt {dt_s}")
         if not all(math.isfinite(g) for g in grid_kw):
             raise ValueError(f"grid powers must be finite, got {list(grid_kw)}")
-        start, end = ts_utc, ts_utc + dt_s
-        if self._last_end is not None and start < self._last_end:
-            if end <= self._last_end:
-                return []  # a replay of what we already took
-            start = self._last_end
+        end = ts_utc + dt_s
+        if self._last_end is not None and end <= self._last_end:
+            return []  # a replay of what we already took
         settled: list[IntervalRow] = []
         park_grid = math.fsum(grid_kw)
-        while start < end:
-            boundary = (math.floor(start / self._grid_s) + 1) * self._grid_s
-            piece_end = min(end, boundary)
-            settled += self._add_piece(start, grid_kw, park_grid, piece_end - start, park)
-            start = piece_end
+        for start, dt in step_pieces(ts_utc, end, self._last_end, self._grid_s):
+            settled += self._add_piece(start, grid_kw, park_grid, dt, park)
         self._last_end = max(self._last_end or end, end)
         self._save()
         return settled
@@ -276,7 +276,7 @@ class Ledger:
                 return settled
             self._alloc_start = a_start
         if self._quarter is None:
-            self._quarter = LedgerQuarter(q_start)
+            self._quarter = ParkQuarter(q_start)
         self._meter.add(grid_kw, dt)
         self._alloc_covered += dt
         self._quarter.add(park_grid, dt, park)
@@ -393,8 +393,8 @@ class Ledger:
             raise
         if q.over_cap:
             log.warning(
-                "quarter-hour %s over the cap: mean %.1f kW, caps %s/%s kW (%s, %s)",
-                q.start_utc,
+                "quarter-hour %s over the cap: mean %.1f kW, mean caps %s/%s kW (%s, %s)",
+                local_label(q.start_utc, self.tz),
                 q.grid_kw or 0.0,
                 q.import_limit_kw,
                 q.export_limit_kw,

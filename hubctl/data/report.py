@@ -27,12 +27,15 @@ Decisions:
   shared_out_ct_per_kwh``; the difference funds the community.
 - **KPIs**: kWmax is the highest quarter-hour mean import of the month (what
   the DSO bills) against the contracted import cap; quarter-hours over a cap
-  compare each quarter's mean with its mean cap (SCENARIOS.md), listed with
-  the source of the cap (``contract``, ``window 16:00-20:00``, a day-ahead
-  schedule); self-consumption ``1 − export / PV``; self-sufficiency
-  ``1 − import / load``; CO₂ avoided is the PV energy used inside the park
-  (``PV − export``) times the grid factor (the exported part is the buyer's
-  to claim); data completeness is the measured share of the period's seconds.
+  are judged by the one verdict of :mod:`hubctl.core.quarters` (each quarter's
+  mean power against its mean cap, beyond it by more than 1 W: SCENARIOS.md),
+  the verdict the ledger stored and the journal logged, listed with the mean
+  cap and every source in force during the quarter (``contract``,
+  ``contract + window 16:10-20:00``, a day-ahead schedule); self-consumption
+  ``1 − export / PV``; self-sufficiency ``1 − import / load``; CO₂ avoided is
+  the PV energy used inside the park (``PV − export``) times the grid factor
+  (the exported part is the buyer's to claim); data completeness is the
+  measured share of the period's seconds.
 - **Plots** (matplotlib, Agg backend, imported only when plotting): one PNG
   per day with the quarter-hour mean park power against the import and
   export caps, and one per month with each company's shared kWh.
@@ -45,6 +48,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from hubctl.core.quarters import local_label, over_direction
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -152,7 +157,7 @@ def _month(ts_utc: float, tz: ZoneInfo) -> str:
 
 
 def _local(ts_utc: float, tz: ZoneInfo) -> str:
-    return dt.datetime.fromtimestamp(ts_utc, tz).strftime("%Y-%m-%d %H:%M %Z")
+    return local_label(ts_utc, tz)
 
 
 def _month_bounds(month: str, tz: ZoneInfo) -> tuple[float, float]:
@@ -208,17 +213,17 @@ def kpis(
         k.kwmax_at = _local(top.start_utc, inp.tz)
         k.export_peak_kw = max(0.0, *(-(q.grid_kw or 0.0) for q in measured))
     for q in quarters:
-        if not q.over_cap or q.grid_kw is None:
+        direction = over_direction(q.grid_kw, q.import_limit_kw, q.export_limit_kw)
+        if not q.over_cap or q.grid_kw is None or direction is None:
             continue
-        over_import = q.import_limit_kw is not None and q.grid_kw > q.import_limit_kw
         k.quarters_over.append(
             OverQuarter(
                 _local(q.start_utc, inp.tz),
                 q.grid_kw,
                 q.import_limit_kw,
                 q.export_limit_kw,
-                "import" if over_import else "export",
-                q.import_source if over_import else q.export_source,
+                direction,
+                q.import_source if direction == "import" else q.export_source,
             )
         )
     k.import_kwh = math.fsum(q.import_kwh for q in quarters)

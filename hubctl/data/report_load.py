@@ -3,8 +3,8 @@
 What it is: :func:`load_ledger` reads the gateway's ledger (``hubctl.data.ledger``: allocations
 and park quarter-hours, read-only); :func:`load_sim` reads ``allocations.csv`` and
 ``timeseries.csv`` of ``hubctl sim`` and builds the same quarter-hour rows from the 1 s data
-(the ledger's over-cap rule, ``hubctl.core.quarters.quarter_over_cap``). The computation and the
-rendering come after, in ``report.py`` and ``report_render.py``.
+(the one quarter-hour verdict, ``hubctl.core.quarters``: ``mean_cap``, ``quarter_over_cap``).
+The computation and the rendering come after, in ``report.py`` and ``report_render.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hubctl.core.quarters import QUARTER_S, QuarterRow, quarter_over_cap
+from hubctl.core.quarters import QUARTER_S, QuarterRow, mean_cap, quarter_over_cap, sources_in_force
 from hubctl.data.ledger import IntervalRow, open_readonly, read_allocations
 from hubctl.data.ledger import read_quarters as _read_quarters
 from hubctl.data.report import ReportInput
@@ -88,17 +88,18 @@ def _read_timeseries(path: Path) -> tuple[list[str], _FloatArray]:
     return head, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(head))
 
 
-def _dominant_source(caps: Caps | None, tz: ZoneInfo, start_utc: float, direction: str) -> str:
-    """The source of the park cap that held longest in the quarter (caps change on whole minutes)."""
+def _sources(caps: Caps | None, tz: ZoneInfo, start_utc: float, direction: str) -> str:
+    """Every source of the park cap in force in the quarter, as the ledger names them (caps change on
+    whole minutes)."""
     if caps is None:
         return "timeseries"
     from hubctl.core.limits import LocalTime, limits_in_force  # noqa: PLC0415 - only for sim reports with a config
 
-    seconds: dict[str, int] = defaultdict(int)
+    seconds: dict[str, float] = defaultdict(float)
     for m in range(QUARTER_S // 60):
         lim = limits_in_force(caps, LocalTime.of(start_utc + 60 * m, tz))
         seconds[lim.import_source if direction == "import" else lim.export_source] += 60
-    return max(seconds, key=seconds.__getitem__)
+    return sources_in_force(seconds)
 
 
 def _sim_allocations(
@@ -126,6 +127,12 @@ def _sim_allocations(
     return allocations
 
 
+def _mean_cap(cap: _FloatArray, step_s: float, covered_s: float) -> float | None:
+    """The quarter's mean cap by the one rule (an empty cell: no cap in force in that step)."""
+    finite = np.isfinite(cap)
+    return mean_cap(float(cap[finite].sum() * step_s), float(finite.sum() * step_s), covered_s)
+
+
 def _sim_quarters(
     col: dict[str, int], data: _FloatArray, ts: _FloatArray, step_s: float, cfg: SiteConfig
 ) -> list[QuarterRow]:
@@ -149,8 +156,9 @@ def _sim_quarters(
             continue
         q_start = float(qkey[seg[0]] * QUARTER_S)
         g = grid[seg]
-        mean_imp = float(np.nanmean(imp[seg])) if np.isfinite(imp[seg]).any() else None
-        mean_exp = float(np.nanmean(exp[seg])) if np.isfinite(exp[seg]).any() else None
+        covered = len(seg) * step_s
+        mean_imp = _mean_cap(imp[seg], step_s, covered)
+        mean_exp = _mean_cap(exp[seg], step_s, covered)
         mean_grid = float(g.mean())
         quarters.append(
             QuarterRow(
@@ -160,16 +168,12 @@ def _sim_quarters(
                 grid_kw=mean_grid,
                 import_limit_kw=mean_imp,
                 export_limit_kw=mean_exp,
-                import_source=_dominant_source(cfg.park, cfg.tz, q_start, "import")
-                if mean_imp is not None
-                else "none",
-                export_source=_dominant_source(cfg.park, cfg.tz, q_start, "export")
-                if mean_exp is not None
-                else "none",
+                import_source=_sources(cfg.park, cfg.tz, q_start, "import"),
+                export_source=_sources(cfg.park, cfg.tz, q_start, "export"),
                 pv_kwh=float(pv[seg].sum() * h),
                 load_kwh=float(load[seg].sum() * h),
                 curtailed_kwh=float((pav[seg] - pv[seg]).sum() * h),
-                covered_s=len(seg) * step_s,
+                covered_s=covered,
                 over_cap=quarter_over_cap(mean_grid, mean_imp, mean_exp),
             )
         )

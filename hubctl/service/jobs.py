@@ -2,9 +2,11 @@
 
 What it is: `Jobs` and its two drivers. APScheduler (`AsyncIOScheduler`, explicit
 `misfire_grace_time`, `coalesce`, `max_instances`: its default grace of 1 s would skip a late job
-silently) runs them on the wall clock: the quarter-hour close (evidence: the mean, the cap in
-force and its source, per quarter: `hubctl.core.quarters.QuarterMeter`; and the ledger settles
-its intervals), the limit-change log at window boundaries, and the daily job (summary; the
+silently) runs them on the wall clock: the quarter-hour close (evidence per quarter: the mean
+power, the mean cap it was judged against and every source in force, by the one verdict of
+`hubctl.core.quarters`, which the ledger, `hubctl report` and the sim's metrics share; the line
+shows the quarter's start on the site's clock, `site.timezone`, never the host's; and the ledger
+settles its intervals), the limit-change log at window boundaries, and the daily job (summary; the
 devices' fallback limits renewed, since the day schedules that count change). The scheduler needs
 the real wall clock, so with an accelerated clock there is none and the control loop drives
 `accelerated` after every cycle instead: quarters closed, the limits log, the fallback renewal of
@@ -16,8 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import time
 from typing import TYPE_CHECKING, Any
+
+from hubctl.core.quarters import local_label
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,8 +114,9 @@ class Jobs:
             level = logging.WARNING if q.over else logging.INFO
             log.log(
                 level,
-                "quarter %s: mean %.1f kW, import cap %s (%s), export cap %s (%s), coverage %.0f %%%s",
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(q.start_utc)),
+                "quarter %s: mean %.1f kW, mean import cap %s (%s), mean export cap %s (%s), "
+                "coverage %.0f %%%s",
+                local_label(q.start_utc, self.cfg.tz),
                 q.mean_kw,
                 "-" if q.import_cap_kw is None else f"{q.import_cap_kw:g} kW",
                 q.import_source,
