@@ -11,7 +11,9 @@ Families:
   (a history file). The CLI prints `problems` and exits with `exit_code`.
 - `DeviceConfigError`: a device entry that cannot be driven (exit 78 at start-up).
 - `DeviceError`: a device that did not do what was asked; `retry` says whether trying later helps,
-  `kind` names the failure for health and logs.
+  `kind` names the failure for health and logs. A setpoint hubctl refuses before writing is a
+  `CommandRejectedError`: `SetpointUnsupportedError` (this kind of setpoint, never) or
+  `SetpointOutOfBoundsError` (this value, not: another may do).
 - `EncodeError`/`DecodeError`: a value that does not fit a register point (pure codec errors).
 - `HistoryStoreError`, `InfluxUnavailableError`/`InfluxRejectedError`: storage.
 - `CommandError`: an operator command that is refused (the reply's sentence).
@@ -126,10 +128,32 @@ class DeviceIdentityError(DeviceError):
 
 
 class CommandRejectedError(DeviceError):
-    """hubctl refused a command before writing it: outside the map's bounds, or no way to express it."""
+    """hubctl refused a command before writing it. Raised as one of its two kinds, which callers tell
+    apart: `SetpointUnsupportedError` (never this kind of setpoint) and `SetpointOutOfBoundsError`
+    (not this value)."""
 
     retry = False
     kind = "rejected"
+
+
+class SetpointUnsupportedError(CommandRejectedError):
+    """The device cannot take this kind of setpoint at all: its role, map or models have no way to
+    express it (no such point or control model, no rating to express kW in %). Retrying cannot help
+    until the configuration changes."""
+
+    kind = "unsupported"
+
+
+class SetpointOutOfBoundsError(CommandRejectedError):
+    """Not this value: outside the device's own bounds (`low_kw`..`high_kw` where known), not finite, or
+    not encodable in its register. Another value may be taken."""
+
+    kind = "out-of-bounds"
+
+    def __init__(self, message: str, low_kw: float | None = None, high_kw: float | None = None) -> None:
+        self.low_kw = low_kw
+        self.high_kw = high_kw
+        super().__init__(message)
 
 
 class CommandNotConfirmedError(DeviceProtocolError):

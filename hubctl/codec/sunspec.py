@@ -54,7 +54,12 @@ import sunspec2.device as sunspec_device
 import sunspec2.mb as sunspec_mb
 
 from hubctl.codec.registers import MODBUS_MAX_REGISTERS_PER_READ
-from hubctl.errors import CommandRejectedError, DeviceIdentityError, DeviceProtocolError
+from hubctl.errors import (
+    DeviceIdentityError,
+    DeviceProtocolError,
+    SetpointOutOfBoundsError,
+    SetpointUnsupportedError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -373,24 +378,28 @@ def _scaled(number: float, exponent: int) -> float:
 def encode_value(point: SunSpecPoint, value: float, exponent: int | None) -> list[int]:
     """Register words for `value` (engineering units) in `point`, by pysunspec2's type codecs."""
     if exponent is None:
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: its scale factor is not implemented")
+        raise SetpointUnsupportedError(f"{point.model_id}.{point.name}: its scale factor is not implemented")
     if not math.isfinite(value):
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: {value!r} is not a finite number")
+        raise SetpointOutOfBoundsError(f"{point.model_id}.{point.name}: {value!r} is not a finite number")
     info = sunspec_mb.point_type_info.get(point.type)
     if info is None or point.type in _TEXT_TYPES or point.type.startswith("float"):
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: cannot write a {point.type}")
+        raise SetpointUnsupportedError(f"{point.model_id}.{point.name}: cannot write a {point.type}")
     raw = round(value / 10.0**exponent) if exponent >= 0 else round(value * 10.0 ** (-exponent))
     bits = 16 * point.size
     signed = point.type.startswith("int") or point.type == "sunssf"
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     if not low <= raw <= high:
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: {value} does not fit {point.type}")
+        raise SetpointOutOfBoundsError(f"{point.model_id}.{point.name}: {value} does not fit {point.type}")
     try:
         data: bytes = info.to_data(raw, 2 * point.size)
     except (struct.error, ValueError, TypeError) as exc:
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: cannot encode {value}: {exc}") from None
+        raise SetpointOutOfBoundsError(
+            f"{point.model_id}.{point.name}: cannot encode {value}: {exc}"
+        ) from None
     if not info.is_impl(info.data_to(data)):
-        raise CommandRejectedError(f"{point.model_id}.{point.name}: {value} would read as not implemented")
+        raise SetpointOutOfBoundsError(
+            f"{point.model_id}.{point.name}: {value} would read as not implemented"
+        )
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 

@@ -56,6 +56,23 @@ class MqttDevice(_Model):
         default=None, description="where a power limit or setpoint is published"
     )
     setpoint_template: str = Field(default='{"power_kw": {value}}', description="payload; {value} in kW")
+    setpoint_min_kw: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the lowest setpoint the device takes (battery: - its charge power)",
+    )
+    setpoint_max_kw: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the highest setpoint the device takes (battery: its discharge power)",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        low, high = self.setpoint_min_kw, self.setpoint_max_kw
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"setpoint_min_kw ({low:g}) is above setpoint_max_kw ({high:g})")
+        return self
 
 
 class Device(_Model):

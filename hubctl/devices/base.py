@@ -13,10 +13,15 @@ entry. The drivers' own decisions are in their modules.
 Decisions shared by every driver:
 
 - **Setpoints are checked, written, read back.** A value outside the device's
-  bounds raises CommandRejectedError before anything is written (no silent
-  clamping: the controller must know); a role that takes no such setpoint
-  too. A read-back that differs by more than half a register step raises
-  CommandNotConfirmedError (`confirmed`).
+  bounds raises SetpointOutOfBoundsError before anything is written (no silent
+  clamping in a driver: its caller must know); a role, map or model that takes
+  no such setpoint raises SetpointUnsupportedError. A read-back that differs
+  by more than half a register step raises CommandNotConfirmedError
+  (`confirmed`).
+- **The device's own bounds** are read by `start()` (a map's write bounds, the
+  SunSpec ratings, an MQTT device's configured bounds) and exposed by
+  `setpoint_bounds_kw(kind)`, so that the setpoint writer clamps to what the
+  device takes and reports a site config that promises more.
 - **Revert timers**: where the device reverts a setpoint by itself, hubctl
   writes the timer with the setpoint and re-writes it before it runs out
   (the result's `refresh_every_s`). `refresh_due(now)` / `refresh(now)`
@@ -40,7 +45,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from hubctl.config.devices import DeviceRole
-from hubctl.errors import CommandRejectedError, DeviceConfigError, DeviceError
+from hubctl.errors import (
+    DeviceConfigError,
+    DeviceError,
+    SetpointOutOfBoundsError,
+    SetpointUnsupportedError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -157,9 +167,22 @@ class Device(abc.ABC):
         self._held: dict[str, _Held] = {}
         self._failing: str | None = None
         self._no_fallback_logged = False
+        self._bounds: dict[str, tuple[float, float]] = {}  # kind -> (low, high) kW, see setpoint_bounds_kw
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Check identity and read what setpoints must respect (installer limits). Idempotent."""
+        """Check identity and read what setpoints must respect (installer limits, the device's own
+        bounds: `setpoint_bounds_kw`). Idempotent."""
+
+    @property
+    def setpoint_kind(self) -> str | None:
+        """The kind of setpoint this device's role takes ("pv_limit", "battery"), None for a meter."""
+        return next((kind for kind, role in self.kinds.items() if role is self.role), None)
+
+    def setpoint_bounds_kw(self, kind: str) -> tuple[float, float] | None:
+        """The range of `kind` ("battery": -charge..+discharge kW; "pv_limit": 0..rating kW) the device
+        takes, as read by `start()` (and updated when a setpoint finds them changed). None: not known
+        (not started yet, or the device states none, or it takes no such setpoint)."""
+        return self._bounds.get(kind)
 
     async def read(self) -> Reading:
         """Read the device once; raises a DeviceError subclass."""
@@ -189,10 +212,10 @@ class Device(abc.ABC):
         return result
 
     async def _set_pv_limit(self, kw: float) -> SetpointResult:  # noqa: ARG002 - overridden where supported
-        raise CommandRejectedError(f"{self.id}: this device takes no PV limit")
+        raise SetpointUnsupportedError(f"{self.id}: this device takes no PV limit")
 
     async def _set_battery(self, kw: float) -> SetpointResult:  # noqa: ARG002 - overridden where supported
-        raise CommandRejectedError(f"{self.id}: this device takes no battery setpoint")
+        raise SetpointUnsupportedError(f"{self.id}: this device takes no battery setpoint")
 
     async def configure_fallback(self, pv_limit_kw: float | None = None) -> FallbackResult:
         """Write what the device falls back to once no controller writes, and confirm it by read-back.
@@ -203,7 +226,7 @@ class Device(abc.ABC):
         and it is logged once, at info. Raises a DeviceError subclass when a write fails.
         """
         if pv_limit_kw is not None and not (math.isfinite(pv_limit_kw) and pv_limit_kw >= 0):
-            raise CommandRejectedError(f"{self.id}: fallback PV limit {pv_limit_kw!r} kW is not >= 0")
+            raise SetpointOutOfBoundsError(f"{self.id}: fallback PV limit {pv_limit_kw!r} kW is not >= 0")
         result = await self._configure_fallback(pv_limit_kw)
         if not result.configured and not self._no_fallback_logged:
             log.info("%s: no fallback configured: %s", self.id, result.detail)
@@ -244,10 +267,18 @@ class Device(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the device holds of its own (connections are the pool's)."""
 
+    def _check_bounds(self, kind: str, kw: float, low: float, high: float, where: str = "") -> None:
+        """Note `kind`'s bounds (low..high kW) and raise SetpointOutOfBoundsError if `kw` is outside."""
+        self._bounds[kind] = (low, high)
+        if not math.isfinite(kw) or not low - 1e-9 <= kw <= high + 1e-9:
+            raise SetpointOutOfBoundsError(
+                f"{self.id}: {kw:g} kW is outside {kw_bounds_text(low, high)}{where}", low, high
+            )
+
     def _require(self, kind: str) -> None:
         if self.role is not self.kinds[kind]:
             what = "PV limit" if kind == "pv_limit" else "battery setpoint"
-            raise CommandRejectedError(f"{self.id}: a {self.role.value} takes no {what}")
+            raise SetpointUnsupportedError(f"{self.id}: a {self.role.value} takes no {what}")
 
     def _hold(self, kind: str, result: SetpointResult) -> None:
         self._held[kind] = _Held(result.requested_kw, self.clock(), result.refresh_every_s)

@@ -11,9 +11,11 @@ Decisions:
 - **Which unit id and timeout**: the site config's, when it sets them
   explicitly; otherwise the map's `default_unit_id` and `transport.timeout_s`.
 - **Setpoints are checked, written, read back.** A value outside the map's
-  bounds raises CommandRejectedError before anything is written. A read-back
-  that differs by more than half a register step raises
-  CommandNotConfirmedError.
+  bounds (`write_min`..`write_max`, in kW: `setpoint_bounds_kw`, known from
+  `start()`) raises SetpointOutOfBoundsError before anything is written; a map
+  without the point (or a % limit without the inverter's rating) raises
+  SetpointUnsupportedError. A read-back that differs by more than half a
+  register step raises CommandNotConfirmedError.
 - **Installer limits are never loosened.** `start()` (run before the first
   setpoint) reads the device's limit point. A limit found then is the ceiling
   for every later PV limit when it is static (a point without a revert timer).
@@ -47,16 +49,16 @@ from hubctl.devices.base import (
     Reading,
     SetpointResult,
     confirmed,
-    kw_bounds_text,
     unit_and_timeout,
 )
 from hubctl.errors import (
     CommandNotConfirmedError,
-    CommandRejectedError,
     DecodeError,
     DeviceConfigError,
     DeviceProtocolError,
     EncodeError,
+    SetpointOutOfBoundsError,
+    SetpointUnsupportedError,
 )
 
 if TYPE_CHECKING:
@@ -155,7 +157,47 @@ class ModbusMapDevice(Device):
                 log.info(
                     "%s: installer limit %g %s found; hubctl will not exceed it", self.id, value, limit.unit
                 )
+        kind = self.setpoint_kind
+        if kind is not None:
+            try:
+                _, per_kw, low, high = self._setpoint_point(kind)
+            except SetpointUnsupportedError:
+                pass  # said when a setpoint of this kind is asked for
+            else:
+                self._bounds[kind] = (low / per_kw, high / per_kw)
         self._started = True
+
+    def _setpoint_point(self, kind: str) -> tuple[Point, float, float, float]:
+        """The point a setpoint of `kind` is written to, its units per kW and its write bounds (in its
+        unit). SetpointUnsupportedError when the map has none, it is not a writable holding register
+        with bounds, or a limit in % has no rating to express kW with."""
+        if kind == "battery":
+            if "setpoint_kw" not in self._keys:
+                raise SetpointUnsupportedError(
+                    f"{self.id}: map {self.config.driver!r} has no battery setpoint point"
+                )
+            point = self.map.point(self._keys["setpoint_kw"][0])
+            per_kw = 1.0
+        else:
+            limit = self._limit_point()
+            if limit is None:
+                raise SetpointUnsupportedError(f"{self.id}: map {self.config.driver!r} has no PV limit point")
+            point, per_kw = limit, 1.0
+            if point.unit == "%":
+                if not self.rated_kw:
+                    raise SetpointUnsupportedError(
+                        f"{self.id}: a limit in % needs the inverter's rating (rated_kw)"
+                    )
+                per_kw = 100.0 / self.rated_kw
+        low, high = point.write_min, point.write_max
+        if (
+            low is None
+            or high is None
+            or point.access is not Access.RW
+            or point.function is not Function.HOLDING
+        ):
+            raise SetpointUnsupportedError(f"{self.id}: {point.name} is not a writable holding register")
+        return point, per_kw, low, high
 
     def _limit_point(self) -> Point | None:
         for key in ("limit_pct", "limit_kw"):
@@ -177,42 +219,19 @@ class ModbusMapDevice(Device):
         return None
 
     async def _set_pv_limit(self, kw: float) -> SetpointResult:
-        point = self._limit_point()
-        if point is None:
-            raise CommandRejectedError(f"{self.id}: map {self.config.driver!r} has no PV limit point")
+        self._setpoint_point("pv_limit")
         await self.start()
-        per_kw = 1.0
-        if point.unit == "%":
-            if not self.rated_kw:
-                raise CommandRejectedError(f"{self.id}: a limit in % needs the inverter's rating (rated_kw)")
-            per_kw = 100.0 / self.rated_kw
-        return await self._command("pv_limit", point, kw, per_kw, ceiling=self._ceiling)
+        return await self._command("pv_limit", kw, ceiling=self._ceiling)
 
     async def _set_battery(self, kw: float) -> SetpointResult:
-        if "setpoint_kw" not in self._keys:
-            raise CommandRejectedError(f"{self.id}: map {self.config.driver!r} has no battery setpoint point")
+        self._setpoint_point("battery")
         await self.start()
-        return await self._command(
-            "battery", self.map.point(self._keys["setpoint_kw"][0]), kw, 1.0, ceiling=None
-        )
+        return await self._command("battery", kw, ceiling=None)
 
-    async def _command(
-        self, kind: str, point: Point, kw: float, per_kw: float, *, ceiling: float | None
-    ) -> SetpointResult:
-        low, high = point.write_min, point.write_max
-        if (
-            low is None
-            or high is None
-            or point.access is not Access.RW
-            or point.function is not Function.HOLDING
-        ):
-            raise CommandRejectedError(f"{self.id}: {point.name} is not a writable holding register")
+    async def _command(self, kind: str, kw: float, *, ceiling: float | None) -> SetpointResult:
+        point, per_kw, low, high = self._setpoint_point(kind)
+        self._check_bounds(kind, kw, low / per_kw, high / per_kw, f" ({point.name})")
         target = kw * per_kw
-        if not math.isfinite(target) or not low - 1e-9 <= target <= high + 1e-9:
-            raise CommandRejectedError(
-                f"{self.id}: {kw:g} kW is outside {kw_bounds_text(low / per_kw, high / per_kw)}"
-                f" ({point.name})"
-            )
         applied, limited_by = target, None
         if ceiling is not None and target > ceiling:
             applied, limited_by = ceiling, f"installer limit {ceiling:g} {point.unit}"
@@ -220,7 +239,7 @@ class ModbusMapDevice(Device):
         try:
             words = encode(point, min(max(applied, low), high), exponents)
         except EncodeError as exc:
-            raise CommandRejectedError(f"{self.id}: {exc}") from None
+            raise SetpointOutOfBoundsError(f"{self.id}: {exc}", low / per_kw, high / per_kw) from None
         if point.revert_point is not None:
             await self._write_timer(self.map.point(point.revert_point))
         await self.connection.write(point.address, words, self.unit_id, timeout_s=self.timeout_s)
@@ -246,14 +265,14 @@ class ModbusMapDevice(Device):
     async def _write_timer(self, timer: Point) -> None:
         factor = _TIMER_UNITS_S.get(timer.unit)
         if factor is None:
-            raise CommandRejectedError(
+            raise SetpointUnsupportedError(
                 f"{self.id}: revert point {timer.name} is in {timer.unit!r}, not a time"
             )
         value = math.ceil(self.revert_s / factor)
         try:
             words = encode(timer, value, await self._exponents(timer))
-        except EncodeError as exc:
-            raise CommandRejectedError(f"{self.id}: revert timer: {exc}") from None
+        except EncodeError as exc:  # service.revert_s does not fit the map's timer: never will
+            raise SetpointUnsupportedError(f"{self.id}: revert timer: {exc}") from None
         await self.connection.write(timer.address, words, self.unit_id, timeout_s=self.timeout_s)
 
     async def _exponents(self, point: Point) -> dict[str, int | None]:

@@ -32,9 +32,10 @@ Decisions:
   kW. If the device echoes its setpoint in a point named `setpoint_kw` (battery)
   or `limit_kw` (PV), the command waits for the echo and raises
   CommandNotConfirmedError without it; otherwise the result is unconfirmed
-  (`confirmed_kw` None). The device config has no bounds or revert timing for
-  MQTT setpoints yet: PV limits must be >= 0 and values finite, and nothing is
-  refreshed.
+  (`confirmed_kw` None). **Bounds** are the device config's `setpoint_min_kw`
+  / `setpoint_max_kw` (`setpoint_bounds_kw`; PV limits are >= 0 whatever they
+  say): a value outside, or not finite, raises SetpointOutOfBoundsError; no
+  `setpoint_topic` raises SetpointUnsupportedError. Nothing is refreshed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ import aiomqtt
 
 from hubctl.codec.regmap import UNIT_SUFFIXES
 from hubctl.devices.base import Device, Reading, SetpointResult
-from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, DeviceUnavailableError
+from hubctl.errors import (
+    CommandNotConfirmedError,
+    DeviceUnavailableError,
+    SetpointOutOfBoundsError,
+    SetpointUnsupportedError,
+)
 from hubctl.transport.mqtt import ClientOptions, MqttSession, SessionUser, parse_broker_url, payload_bytes
 
 if TYPE_CHECKING:
@@ -257,6 +263,14 @@ class MqttDevice(Device):
         self._latest = {name: _Latest() for name in self.spec.points}
         self._units = {name: unit_of(name) for name in self.spec.points}
         self._changed = asyncio.Event()
+        low, high = self.spec.setpoint_min_kw, self.spec.setpoint_max_kw
+        kind = self.setpoint_kind
+        if kind is not None and (low is not None or high is not None):
+            floor = 0.0 if kind == "pv_limit" else -math.inf
+            self._bounds[kind] = (
+                max(floor, -math.inf if low is None else low),
+                math.inf if high is None else high,
+            )
         for name, point in self.spec.points.items():
             hub.subscribe(point.topic, self._handler(name))
 
@@ -332,18 +346,21 @@ class MqttDevice(Device):
 
     async def _set_pv_limit(self, kw: float) -> SetpointResult:
         if not math.isfinite(kw) or kw < 0:
-            raise CommandRejectedError(f"{self.id}: a PV limit must be a finite kW >= 0, got {kw!r}")
+            raise SetpointOutOfBoundsError(f"{self.id}: a PV limit must be a finite kW >= 0, got {kw!r}")
         return await self._publish("pv_limit", kw, echo="limit_kw")
 
     async def _set_battery(self, kw: float) -> SetpointResult:
         if not math.isfinite(kw):
-            raise CommandRejectedError(f"{self.id}: a battery setpoint must be finite, got {kw!r}")
+            raise SetpointOutOfBoundsError(f"{self.id}: a battery setpoint must be finite, got {kw!r}")
         return await self._publish("battery", kw, echo="setpoint_kw")
 
     async def _publish(self, kind: str, kw: float, *, echo: str) -> SetpointResult:
         topic = self.spec.setpoint_topic
         if topic is None:
-            raise CommandRejectedError(f"{self.id}: no setpoint_topic configured")
+            raise SetpointUnsupportedError(f"{self.id}: no setpoint_topic configured")
+        bounds = self._bounds.get(kind)
+        if bounds is not None:
+            self._check_bounds(kind, kw, *bounds, " (setpoint_min_kw..setpoint_max_kw)")
         sent_at = self.clock()
         await self.hub.publish(topic, render_setpoint(self.spec.setpoint_template, kw))
         confirmed: float | None = None

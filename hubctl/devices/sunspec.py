@@ -33,15 +33,20 @@ Decisions:
   124: `StorCtl_Mod` = 3 with the charge bound `InWRte` (% of WChaMax) and the
   discharge bound `OutWRte` (% of 120 MaxDisChaRte) both set to the wanted
   power, a negative rate forcing the other direction (the reading of 124 that
-  Fronius and evcc use), with `InOutWRte_RvrtTms`. Bounds: 702/802 charge and
-  discharge ratings (704), WChaMax and MaxDisChaRte (124). `release()`
-  disables them (WSetEna = 0, StorCtl_Mod = 0).
+  Fronius and evcc use), with `InOutWRte_RvrtTms`. `release()` disables them
+  (WSetEna = 0, StorCtl_Mod = 0).
+- **Bounds** (`setpoint_bounds_kw`, read by `start()` and again with every
+  setpoint): PV 0..the rating (121 WMax, 120 WRtg, 702); battery the 702/802
+  charge and discharge ratings (704), WChaMax and MaxDisChaRte (124). A value
+  outside raises SetpointOutOfBoundsError; no rating or no control model
+  raises SetpointUnsupportedError.
 - **Writes** go in as few requests as the register layout allows; settings
   the device already holds are not written again (`_write_points`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -57,10 +62,14 @@ from hubctl.devices.base import (
     Reading,
     SetpointResult,
     confirmed,
-    kw_bounds_text,
     unit_and_timeout,
 )
-from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, DeviceProtocolError
+from hubctl.errors import (
+    CommandNotConfirmedError,
+    CommandRejectedError,
+    DeviceProtocolError,
+    SetpointUnsupportedError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -176,18 +185,46 @@ class SunSpecDevice(Device):
                         model_id,
                     )
                 break
+        kind = self.setpoint_kind
+        if kind is not None:
+            wanted = [h.model_id for h in self._role_headers] if kind == "pv_limit" else _BATTERY_MODELS
+            models = await self._current(wanted)
+            with contextlib.suppress(SetpointUnsupportedError):  # said when such a setpoint is asked for
+                self._bounds[kind] = self._setpoint_bounds(kind, models)
         self._started = True
+
+    def _setpoint_bounds(self, kind: str, models: Mapping[int, sunspec.DecodedModel]) -> tuple[float, float]:
+        """`kind`'s bounds in kW from the device's ratings; SetpointUnsupportedError where it has none."""
+        if kind == "pv_limit":
+            rating = sunspec.rated_kw(models)
+            if rating is None:
+                raise SetpointUnsupportedError(
+                    f"{self.id}: no power rating (121 WMax, 120 WRtg, 702) to express kW in %"
+                )
+            return 0.0, rating
+        if 704 in models:
+            charge_kw, discharge_kw = _battery_limits_kw(models)
+            if charge_kw is None or discharge_kw is None:
+                raise SetpointUnsupportedError(f"{self.id}: no charge/discharge rating to bound the setpoint")
+            return -charge_kw, discharge_kw
+        if 124 in models:
+            charge_w = models[124].values.get("WChaMax")
+            discharge_w = models[120].values.get("MaxDisChaRte") if 120 in models else None
+            discharge_w = discharge_w or charge_w
+            if not charge_w or not discharge_w:
+                raise SetpointUnsupportedError(
+                    f"{self.id}: no charge/discharge rating (124 WChaMax, 120 MaxDisChaRte)"
+                )
+            return -charge_w / 1000, discharge_w / 1000
+        raise SetpointUnsupportedError(
+            f"{self.id}: no SunSpec model 704 (WSet) or 124 for a battery setpoint"
+        )
 
     async def _set_pv_limit(self, kw: float) -> SetpointResult:
         await self.start()
         models = await self._current(h.model_id for h in self._role_headers)
-        rating = sunspec.rated_kw(models)
-        if rating is None:
-            raise CommandRejectedError(
-                f"{self.id}: no power rating (121 WMax, 120 WRtg, 702) to express kW in %"
-            )
-        if not math.isfinite(kw) or not 0 <= kw <= rating + 1e-9:
-            raise CommandRejectedError(f"{self.id}: {kw:g} kW is outside {kw_bounds_text(0, rating)}")
+        _, rating = self._setpoint_bounds("pv_limit", models)
+        self._check_bounds("pv_limit", kw, 0.0, rating)
         pct = kw / rating * 100
         applied, limited_by = pct, None
         if self._ceiling_pct is not None and pct > self._ceiling_pct:
@@ -205,7 +242,9 @@ class SunSpecDevice(Device):
                 # no fallback configured (yet): the installer's limit is the reversion value at least
                 writes = [("WMaxLimPctRvrt", self._ceiling_pct), ("WMaxLimPctEnaRvrt", 1), *writes]
         else:
-            raise CommandRejectedError(f"{self.id}: no SunSpec control model (123 or 704) for a power limit")
+            raise SetpointUnsupportedError(
+                f"{self.id}: no SunSpec control model (123 or 704) for a power limit"
+            )
         await self._write_points(control, writes, unless_set=_SETTINGS)
         check = await self.models([control.header.model_id])
         read_back = sunspec.pv_limit_pct(check)
@@ -275,11 +314,7 @@ class SunSpecDevice(Device):
         control = models[704]
         if control.values.get("WMaxLimPctEnaRvrt") is None:
             return self._no_fallback("model 704 without WMaxLimPctEnaRvrt")
-        rating = sunspec.rated_kw(models)
-        if rating is None:
-            raise CommandRejectedError(
-                f"{self.id}: no power rating (121 WMax, 120 WRtg, 702) to express kW in %"
-            )
+        _, rating = self._setpoint_bounds("pv_limit", models)
         step = 10.0 ** (control.exponent(control.points["WMaxLimPctRvrt"]) or 0)
         pct = 100.0 if kw is None else min(100.0, kw / rating * 100)
         pct = math.floor(pct / step + 1e-9) * step  # a register step down, never up
@@ -304,24 +339,15 @@ class SunSpecDevice(Device):
 
     async def _set_battery(self, kw: float) -> SetpointResult:
         await self.start()
-        models = await self._current([*sunspec.ROLE_MODELS["battery"], 120])
+        models = await self._current(_BATTERY_MODELS)
+        low, high = self._setpoint_bounds("battery", models)
+        self._check_bounds("battery", kw, low, high)
         if 704 in models:
             return await self._set_battery_704(kw, models)
-        if 124 in models:
-            return await self._set_battery_124(kw, models)
-        raise CommandRejectedError(f"{self.id}: no SunSpec model 704 (WSet) or 124 for a battery setpoint")
-
-    def _check_battery_bounds(self, kw: float, charge_kw: float | None, discharge_kw: float | None) -> None:
-        if charge_kw is None or discharge_kw is None:
-            raise CommandRejectedError(f"{self.id}: no charge/discharge rating to bound the setpoint")
-        if not math.isfinite(kw) or not -charge_kw - 1e-9 <= kw <= discharge_kw + 1e-9:
-            raise CommandRejectedError(
-                f"{self.id}: {kw:g} kW is outside {kw_bounds_text(-charge_kw, discharge_kw)}"
-            )
+        return await self._set_battery_124(kw, models, charge_w=-low * 1000, discharge_w=high * 1000)
 
     async def _set_battery_704(self, kw: float, models: Mapping[int, sunspec.DecodedModel]) -> SetpointResult:
         control = models[704]
-        self._check_battery_bounds(kw, *_battery_limits_kw(models))
         writes: list[tuple[str, float]] = [
             ("WSetEna", 1),
             ("WSet", kw * 1000),
@@ -344,7 +370,9 @@ class SunSpecDevice(Device):
             refresh_every_s=self.revert_s / 3,
         )
 
-    async def _set_battery_124(self, kw: float, models: Mapping[int, sunspec.DecodedModel]) -> SetpointResult:
+    async def _set_battery_124(
+        self, kw: float, models: Mapping[int, sunspec.DecodedModel], *, charge_w: float, discharge_w: float
+    ) -> SetpointResult:
         """Model 124: pin the power between the charge bound (InWRte) and the discharge bound (OutWRte).
 
         With StorCtl_Mod = 3 both bounds apply: charging is limited to InWRte %
@@ -353,14 +381,6 @@ class SunSpecDevice(Device):
         Fronius and evcc use). Both bounds at kw make the battery run at kw.
         """
         control = models[124]
-        charge_w = control.values.get("WChaMax")
-        discharge_w = models[120].values.get("MaxDisChaRte") if 120 in models else None
-        discharge_w = discharge_w or charge_w
-        if not charge_w or not discharge_w:
-            raise CommandRejectedError(
-                f"{self.id}: no charge/discharge rating (124 WChaMax, 120 MaxDisChaRte)"
-            )
-        self._check_battery_bounds(kw, charge_w / 1000, discharge_w / 1000)
         in_pct = -kw * 1000 / charge_w * 100  # > 0 bounds charging, < 0 forces discharging
         out_pct = kw * 1000 / discharge_w * 100  # > 0 bounds discharging, < 0 forces charging
         writes = [
@@ -406,7 +426,9 @@ class SunSpecDevice(Device):
         for name, value in writes:
             point = model.points.get(name)
             if point is None or not point.writable:
-                raise CommandRejectedError(f"{self.id}: model {model.header.model_id} has no writable {name}")
+                raise SetpointUnsupportedError(
+                    f"{self.id}: model {model.header.model_id} has no writable {name}"
+                )
             words = sunspec.encode_value(point, value, model.exponent(point))
             if name in unless_set and model.values.get(name) == value:
                 held[point.address] = words
@@ -466,6 +488,7 @@ class SunSpecDevice(Device):
 _SETTINGS = frozenset(
     {"WMaxLimPct_RvrtTms", "WMaxLimPctRvrtTms", "WSetRvrtTms", "WSetMod", "InOutWRte_RvrtTms", "StorCtl_Mod"}
 )
+_BATTERY_MODELS = (*sunspec.ROLE_MODELS["battery"], 120)  # 120: MaxDisChaRte for 124
 _MAX_FILL_REGISTERS = 4
 _RECENT_S = 2.0
 

@@ -16,6 +16,11 @@ How devices map onto the core's per-company readings (`Layout`):
   charge: the mean). A reading older than `stale_after_s` is left out; with
   none left the value is None ("not available", never 0), so the core does
   not dispatch a battery it cannot see and control of the others goes on.
+- **A battery that takes no setpoint at all** (the setpoint writer's report,
+  `setpoint_unsupported`: a map without a setpoint point, no SunSpec control
+  model): its state of charge is left out, so the core does not count on it;
+  its power still counts. A setpoint refused for its value is not reported
+  here: the writer clamps it and the battery stays controlled.
 
 Ages are measured on the service's monotonic clock (`Reading.read_at_s`).
 
@@ -85,9 +90,7 @@ class ReadingStore:
         self.stale_after_s = stale_after_s
         self.latest: dict[str, Reading] = {}
         self.changed_at: dict[str, float] = {}  # meters: when a point last changed
-        # batteries that refuse setpoints (a map without a setpoint point): their state of charge is
-        # hidden from the core, so that it does not count on them; their power still counts as load
-        self.uncontrollable: set[str] = set()
+        self._no_setpoint: set[str] = set()  # batteries that take no setpoint: see setpoint_unsupported
         self._meters = {d for ids in layout.grid for d in ids} | (
             {layout.park_meter} if layout.park_meter else set()
         )
@@ -98,6 +101,17 @@ class ReadingStore:
         if device_id in self._meters and (previous is None or previous.point_values != reading.point_values):
             self.changed_at[device_id] = reading.read_at_s
         self.latest[device_id] = reading
+
+    def setpoint_unsupported(self, device_id: str, kind: str) -> None:
+        """The setpoint writer's report that `device_id` takes no `kind` setpoint at all: a battery's
+        state of charge is then hidden from the core (its power still counts as load)."""
+        if kind == "battery":
+            self._no_setpoint.add(device_id)
+
+    @property
+    def batteries_without_setpoint(self) -> frozenset[str]:
+        """The batteries reported by `setpoint_unsupported`: seen, not dispatched."""
+        return frozenset(self._no_setpoint)
 
     def age_s(self, device_id: str, now_s: float) -> float | None:
         reading = self.latest.get(device_id)
@@ -117,7 +131,7 @@ class ReadingStore:
     def _fresh(self, ids: tuple[str, ...], key: str, now_s: float) -> list[float]:
         out = []
         for device_id in ids:
-            if key == "soc_pct" and device_id in self.uncontrollable:
+            if key == "soc_pct" and device_id in self._no_setpoint:
                 continue
             reading = self.latest.get(device_id)
             if reading is None or now_s - reading.read_at_s > self.stale_after_s:

@@ -4,21 +4,35 @@ What it is: `SetpointWriter`, which splits each company's battery setpoint and P
 over its devices (a PV inverter that is down or refuses limits counts at its full share), writes
 only what changed by more than a deadband or whose revert timer is due, all devices at once
 within a time budget, and skips a device while a write to it is still running. A device that is
-down is skipped (its setpoint is written again when it answers); a device that refuses a kind of
-setpoint (`CommandRejectedError`) is no longer dispatched (`uncontrollable`, shared with the
-reading store, which then hides its state of charge from the core).
+down is skipped (its setpoint is written again when it answers).
+
+Refused setpoints: before its first setpoint each device is started (`Device.start`, which reads
+its own bounds) and a site config that promises more than the device takes is logged once, as a
+warning naming the device, the config value and the device's bound. From then on every setpoint is
+clamped to the device's bounds (`setpoint_bounds_kw`) and the device stays controlled: a value it
+refuses (`SetpointOutOfBoundsError`) is tried again clamped to the bounds the error names, and
+never stops dispatching. Only a device that takes no such setpoint at all
+(`SetpointUnsupportedError`: no setpoint point, no control model) is reported once and no longer
+dispatched for that kind; the writer tells its `UnsupportedSetpoints` (the reading store, which
+then hides that battery's state of charge from the core).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hubctl.config.devices import DeviceRole
 from hubctl.devices.health import State as HealthState
-from hubctl.errors import CommandRejectedError, DeviceError
+from hubctl.errors import (
+    CommandRejectedError,
+    DeviceError,
+    SetpointOutOfBoundsError,
+    SetpointUnsupportedError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -32,14 +46,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubctl.service")  # the name the journal has always shown
 
 
+class UnsupportedSetpoints(Protocol):
+    """Who is told that a device takes no setpoint of a kind at all (the reading store)."""
+
+    def setpoint_unsupported(self, device_id: str, kind: str) -> None: ...
+
+
 @dataclass(slots=True)
 class _Target:
     device: Device
     kind: str  # "battery" | "pv_limit"
     deadband_kw: float
+    promised: tuple[tuple[str, float], tuple[str, float]]  # the site config's (field, kW) low and high
     rated_kw: float = 0.0  # PV: this inverter's share of its company's peak
     written_kw: float | None = None  # the last value confirmed; None: nothing held
     held: bool = False
+    started: bool = False  # Device.start done (its bounds read) and the config checked against them
+    unsupported: str | None = None  # why the device takes no such setpoint: no longer dispatched
+    clamped: bool = False  # the last value was clamped to the device's bounds (logged on the change)
+    refused: bool = False  # the last value was refused (logged on the change)
 
 
 class SetpointWriter:
@@ -51,23 +76,34 @@ class SetpointWriter:
         devices: dict[str, Device],
         health: Health,
         clock: Clock,
-        uncontrollable: set[str] | None = None,
+        unsupported: UnsupportedSetpoints | None = None,
     ) -> None:
         self.health = health
-        self.uncontrollable = set() if uncontrollable is None else uncontrollable
+        self.unsupported = unsupported
         self.clock = clock
         self.batteries: list[list[_Target]] = []
         self.inverters: list[list[_Target]] = []
         for c in cfg.companies:
             bats = [devices[d.id] for d in cfg.devices if d.company == c.id and d.role is DeviceRole.BATTERY]
             pvs = [devices[d.id] for d in cfg.devices if d.company == c.id and d.role is DeviceRole.PV]
-            bat_kw = max(c.battery.max_charge_kw, c.battery.max_discharge_kw) if c.battery else 1.0
+            charge, discharge = (
+                (c.battery.max_charge_kw, c.battery.max_discharge_kw) if c.battery else (1.0, 1.0)
+            )
             peak = c.pv.peak_kw if c.pv else 1.0
-            self.batteries.append([_Target(d, "battery", max(0.01 * bat_kw, 0.05)) for d in bats])
+            n_bat, n_pv, where = max(len(bats), 1), max(len(pvs), 1), f"companies.{c.id}"
+            bat_promise = (
+                (f"{where}.battery.max_charge_kw", -charge / n_bat),
+                (f"{where}.battery.max_discharge_kw", discharge / n_bat),
+            )
+            pv_promise = ((f"{where}.pv", 0.0), (f"{where}.pv.peak_kw", peak / n_pv))
+            self.batteries.append(
+                [_Target(d, "battery", max(0.01 * max(charge, discharge), 0.05), bat_promise) for d in bats]
+            )
             self.inverters.append(
-                [_Target(d, "pv_limit", max(0.01 * peak, 0.05), peak / max(len(pvs), 1)) for d in pvs]
+                [_Target(d, "pv_limit", max(0.01 * peak, 0.05), pv_promise, peak / n_pv) for d in pvs]
             )
         self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._starting: dict[str, asyncio.Task[bool]] = {}  # starts without a write (not counted)
 
     def targets(self) -> list[_Target]:
         return [t for group in (*self.batteries, *self.inverters) for t in group]
@@ -75,7 +111,8 @@ class SetpointWriter:
     async def apply(
         self, decision: Decision, *, budget_s: float | None = None, force: bool = False
     ) -> tuple[int, int]:
-        """Write `decision`; returns (writes finished, writes failed) within `budget_s` (real seconds).
+        """Write `decision`; returns (writes that succeeded, writes that failed) within `budget_s` (real
+        seconds); a write still running after it is in neither count.
 
         A write still running after the budget goes on in the background and
         its device is skipped until it finishes: one slow device (a Huawei
@@ -94,23 +131,29 @@ class SetpointWriter:
                 share = None if value is None else self._share(group, value)
                 for target in group:
                     device_id = target.device.id
-                    if device_id in self.uncontrollable:
+                    if target.unsupported is not None:
                         continue
-                    running = self._inflight.get(device_id)
+                    running = self._inflight.get(device_id) or self._starting.get(device_id)
                     if running is not None and not running.done():
                         continue
                     if not force and self.health.state(device_id) is HealthState.DOWN:
                         target.written_kw, target.held = None, False  # re-written when it answers again
                         continue
                     job = self._job(target, share, now, force=force)
-                    if job is not None:
+                    if job is None and not target.started:  # nothing to write yet: read its bounds
+                        start = self._start(target)
+                        self._starting[device_id] = asyncio.get_running_loop().create_task(
+                            start, name=f"start {device_id}"
+                        )
+                    elif job is not None:
                         task = asyncio.get_running_loop().create_task(job, name=f"write {device_id}")
                         self._inflight[device_id] = task
                         jobs.append(task)
         if not jobs:
             return 0, 0
         done, _ = await asyncio.wait(jobs, timeout=budget_s)
-        return len(done), sum(1 for t in done if t.cancelled() or t.exception() or not t.result())
+        failed = sum(1 for t in done if t.cancelled() or t.exception() or not t.result())
+        return len(done) - failed, failed
 
     def _share(self, group: list[_Target], value: float) -> float:
         """Each device's part of its company's setpoint or limit: an even split.
@@ -124,19 +167,24 @@ class SetpointWriter:
         lost = [
             t
             for t in group
-            if t.device.id in self.uncontrollable or self.health.state(t.device.id) is HealthState.DOWN
+            if t.unsupported is not None or self.health.state(t.device.id) is HealthState.DOWN
         ]
         if not lost or len(lost) == len(group):
             return value / len(group)
         return max(0.0, value - sum(t.rated_kw for t in lost)) / (len(group) - len(lost))
 
     def pending(self) -> list[str]:
-        """Devices with a write still running."""
-        return sorted(d for d, t in self._inflight.items() if not t.done())
+        """Devices with a write (or the start before it) still running: `apply` skips them."""
+        running = (*self._inflight.items(), *self._starting.items())
+        return sorted({d for d, t in running if not t.done()})
+
+    def not_dispatched(self) -> dict[str, str]:
+        """`device id: kind` of every device that takes no setpoint of its kind (reported once)."""
+        return {t.device.id: t.kind for t in self.targets() if t.unsupported is not None}
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for the writes still running (shutdown), at most `timeout_s`."""
-        running = [t for t in self._inflight.values() if not t.done()]
+        running = [t for t in (*self._inflight.values(), *self._starting.values()) if not t.done()]
         if running:
             await asyncio.wait(running, timeout=timeout_s)
 
@@ -150,6 +198,7 @@ class SetpointWriter:
                 return self._release(target)
             else:
                 return None
+        kw = self._clamp(target, kw)
         changed = target.written_kw is None or abs(kw - target.written_kw) >= target.deadband_kw
         if force or changed:
             return self._write(target, kw)
@@ -157,28 +206,106 @@ class SetpointWriter:
             return self._refresh(target, now)
         return None
 
-    async def _write(self, target: _Target, kw: float) -> bool:
+    def _clamp(self, target: _Target, kw: float) -> float:
+        """`kw` within the device's own bounds (as far as known); the start of clamping is logged."""
+        bounds = target.device.setpoint_bounds_kw(target.kind)
+        value = kw if bounds is None else min(max(kw, bounds[0]), bounds[1])
+        clamped = value != kw
+        if clamped and not target.clamped and bounds is not None:
+            log.info(
+                "%s: %g kW asked, %g kW written: the device takes %g..%g kW",
+                target.device.id,
+                kw,
+                value,
+                *bounds,
+            )
+        target.clamped = clamped
+        return value
+
+    async def _start(self, target: _Target) -> bool:
+        """Start the device (it reads its bounds) and warn once if the site config promises more."""
         device = target.device
         try:
-            if target.kind == "battery":
-                result = await device.set_battery_kw(kw)
-            else:
-                result = await device.set_pv_limit_kw(kw)
+            await device.start()
         except CommandRejectedError as exc:
-            # the device cannot take this kind of setpoint at all: stop counting on it
-            log.warning("%s: %s; hubctl no longer dispatches it", device.id, exc)
-            self.uncontrollable.add(device.id)
+            self._refused(target, exc)
             return False
         except DeviceError as exc:
-            target.written_kw, target.held = None, False
             self.health.failed(device.id, exc, self.clock.mono())
             return False
-        target.written_kw, target.held = result.requested_kw, True
+        target.started = True
+        bounds = device.setpoint_bounds_kw(target.kind)
+        if bounds is None:
+            return True
+        (low_field, low_kw), (high_field, high_kw) = target.promised
+        for field, promised, bound, over in (
+            (low_field, low_kw, bounds[0], low_kw < bounds[0] - 1e-6),
+            (high_field, high_kw, bounds[1], high_kw > bounds[1] + 1e-6),
+        ):
+            if over:
+                log.warning(
+                    "%s: the site config promises %g kW (%s, this device's share), beyond the device's"
+                    " own bound of %g kW; hubctl writes no more than the device takes",
+                    device.id,
+                    promised,
+                    field,
+                    bound,
+                )
         return True
+
+    async def _write(self, target: _Target, kw: float) -> bool:
+        device = target.device
+        if not target.started and not await self._start(target):
+            target.written_kw, target.held = None, False
+            return False
+        kw = self._clamp(target, kw)
+        for _ in range(2):  # a value refused for its bounds is tried once more within them
+            try:
+                if target.kind == "battery":
+                    result = await device.set_battery_kw(kw)
+                else:
+                    result = await device.set_pv_limit_kw(kw)
+            except SetpointOutOfBoundsError as exc:
+                bounded = _within(kw, exc.low_kw, exc.high_kw)
+                if bounded is None or bounded == kw:
+                    self._refused(target, exc)
+                    return False
+                kw = bounded
+                continue
+            except CommandRejectedError as exc:
+                self._refused(target, exc)
+                return False
+            except DeviceError as exc:
+                target.written_kw, target.held = None, False
+                self.health.failed(device.id, exc, self.clock.mono())
+                return False
+            if target.refused:
+                log.info("%s: takes its setpoints again (%g kW)", device.id, kw)
+            target.written_kw, target.held, target.refused = result.requested_kw, True, False
+            return True
+        return False
+
+    def _refused(self, target: _Target, exc: CommandRejectedError) -> None:
+        """A setpoint refused before it was written. Unsupported: reported once and never dispatched
+        again (and the reading store told); any other value: logged once, tried again next cycle."""
+        device_id = target.device.id
+        target.written_kw, target.held = None, False
+        if isinstance(exc, SetpointUnsupportedError):
+            log.warning("%s: %s; hubctl no longer dispatches its %s", device_id, exc, _WHAT[target.kind])
+            target.unsupported = str(exc)
+            if self.unsupported is not None:
+                self.unsupported.setpoint_unsupported(device_id, target.kind)
+            return
+        if not target.refused:
+            log.warning("%s: %s; tried again within the device's bounds next cycle", device_id, exc)
+        target.refused = True
 
     async def _refresh(self, target: _Target, now: float) -> bool:
         try:
             await target.device.refresh(now)
+        except CommandRejectedError as exc:
+            self._refused(target, exc)
+            return False
         except DeviceError as exc:
             target.written_kw, target.held = None, False
             self.health.failed(target.device.id, exc, self.clock.mono())
@@ -193,3 +320,13 @@ class SetpointWriter:
             return False
         target.written_kw, target.held = None, False
         return True
+
+
+_WHAT = {"battery": "battery setpoint", "pv_limit": "PV limit"}
+
+
+def _within(kw: float, low: float | None, high: float | None) -> float | None:
+    """`kw` clamped to low..high (a refusal's bounds); None without bounds or for a value not finite."""
+    if low is None or high is None or math.isnan(kw):
+        return None
+    return min(max(kw, low), high)

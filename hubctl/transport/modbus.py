@@ -60,9 +60,9 @@ says whether to retry):
   short answer. Do not retry: the map or the device is wrong.
 - DeviceIdentityError: the device is not what the config says (no SunSpec
   marker, a model missing). Do not retry.
-- CommandRejectedError: hubctl refused a setpoint (outside the bounds) before
-  writing. CommandNotConfirmedError: the device took the write but reads back
-  another value.
+- CommandRejectedError: hubctl refused a setpoint before writing (its kinds:
+  SetpointUnsupportedError, SetpointOutOfBoundsError). CommandNotConfirmedError:
+  the device took the write but reads back another value.
 """
 
 from __future__ import annotations
