@@ -109,7 +109,7 @@ def test_health_is_debounced_and_logs_transitions_only(caplog: pytest.LogCapture
     assert health.failed("d", DeviceProtocolError("wrong map"), 7) is H.DOWN  # no retry can cure it
 
 
-def test_quarter_meter_closes_with_the_lowest_cap_and_its_source() -> None:
+def test_quarter_meter_closes_with_the_mean_cap_and_its_source() -> None:
     params = Params.from_config(parse_config(CONFIG))
     store = ReadingStore(Layout.from_config(parse_config(CONFIG)), stale_after_s=5)
     meter = QuarterMeter()

@@ -5,7 +5,9 @@ so a quarter-hour passes in about half a minute. The service writes a JSON-lines
 cycle (`--trace`), which is what these tests read, besides the devices themselves.
 
 Run A, one park through a whole quarter-hour: the broker and the database are absent at start
-(control runs; the broker is started later and the service connects, publishing `online`); READY
+(control runs; the broker is started later and the service connects, publishing `online`; the
+database, a VictoriaMetrics on a port where nothing listened, is started later too: the service
+said it was unavailable and spooled, then delivered the points of the outage to it); READY
 and WATCHDOG arrive on a test NOTIFY_SOCKET; a load step (the quarter's mean stays under the cap,
 the instant cap holds again within 3 cycles); a battery's Modbus server is killed and restarted
 (control goes on with the other battery, the device recovers); a frozen grid meter (fail-safe as
@@ -40,6 +42,7 @@ import aiomqtt
 import pytest
 import yaml
 from support import MOSQUITTO, Children, free_port, leak_fixture, read_until, wait_for_port
+from test_influx import VM_BIN, VictoriaMetrics
 
 from hubctl.config.site import load_config
 from hubctl.core.failsafe import fallback_pv_limits
@@ -240,16 +243,15 @@ def _start_broker(port: int) -> subprocess.Popen[bytes]:
 def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path) -> None:
     park = Park(tmp_path, STEP_PROFILES, battery_kw=(100, 40))
     mqtt_port = free_port()  # nothing listens yet: the broker is down at start
-    db_port = free_port()  # nor a database
-    service = Service(
-        tmp_path,
-        park,
-        "--mqtt-url",
-        f"mqtt://127.0.0.1:{mqtt_port}",
-        "--influx-url",
-        f"http://127.0.0.1:{db_port}",
-    )
+    database = VictoriaMetrics(tmp_path / "vm") if VM_BIN is not None else None  # nor on its port
+    db_url = database.url if database is not None else f"http://127.0.0.1:{free_port()}"
+    # the spool the forwarder sends from; a short backoff so that the database is tried again soon
+    data = yaml.safe_load(park.config_path.read_text(encoding="utf-8"))
+    data["storage"] = {"dir": str(tmp_path / "state"), "influx": {"backoff_max_s": 1.0}}
+    park.config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    service = Service(tmp_path, park, "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--influx-url", db_url)
     broker: subprocess.Popen[bytes] | None = None
+    db_up_utc: float | None = None
     try:
         # degraded start: control runs without broker and database; READY and WATCHDOG arrive
         service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
@@ -267,6 +269,11 @@ def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path)
                 _status_messages(mqtt_port, f"hubctl/{park.config.site.id}/status", "online", 40)
             )
             assert seen[-1] == "online"
+
+        # the database comes up on the port the service has been trying: the spooled points arrive
+        if database is not None:
+            db_up_utc = park.now_utc()
+            database.start()
 
         # the load step at t = 60 s: back under the instant cap within 3 cycles
         service.wait_for("the load step", lambda r: _cycle(r) and (r["park_grid_kw"] or 0) > 100, 20)
@@ -325,6 +332,16 @@ def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path)
         service.wait_for("discharging", lambda r: _cycle(r) and (r["battery_kw"][1] or 0) > 5, 15)
         assert normal["mode"] == "normal"
 
+        # the points of the outage, spooled while nothing listened, reached the database once it was up
+        if database is not None and db_up_utc is not None:
+            deadline = time.monotonic() + 20
+            while not (series := database.export('{__name__="park_grid_kw"}')):
+                assert time.monotonic() < deadline, "no points from the service in the database"
+                time.sleep(0.2)
+            stamps = [ts for values in series.values() for ts, _ in values]
+            assert min(stamps) < db_up_utc * 1000, "nothing from before the database was up arrived"
+            assert max(stamps) > db_up_utc * 1000
+
         # SIGTERM: fail-safe setpoints written, offline, exit 0 within 5 s
         t0 = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
@@ -349,12 +366,18 @@ def test_service_holds_the_cap_survives_faults_and_stops_cleanly(tmp_path: Path)
             )
             assert seen[-1] == "offline"  # retained: what a late subscriber sees
         assert b"Traceback" not in err
+        # the service tried the database while it was absent, and said so
+        assert f"InfluxDB at {db_url} unavailable".encode() in err, err.decode()[-2000:]
+        if database is not None:
+            assert f"InfluxDB at {db_url} back".encode() in err
     finally:
         service.close()
         park.stop()
         if broker is not None:
             broker.terminate()
             broker.wait(timeout=5)
+        if database is not None:
+            database.stop()
 
 
 def test_after_sigkill_the_devices_fall_back_by_themselves(tmp_path: Path) -> None:

@@ -6,13 +6,15 @@ means up to local midnight after it), while a time (``2026-06-30T12:00``,
 with or without an offset) is an exclusive end.
 
 Exit codes as in ``hubctl.cli``: 0 success, 1 a run failed (no data, a file
-missing), 2 usage, 78 a bad configuration.
+missing; ``hubctl export`` whose reader closed the pipe early, as ``| head`` does: quietly, no
+traceback), 2 usage, 78 a bad configuration.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -97,6 +99,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             for row in _csv_rows(lines):
                 w.writerow(row)
                 count += 1
+        out.flush()  # here, not at exit: a reader that went away is answered below
+    except BrokenPipeError:
+        if out is not sys.stdout:
+            raise
+        _stdout_gone()
+        return 1
     except FileNotFoundError as exc:
         print(f"hubctl export: {exc}", file=sys.stderr)
         return 1
@@ -108,6 +116,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _stdout_gone() -> None:
+    """The reader of standard output closed it (`hubctl export | head`): Python's documented answer
+    (the `signal` module, "Note on SIGPIPE"): point stdout at /dev/null so that the flush at exit
+    raises no second BrokenPipeError, and end quietly with exit 1."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # --- report -------------------------------------------------------------------------------------------------

@@ -14,6 +14,12 @@ ledger, the operator settings and the load history there; `hubctl history` reads
 same directory, so that an import lands where the service looks. `hubctl export` and `hubctl
 report` fall back to /var/lib/hubctl instead.
 
+No silent no-ops (`gateway_problems`): a setting of `hubctl run` that is set but could not take
+effect is refused at start (exit 78, naming it and what to set), never a warning and a service
+that quietly does less. An InfluxDB URL without a state directory is one: the forwarder sends
+the spool, and the spool lives in the state directory, so hubctl does not invent one (a default
+such as /var/lib/hubctl would be unwritable off a gateway, or shared by two services).
+
 May import: `hubctl.errors` and the config models (a package that sits just above the errors).
 Pure: the environment comes in as a mapping, nothing is read from the process here.
 """
@@ -38,11 +44,13 @@ __all__ = [
     "InfluxSettings",
     "device_hub_credentials",
     "device_hub_mqtt_url",
+    "gateway_problems",
     "influx_settings",
     "operator_api_mqtt_url",
     "read_mqtt_url",
     "report_state_dir",
     "resolve_state_dir",
+    "state_dir_source",
 ]
 
 SOURCES = "storage.dir, service.state_dir or $STATE_DIRECTORY"
@@ -58,6 +66,18 @@ def resolve_state_dir(cfg: SiteConfig, env: Mapping[str, str]) -> Path | None:
     for candidate in (cfg.storage.dir, cfg.service.state_dir, env.get("STATE_DIRECTORY")):
         if candidate:
             return Path(candidate.split(":")[0])
+    return None
+
+
+def state_dir_source(cfg: SiteConfig, env: Mapping[str, str]) -> str | None:
+    """The name of the setting `resolve_state_dir` takes the directory from; None when none is set."""
+    for name, candidate in (
+        ("storage.dir", cfg.storage.dir),
+        ("service.state_dir", cfg.service.state_dir),
+        ("$STATE_DIRECTORY", env.get("STATE_DIRECTORY")),
+    ):
+        if candidate:
+            return name
     return None
 
 
@@ -146,3 +166,79 @@ def influx_settings(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]
         return None
     target = section if section is not None else InfluxTarget()
     return InfluxSettings(url, target, env.get(target.token_env, ""))
+
+
+def _influx_url_source(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> str | None:
+    """Where `influx_settings` takes its URL from (the name an operator sets), None: nowhere."""
+    section = cfg.storage.influx
+    for name, value in (
+        ("--influx-url", cli_url),
+        ("$HUBCTL_INFLUX_URL", env.get("HUBCTL_INFLUX_URL")),
+        ("storage.influx.url", section.url if section is not None else None),
+        ("service.influx_url", cfg.service.influx_url),
+    ):
+        if value:
+            return name
+    return None
+
+
+_NEEDS_DIR = "set storage.dir, service.state_dir or $STATE_DIRECTORY (systemd's StateDirectory=)"
+_SPOOL_FIELDS = ("spool_max_mb", "spool_max_points", "spool_max_age_days", "drop_policy")
+
+
+def gateway_problems(
+    cfg: SiteConfig, cli_mqtt_url: str | None, cli_influx_url: str | None, env: Mapping[str, str]
+) -> list[str]:
+    """Every setting of `hubctl run` that is set but would not take effect, one line each naming it
+    and what to set (empty: every setting works). `hubctl run` refuses to start on any (exit 78)."""
+    problems: list[str] = []
+    state_dir = resolve_state_dir(cfg, env)
+    storage, service = cfg.storage, cfg.service
+    # two places for one setting: the one that loses would be ignored
+    if storage.dir and service.state_dir and Path(storage.dir) != Path(service.state_dir):
+        problems.append(
+            f"service.state_dir: {service.state_dir} is not used, storage.dir ({storage.dir}) is: set one"
+        )
+    section = storage.influx
+    if section is not None and section.url and service.influx_url and section.url != service.influx_url:
+        problems.append(
+            f"service.influx_url: {service.influx_url} is not used, storage.influx.url ({section.url}) is: "
+            "set one"
+        )
+    # InfluxDB: the forwarder sends the spool, which lives in the state directory
+    source = _influx_url_source(cfg, cli_influx_url, env)
+    if source is not None and state_dir is None:
+        problems.append(
+            f"{source}: InfluxDB is written from the spool in the state directory, and there is none: "
+            f"{_NEEDS_DIR}"
+        )
+    if section is not None and source is None:
+        problems.append(
+            "storage.influx: no URL to forward to: set storage.influx.url (or service.influx_url, "
+            "--influx-url, $HUBCTL_INFLUX_URL), or remove the section"
+        )
+    explicit_token = section is not None and "token_env" in section.model_fields_set
+    if section is not None and source is not None and explicit_token and not env.get(section.token_env):
+        problems.append(f"storage.influx.token_env: ${section.token_env} is not set")
+    # the spool's bounds without a spool
+    if state_dir is None:
+        problems.extend(
+            f"storage.{name}: there is no spool without a state directory: {_NEEDS_DIR}"
+            for name in _SPOOL_FIELDS
+            if name in storage.model_fields_set
+        )
+    # the operator API's section without a broker
+    mq = cfg.mqtt
+    if mq is not None:
+        if operator_api_mqtt_url(cfg, cli_mqtt_url, env) is None:
+            problems.append(
+                "mqtt: no broker for the operator API: set mqtt.url (or service.mqtt_url, --mqtt-url, "
+                "$HUBCTL_MQTT_URL), or remove the section"
+            )
+        else:
+            problems.extend(
+                f"mqtt.{name}: ${getattr(mq, name)} is not set"
+                for name in ("username_env", "password_env")
+                if name in mq.model_fields_set and not env.get(getattr(mq, name))
+            )
+    return problems

@@ -185,6 +185,10 @@ class Sharing(_Model):
             raise ValueError(f"static shares sum to {sum(self.shares.values()):g}, more than 1")
         if self.key is SharingKeyName.STATIC and not self.shares:
             raise ValueError("the static key needs shares")
+        if self.shares and self.key is not SharingKeyName.STATIC:
+            raise ValueError(f"shares are used by the static key only, the key is {self.key.value}")
+        if self.order and self.key is not SharingKeyName.PRIORITY:
+            raise ValueError(f"order is used by the priority key only, the key is {self.key.value}")
         if 900 % self.interval_s and self.interval_s % 900:
             raise ValueError("interval_s must divide or be a multiple of 900 s (quarter-hour settlement)")
         return self
@@ -292,7 +296,11 @@ class Service(_Model):
     mqtt_url: str | None = Field(
         default=None, description="mqtt://HOST[:PORT]; --mqtt-url or $HUBCTL_MQTT_URL override it"
     )
-    influx_url: str | None = Field(default=None, description="--influx-url or $HUBCTL_INFLUX_URL override it")
+    influx_url: str | None = Field(
+        default=None,
+        description="--influx-url or $HUBCTL_INFLUX_URL override it; needs a state directory (the spool), "
+        "else hubctl run refuses to start (exit 78)",
+    )
     state_dir: str | None = Field(
         default=None, description="where the service keeps its state; default $STATE_DIRECTORY"
     )
@@ -319,7 +327,8 @@ class InfluxTarget(_Model):
 
     url: str | None = Field(
         default=None,
-        description="http://HOST:8086 (InfluxDB) or :8428 (VictoriaMetrics); default service.influx_url",
+        description="http://HOST:8086 (InfluxDB) or :8428 (VictoriaMetrics); default service.influx_url; "
+        "needs a state directory (the spool is sent from there), else hubctl run refuses to start (exit 78)",
     )
     bucket: str = Field(default="hubctl", min_length=1, description="InfluxDB 1.8: database/retention-policy")
     org: str = Field(default="-", description="InfluxDB 2.x organisation; '-' for 1.8 and VictoriaMetrics")

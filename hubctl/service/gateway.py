@@ -59,8 +59,9 @@ and stopped only after the fail-safe setpoints are written:
   device hub then connects without a status topic (and only when there are
   MQTT devices). Operator settings persist in `<state dir>/operator.json`.
 - **Storage** (`storage.py`) when a state directory is known (`storage.dir`,
-  `service.state_dir` or `$STATE_DIRECTORY`): `SpoolSink` appends every
-  cycle's park/company/limit/setpoint points (and the API's command audit) to
+  `service.state_dir` or `$STATE_DIRECTORY`; an InfluxDB URL or spool bounds without one, or
+  one that cannot be written, are refused at start with exit 78: `config.resolve.gateway_problems`):
+  `SpoolSink` appends every cycle's park/company/limit/setpoint points (and the API's command audit) to
   `<state dir>/spool.sqlite` (in memory; the spool's own task commits), the
   `Forwarder` drains it to InfluxDB when an InfluxDB URL is set, and the
   `Ledger` (`<state dir>/ledger.sqlite`) takes every cycle with all grid
@@ -86,15 +87,18 @@ import logging
 import os
 import signal
 import sqlite3
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
 from hubctl.config.resolve import (
     device_hub_credentials,
     device_hub_mqtt_url,
+    gateway_problems,
     influx_settings,
     operator_api_mqtt_url,
     resolve_state_dir,
+    state_dir_source,
 )
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Params, State
@@ -342,7 +346,7 @@ class Gateway:
             hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
-                writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store.uncontrollable)
+                writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store)
                 keeper = FallbackKeeper(self.cfg, devices, self.health, self.clock)
                 fallbacks = FallbackTargets(keeper, self.controller, self.cfg.tz)
                 fallbacks.update(self.clock.utc())
@@ -417,7 +421,6 @@ class Gateway:
         self.notifier.stopping()
         t0 = time.perf_counter()
         decision = self.controller.failsafe(self.clock.utc(), len(self.cfg.companies))
-        writes = failed = 0
         await writer.drain(1.0)
         writes, failed = await writer.apply(decision, budget_s=SHUTDOWN_BUDGET_S - 2.0, force=True)
         pending = writer.pending()
@@ -427,13 +430,16 @@ class Gateway:
                 ", ".join(pending),
             )
         log.info(
-            "stopped: fail-safe setpoints written to %d device(s), %d failed, in %.0f ms",
+            "stopped: fail-safe setpoints written to %d device(s), %d failed, %d still running, in %.0f ms",
             writes,
             failed,
+            len(pending),
             (time.perf_counter() - t0) * 1000,
         )
         for sink in self.sinks:
-            sink.event("shutdown", writes=writes, failed=failed, ts_utc=self.clock.utc())
+            sink.event(
+                "shutdown", writes=writes, failed=failed, running=len(pending), ts_utc=self.clock.utc()
+            )
         await self._stop_aux(aux)
         if hub is not None:
             with contextlib.suppress(TimeoutError):
@@ -460,6 +466,20 @@ class Gateway:
 
 def run_service(cfg: SiteConfig, options: Options) -> int:
     """Entry point used by `hubctl run`: the exit code (0, 1, or 78 for a config the devices cannot use)."""
+    problems = gateway_problems(cfg, options.mqtt_url, options.influx_url, options.env)
+    directory = resolve_state_dir(cfg, options.env)
+    if directory is not None and not problems:
+        try:  # an unusable state directory is bad input, not a service that runs without storage
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            source = state_dir_source(cfg, options.env)
+            problems.append(f"{source}: {directory} is not writable ({exc.strerror})")
+    for problem in problems:  # one journal line each, naming the setting and what to set
+        log.error("site config: %s", problem)
+    if problems:
+        return EX_CONFIG
     notifier = Notifier.from_env(options.env or dict(os.environ))
     try:
         return asyncio.run(Gateway(cfg, options, notifier).run())

@@ -2,7 +2,8 @@
 
 The command-line flags (`--mqtt-url`, `--influx-url`, the hidden `--speed`, `--start-utc` and
 `--trace`) and the environment the service reads its settings and secrets from
-(`hubctl.config.resolve` decides what each of them overrides).
+(`hubctl.config.resolve` decides what each of them overrides, and `gateway_problems` there lists
+the ones that are set but could not take effect: `hubctl run` refuses to start on any, exit 78).
 """
 
 from __future__ import annotations

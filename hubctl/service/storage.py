@@ -4,8 +4,9 @@ What it is: `Storage.open`, which opens `<state dir>/spool.sqlite` (`SpoolSink` 
 cycle's points to it, in memory; the spool's own task commits), `<state dir>/ledger.sqlite` (the
 ledger takes every cycle with all grid meters read and settles its intervals from the
 quarter-hour job) and, when an InfluxDB URL is set, a `Forwarder` that drains the spool to it.
-Without a state directory there is no storage (and the InfluxDB URL is not written to); a spool
-or ledger that cannot be opened is logged and the service runs without them.
+Without a state directory there is no storage (`hubctl run` refuses an InfluxDB URL then: exit
+78, `hubctl.config.resolve.gateway_problems`); a spool or ledger that cannot be opened is logged
+and the service runs without them.
 """
 
 from __future__ import annotations
@@ -45,15 +46,8 @@ class Storage:
         cls, cfg: SiteConfig, directory: Path | None, influx: InfluxSettings | None, clock: Clock
     ) -> Storage | None:
         """Spool, ledger and (with an InfluxDB URL) forwarder in the state directory; None: no storage."""
-        if directory is None:
-            if influx:
-                log.warning(
-                    "no state directory (storage.dir, service.state_dir or $STATE_DIRECTORY) for the spool: "
-                    "%s is not written to",
-                    influx.url,
-                )
-            else:
-                log.info("no state directory: no spool and no ledger")
+        if directory is None:  # with an InfluxDB URL `hubctl run` refused to start (gateway_problems)
+            log.info("no state directory: no spool and no ledger")
             return None
         try:
             # the service's wall clock: under --start-utc the points' age is judged in simulated time
