@@ -38,7 +38,7 @@ from hubctl.config.scenario import load_scenario
 if TYPE_CHECKING:
     import argparse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # hubctl/cli/demo.py -> the repository
 DEFAULT_SCENARIO = REPO / "configs" / "scenarios" / "demo-park" / "scenario.yaml"
 
 
