@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import selectors
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiomqtt
 import pytest
 
 from hubctl.errors import DeviceError
@@ -90,6 +93,96 @@ class Mosquitto:
             self.process.terminate()
             self.process.wait(5)
             self.process = None
+
+
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A throwaway PKI made at test time (`make_tls`): a CA, a server certificate for 127.0.0.1 and
+    a client certificate it signed, and a second CA that signed nothing here (a wrong CA)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run([OPENSSL, *args], check=True, capture_output=True, timeout=30)
+
+
+def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN=hubctl test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    return cert, key
+
+
+def _make_leaf(directory: Path, name: str, ca: tuple[Path, Path], serial: int, ext: str) -> tuple[Path, Path]:
+    cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    extfile = directory / f"{name}.ext"
+    extfile.write_text(ext, encoding="utf-8")
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+        "-set_serial", str(serial), "-days", "2", "-out", str(cert), "-extfile", str(extfile),
+    )  # fmt: skip
+    return cert, key
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """Make the test PKI in `directory` with openssl (EC P-256 keys, valid two days)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _make_ca(directory, "ca")
+    other_ca, _ = _make_ca(directory, "other-ca")
+    server = _make_leaf(
+        directory, "127.0.0.1", ca, 1, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
+    client = _make_leaf(directory, "hubctl", ca, 2, "extendedKeyUsage=clientAuth\n")
+    return TlsFiles(ca[0], server[0], server[1], client[0], client[1], other_ca)
+
+
+class TlsMosquitto(Mosquitto):
+    """A private mosquitto with one TLS listener on a free loopback port, its certificate signed by
+    the test CA (`make_tls`); with `require_certificate`, clients must show one the CA signed."""
+
+    def __init__(self, directory: Path, tls: TlsFiles, *, require_certificate: bool = False) -> None:
+        lines = [
+            f"cafile {tls.ca}",
+            f"certfile {tls.server_cert}",
+            f"keyfile {tls.server_key}",
+            f"require_certificate {'true' if require_certificate else 'false'}",
+            "allow_anonymous true",
+        ]
+        if os.geteuid() == 0:  # as root mosquitto would drop to its own user, which cannot read tmp_path
+            lines.append("user root")
+        super().__init__(directory, "\n".join(lines) + "\n")
+        self.tls = tls
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def client(self, *, client_cert: bool = False, **options: Any) -> aiomqtt.Client:
+        """A test client over TLS, trusting the test CA (with the client certificate if asked)."""
+        tls = self.tls
+        params = aiomqtt.TLSParameters(
+            ca_certs=str(tls.ca),
+            certfile=str(tls.client_cert) if client_cert else None,
+            keyfile=str(tls.client_key) if client_cert else None,
+        )
+        return aiomqtt.Client("127.0.0.1", self.port, tls_params=params, **options)
 
 
 def read_until(proc: subprocess.Popen[bytes], marker: str, timeout_s: float) -> list[str]:

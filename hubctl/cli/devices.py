@@ -10,9 +10,10 @@ Exit codes: 0 every device read; 1 at least one device failed (each failure is
 printed with its kind: unavailable, busy, protocol, identity); 2 usage (an
 unknown --device); 78 a configuration that cannot be used.
 
-MQTT devices need a broker: `--mqtt-url`, else $HUBCTL_MQTT_URL, else
-mqtt://127.0.0.1:1883 (the site config is not read for it, unlike `hubctl run`:
-`hubctl.config.resolve.read_mqtt_url`). `read` waits up to each point's
+MQTT devices need a broker: the one `hubctl run` uses (`--mqtt-url`,
+$HUBCTL_MQTT_URL, `mqtt.url`, `service.mqtt_url`, with the `mqtt:` section's TLS
+files and credentials: `hubctl.config.resolve.mqtt_broker`), else
+mqtt://127.0.0.1:1883. A TLS file that cannot be used is exit 78. `read` waits up to each point's
 `stale_after_s` (at most `--timeout`) for MQTT values; retained topics answer
 at once.
 """
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubctl.config.resolve import DEFAULT_READ_MQTT_URL, read_mqtt_url
+from hubctl.config.resolve import DEFAULT_READ_MQTT_URL, mqtt_broker
 from hubctl.errors import EX_CONFIG
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from hubctl.codec.sunspec import DecodedModel, ModelHeader
     from hubctl.config.devices import Device as DeviceConfig
+    from hubctl.config.resolve import BrokerSettings
     from hubctl.config.site import SiteConfig
     from hubctl.devices.base import Device, Reading
     from hubctl.errors import DeviceError
@@ -48,7 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", action="append", metavar="ID", help="only this device (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument(
-        "--mqtt-url", default=None, help=f"MQTT broker (default $HUBCTL_MQTT_URL or {DEFAULT_READ_MQTT_URL})"
+        "--mqtt-url",
+        default=None,
+        help=f"MQTT broker (default $HUBCTL_MQTT_URL, mqtt.url, service.mqtt_url or {DEFAULT_READ_MQTT_URL})",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for MQTT data (default 10)")
     p.set_defaults(func=_cmd_read)
@@ -85,8 +89,21 @@ def _cmd_read(args: argparse.Namespace) -> int:
     if not devices:
         print(f"{args.config}: no devices configured (devices: section)", file=sys.stderr)
         return EX_CONFIG
-    mqtt_url = read_mqtt_url(args.mqtt_url, os.environ)
-    results = asyncio.run(_read_devices(cfg, devices, mqtt_url, args.timeout))
+    broker = mqtt_broker(cfg, args.mqtt_url, os.environ, DEFAULT_READ_MQTT_URL)
+    if any(d.driver == "mqtt" for d in devices):
+        from hubctl.transport.mqtt import parse_url, tls_file_problems  # noqa: PLC0415 - keep others fast
+
+        problems = [
+            f"mqtt.{field}: {reason}"
+            for field, reason in tls_file_problems(broker.ca_file, broker.cert_file, broker.key_file)
+        ]
+        try:
+            parse_url(broker.url)
+        except ValueError as exc:
+            problems.append(f"{broker.source}: {exc}")
+        if problems:
+            return report_problems(args.config, problems)
+    results = asyncio.run(_read_devices(cfg, devices, broker, args.timeout))
     failed = sum(1 for result in results.values() if not isinstance(result, tuple))
     if args.json:
         print(json.dumps({"devices": {i: _json_entry(r) for i, r in results.items()}}, indent=2))
@@ -100,7 +117,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
 
 
 async def _read_devices(
-    cfg: SiteConfig, devices: list[DeviceConfig], mqtt_url: str, timeout_s: float
+    cfg: SiteConfig, devices: list[DeviceConfig], broker: BrokerSettings, timeout_s: float
 ) -> dict[str, tuple[Device, Reading] | DeviceError | str]:
     from hubctl.devices import build_device  # noqa: PLC0415
     from hubctl.devices.mqtt import MqttDevice, MqttHub  # noqa: PLC0415
@@ -112,7 +129,7 @@ async def _read_devices(
     from hubctl.transport.modbus import ConnectionPool  # noqa: PLC0415
 
     rated = cfg.pv_rated_kw()
-    hub = MqttHub.from_url(mqtt_url) if any(d.driver == "mqtt" for d in devices) else None
+    hub = MqttHub.from_broker(broker) if any(d.driver == "mqtt" for d in devices) else None
     results: dict[str, tuple[Device, Reading] | DeviceError | str] = {}
     built: list[Device] = []
     async with ConnectionPool() as pool:

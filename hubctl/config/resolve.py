@@ -1,11 +1,10 @@
 """Which broker, which InfluxDB target and which state directory each part of hubctl uses.
 
 What it is: every resolution of a setting from the site config, a command-line flag and the
-environment, side by side, one function per call site. Each function returns exactly what its
-call site computed before it moved here: the same precedence, the same defaults. They disagree,
-and the comment on each says how; one precedence for all is issue #12
-(ARCHITECTURE-REVIEW.md, (d) 1), so none of them is changed here. Turning a broker URL into
-host, port and TLS is not done here (`hubctl.transport.mqtt`): this module only chooses the URL.
+environment. The MQTT broker has one (`mqtt_broker`), used by the operator API, the MQTT device
+hub and `hubctl read` alike (issue #12): the URL in the order docs/mqtt.md gives, the TLS files
+of the `mqtt:` section, the credentials from the variables it names. Turning a broker URL into
+host, port and TLS is not done here (`hubctl.transport.mqtt`): this module only chooses.
 
 The state directory: `storage.dir`, else `service.state_dir`, else `$STATE_DIRECTORY` (systemd's
 `StateDirectory=`; it may list several directories separated by `:`, the first is used). None: no
@@ -28,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from hubctl.config.site import InfluxTarget
 
@@ -41,13 +40,11 @@ __all__ = [
     "DEFAULT_READ_MQTT_URL",
     "REPORT_STATE_DIR",
     "SOURCES",
+    "BrokerSettings",
     "InfluxSettings",
-    "device_hub_credentials",
-    "device_hub_mqtt_url",
     "gateway_problems",
     "influx_settings",
-    "operator_api_mqtt_url",
-    "read_mqtt_url",
+    "mqtt_broker",
     "report_state_dir",
     "resolve_state_dir",
     "state_dir_source",
@@ -93,47 +90,67 @@ def report_state_dir(cfg: SiteConfig, env: Mapping[str, str]) -> Path:
 # --- MQTT brokers ------------------------------------------------------------------------------------------
 
 
-def device_hub_mqtt_url(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> str | None:
-    """The broker of the gateway's MQTT device hub: `--mqtt-url`, `$HUBCTL_MQTT_URL`, `service.mqtt_url`.
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """The one broker configuration of the operator API, the MQTT device hub and `hubctl read`."""
 
-    Differs from `operator_api_mqtt_url`: `mqtt.url` is not read, so a config with only
-    `mqtt: {url: ...}` and an MQTT device finds no broker for its devices (exit 78) while the
-    operator API connects.
-    """
-    return cli_url or env.get("HUBCTL_MQTT_URL") or cfg.service.mqtt_url
+    url: str
+    source: str  # the setting the URL came from: --mqtt-url, $HUBCTL_MQTT_URL, mqtt.url, ...
+    ca_file: str | None = None  # mqtt.ca_file: TLS (also with an mqtts:// or ssl:// URL)
+    cert_file: str | None = None  # mqtt.cert_file + mqtt.key_file: a client certificate
+    key_file: str | None = None
+    username: str | None = None  # from the variable mqtt.username_env names (an empty value: none)
+    password: str | None = None  # from the variable mqtt.password_env names
 
 
-def operator_api_mqtt_url(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> str | None:
-    """The broker of the gateway's operator API: `--mqtt-url`, `$HUBCTL_MQTT_URL`, `mqtt.url`,
-    `service.mqtt_url`.
+@overload
+def mqtt_broker(
+    cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str], default_url: str
+) -> BrokerSettings: ...
+@overload
+def mqtt_broker(
+    cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str], default_url: None = None
+) -> BrokerSettings | None: ...
+def mqtt_broker(
+    cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str], default_url: str | None = None
+) -> BrokerSettings | None:
+    """The broker of every MQTT user of hubctl (docs/mqtt.md): the URL from `--mqtt-url`,
+    `$HUBCTL_MQTT_URL`, `mqtt.url`, `service.mqtt_url`, in that order, else `default_url` (`hubctl
+    read`: mqtt://127.0.0.1:1883; the gateway: none, so None); TLS files from the `mqtt:` section;
+    user name and password from the variables `mqtt.username_env` and `mqtt.password_env` name
+    (`HUBCTL_MQTT_USERNAME`, `HUBCTL_MQTT_PASSWORD` without the section).
 
-    Differs from `device_hub_mqtt_url` by reading `mqtt.url` (before `service.mqtt_url`).
-    `OperatorApi.from_config` (hubctl/service/operator_api.py), given no URL, has its own default
-    again: `mqtt.url`, then `service.mqtt_url`, without the environment.
+    Whether the files exist is checked where they are used (`hubctl.transport.mqtt`): this is pure.
     """
     mq = cfg.mqtt
-    return (
-        cli_url or env.get("HUBCTL_MQTT_URL") or (mq.url if mq is not None else None) or cfg.service.mqtt_url
+    source, url = next(
+        (
+            (name, value)
+            for name, value in (
+                ("--mqtt-url", cli_url),
+                ("$HUBCTL_MQTT_URL", env.get("HUBCTL_MQTT_URL")),
+                ("mqtt.url", mq.url if mq is not None else None),
+                ("service.mqtt_url", cfg.service.mqtt_url),
+                ("default", default_url),
+            )
+            if value
+        ),
+        ("", None),
     )
-
-
-def read_mqtt_url(cli_url: str | None, env: Mapping[str, str]) -> str:
-    """The broker of `hubctl read`: `--mqtt-url`, `$HUBCTL_MQTT_URL`, else mqtt://127.0.0.1:1883.
-
-    Differs from both of the gateway's: the site config (`service.mqtt_url`, `mqtt.url`) is not
-    read at all, and there is always a broker (the local default) where the gateway has none.
-    """
-    return cli_url or env.get("HUBCTL_MQTT_URL") or DEFAULT_READ_MQTT_URL
-
-
-def device_hub_credentials(env: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """User name and password of the gateway's MQTT device hub: `$HUBCTL_MQTT_USERNAME`,
-    `$HUBCTL_MQTT_PASSWORD` (an empty value: none).
-
-    Differs from the operator API, which reads the variables `mqtt.username_env` and
-    `mqtt.password_env` name (the same two by default; hubctl/service/operator_api.py).
-    """
-    return env.get("HUBCTL_MQTT_USERNAME") or None, env.get("HUBCTL_MQTT_PASSWORD") or None
+    if url is None:
+        return None
+    if mq is None:
+        user, password = env.get("HUBCTL_MQTT_USERNAME"), env.get("HUBCTL_MQTT_PASSWORD")
+        return BrokerSettings(url, source, username=user or None, password=password or None)
+    return BrokerSettings(
+        url,
+        source,
+        ca_file=mq.ca_file,
+        cert_file=mq.cert_file,
+        key_file=mq.key_file,
+        username=env.get(mq.username_env) or None,
+        password=env.get(mq.password_env) or None,
+    )
 
 
 # --- InfluxDB ----------------------------------------------------------------------------------------------
@@ -230,7 +247,7 @@ def gateway_problems(
     # the operator API's section without a broker
     mq = cfg.mqtt
     if mq is not None:
-        if operator_api_mqtt_url(cfg, cli_mqtt_url, env) is None:
+        if mqtt_broker(cfg, cli_mqtt_url, env) is None:
             problems.append(
                 "mqtt: no broker for the operator API: set mqtt.url (or service.mqtt_url, --mqtt-url, "
                 "$HUBCTL_MQTT_URL), or remove the section"

@@ -372,11 +372,14 @@ class Report(_Model):
 
 
 class MqttApi(_Model):
-    """The operator MQTT API (`hubctl.service.operator_api`, docs/mqtt.md). Secrets come from the
-    environment."""
+    """The site's MQTT broker: the operator API (`hubctl.service.operator_api`, docs/mqtt.md), the
+    MQTT devices and `hubctl read` all use it (`hubctl.config.resolve.mqtt_broker`). Secrets come
+    from the environment."""
 
     url: str | None = Field(
-        default=None, description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); default service.mqtt_url"
+        default=None,
+        description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); default service.mqtt_url; "
+        "--mqtt-url or $HUBCTL_MQTT_URL override it",
     )
     username_env: str = Field(default="HUBCTL_MQTT_USERNAME", description="environment variable: user name")
     password_env: str = Field(default="HUBCTL_MQTT_PASSWORD", description="environment variable: password")

@@ -15,9 +15,13 @@ Decisions:
   (subscriptions are lost with the session) and reconnects with the same capped,
   jittered backoff as Modbus (`hubctl.transport.backoff`). With `status_topic` it
   publishes a retained "online" on connect and "offline" itself before a clean
-  disconnect (the last will covers only an unclean one). MQTT 3.1.1, no TLS
-  (mqtts:// is refused); the differences from the operator API are listed in
-  `hubctl.transport.mqtt`.
+  disconnect (the last will covers only an unclean one). **MQTT 3.1.1** (what
+  P1 readers, Shelly and Tasmota speak; the operator API uses v5). **The same
+  broker configuration as the operator API** (`MqttHub.from_broker`,
+  `hubctl.config.resolve.mqtt_broker`): TLS with an mqtts:// URL or
+  `mqtt.ca_file` (CA file, optional client certificate and key), user and
+  password from the same variables; the remaining differences from the
+  operator API are listed in `hubctl.transport.mqtt`.
 - **Staleness per point**: a point whose last good value is older than its
   `stale_after_s` reads as None and is listed in `Reading.stale`. A read with
   no fresh point at all raises DeviceUnavailableError naming when each point
@@ -60,12 +64,21 @@ from hubctl.errors import (
     SetpointOutOfBoundsError,
     SetpointUnsupportedError,
 )
-from hubctl.transport.mqtt import ClientOptions, MqttSession, SessionUser, parse_broker_url, payload_bytes
+from hubctl.transport.mqtt import (
+    ClientOptions,
+    MqttSession,
+    SessionUser,
+    parse_broker_url,
+    parse_url,
+    payload_bytes,
+    tls_parameters,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from hubctl.config.devices import Device as DeviceConfig
+    from hubctl.config.resolve import BrokerSettings
     from hubctl.transport.mqtt import Subscription
 
 log = logging.getLogger("hubctl.mqtt_devices")  # the name the journal has always shown
@@ -122,8 +135,8 @@ def unit_of(name: str) -> str:
 class MqttHub(SessionUser):
     """One MQTT connection for all MQTT devices on a broker: subscribe, dispatch, publish, reconnect.
 
-    The connection is a `hubctl.transport.mqtt.MqttSession` (MQTT 3.1.1, no TLS; where this
-    differs from the operator API is listed there).
+    The connection is a `hubctl.transport.mqtt.MqttSession` (MQTT 3.1.1, TLS when given; where
+    this differs from the operator API is listed there).
     """
 
     _running: ClassVar[set[MqttHub]] = set()
@@ -141,6 +154,7 @@ class MqttHub(SessionUser):
         keepalive_s: int = 30,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        tls: aiomqtt.TLSParameters | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
@@ -153,7 +167,7 @@ class MqttHub(SessionUser):
         self._handlers: dict[str, list[Callable[[bytes, float], None]]] = {}
         credentials, backoff = (username, password), (backoff_initial_s, backoff_max_s)
         options = ClientOptions(
-            self.identifier, credentials, timeout_s, keepalive_s, backoff, count_renewed=True
+            self.identifier, credentials, timeout_s, keepalive_s, backoff, tls=tls, count_renewed=True
         )
         self._session = MqttSession(
             host, port, options, log=log, subscriptions=self._subscriptions, status_topic=status_topic
@@ -162,8 +176,26 @@ class MqttHub(SessionUser):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MqttHub:
+        """A hub on a plain broker URL (mqtt://host:port); raises ValueError for any other."""
         host, port = parse_broker_url(url)
         return cls(host, port, **options)
+
+    @classmethod
+    def from_broker(cls, broker: BrokerSettings, **options: Any) -> MqttHub:
+        """A hub on the site's broker (`hubctl.config.resolve.mqtt_broker`): its URL, TLS and
+        credentials. Raises ValueError for a URL that is not an MQTT broker's."""
+        parsed = parse_url(broker.url)
+        tls = tls_parameters(
+            parsed, ca_file=broker.ca_file, cert_file=broker.cert_file, key_file=broker.key_file
+        )
+        return cls(
+            parsed.host,
+            parsed.port,
+            username=broker.username,
+            password=broker.password,
+            tls=tls,
+            **options,
+        )
 
     @classmethod
     def running(cls) -> tuple[MqttHub, ...]:
@@ -199,7 +231,9 @@ class MqttHub(SessionUser):
         try:
             await self._session.wait_connected(timeout_s)
         except TimeoutError:
-            raise DeviceUnavailableError(f"{self.label}: not connected within {timeout_s:g} s") from None
+            error = self._session.last_error
+            why = "" if error is None else f" ({error})"
+            raise DeviceUnavailableError(f"{self.label}: not connected within {timeout_s:g} s{why}") from None
 
     async def stop(self) -> None:
         """Publish "offline" (with a status topic), disconnect cleanly and end the task."""

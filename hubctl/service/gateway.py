@@ -76,7 +76,10 @@ and stopped only after the fail-safe setpoints are written:
   summary (`history`).
 
 Which broker, InfluxDB target and state directory are used is decided in
-`hubctl.config.resolve` (each with the precedence it has always had).
+`hubctl.config.resolve`. The operator API and the MQTT device hub share one broker configuration
+(`mqtt_broker`: URL, TLS, credentials); a TLS file that cannot be used is refused at start
+(exit 78, `broker_problems`), a broker that refuses the connection (its certificate not signed
+by the CA, say) is logged and retried with backoff while control goes on.
 """
 
 from __future__ import annotations
@@ -92,11 +95,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hubctl.config.resolve import (
-    device_hub_credentials,
-    device_hub_mqtt_url,
     gateway_problems,
     influx_settings,
-    operator_api_mqtt_url,
+    mqtt_broker,
     resolve_state_dir,
     state_dir_source,
 )
@@ -129,7 +130,7 @@ from hubctl.service.writer import SetpointWriter
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
     from hubctl.config.site import SiteConfig
@@ -223,8 +224,8 @@ class Gateway:
         return self.history.summary(self.controller.state.history)
 
     def _make_api(self) -> OperatorApi | None:
-        url = operator_api_mqtt_url(self.cfg, self.options.mqtt_url, self.options.env)
-        if url is None:
+        broker = mqtt_broker(self.cfg, self.options.mqtt_url, self.options.env)
+        if broker is None:
             return None
         from hubctl.service.operator_api import OperatorApi  # noqa: PLC0415 - only with a broker
 
@@ -239,7 +240,7 @@ class Gateway:
                 state_source=self._state_doc,
                 state_file=None if directory is None else directory / "operator.json",
                 env=self.options.env,
-                url=url,
+                broker=broker,
                 audit_sink=None if self.storage is None else self.storage.sink.audit,
                 identifier=f"hubctl-{self.cfg.site.id}-api",
                 clock=self.clock.utc,
@@ -260,12 +261,13 @@ class Gateway:
         return doc
 
     def _make_hub(self) -> MqttHub | None:
-        url = device_hub_mqtt_url(self.cfg, self.options.mqtt_url, self.options.env)
+        broker = mqtt_broker(self.cfg, self.options.mqtt_url, self.options.env)
         needs = any(d.driver == "mqtt" for d in self.cfg.devices)
-        if url is None:
+        if broker is None:
             if needs:
                 raise ConfigError(
-                    "site config", ["devices: MQTT devices need service.mqtt_url or --mqtt-url"]
+                    "site config",
+                    ["devices: MQTT devices need a broker: set mqtt.url (or service.mqtt_url, --mqtt-url)"],
                 )
             log.info("no MQTT broker configured: running without MQTT")
             return None
@@ -273,15 +275,15 @@ class Gateway:
             return None  # the operator API owns the connection for status and state
         from hubctl.devices.mqtt import MqttHub  # noqa: PLC0415 - only with a broker
 
-        username, password = device_hub_credentials(self.options.env)
-        return MqttHub.from_url(
-            url,
-            identifier=f"hubctl-{self.cfg.site.id}",
-            username=username,
-            password=password,
-            # one owner of the status topic: the operator API when it runs
-            status_topic=None if self.api is not None else f"hubctl/{self.cfg.site.id}/status",
-        )
+        try:
+            return MqttHub.from_broker(
+                broker,
+                identifier=f"hubctl-{self.cfg.site.id}",
+                # one owner of the status topic: the operator API when it runs
+                status_topic=None if self.api is not None else f"hubctl/{self.cfg.site.id}/status",
+            )
+        except ValueError as exc:
+            raise ConfigError("site config", [f"{broker.source}: {exc}"]) from exc
 
     def _build(self, pool: ConnectionPool, hub: MqttHub | None) -> dict[str, Device]:
         rated = self.cfg.pv_rated_kw()
@@ -464,9 +466,23 @@ class Gateway:
                 log.warning("%s did not stop in time", ", ".join(t.get_name() for t in pending))
 
 
+def broker_problems(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> list[str]:
+    """The broker's TLS files that cannot be used (missing, unreadable, not PEM), one line each
+    naming the field; empty without a broker or TLS files. `hubctl run` and `hubctl read` refuse
+    to start on any (exit 78): without them every connection would fail."""
+    from hubctl.transport.mqtt import tls_file_problems  # noqa: PLC0415 - only with a broker
+
+    broker = mqtt_broker(cfg, cli_url, env)
+    if broker is None:
+        return []
+    problems = tls_file_problems(broker.ca_file, broker.cert_file, broker.key_file)
+    return [f"mqtt.{field}: {reason}" for field, reason in problems]
+
+
 def run_service(cfg: SiteConfig, options: Options) -> int:
     """Entry point used by `hubctl run`: the exit code (0, 1, or 78 for a config the devices cannot use)."""
     problems = gateway_problems(cfg, options.mqtt_url, options.influx_url, options.env)
+    problems += broker_problems(cfg, options.mqtt_url, options.env)
     directory = resolve_state_dir(cfg, options.env)
     if directory is not None and not problems:
         try:  # an unusable state directory is bad input, not a service that runs without storage

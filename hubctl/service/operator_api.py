@@ -52,6 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hubctl.config.resolve import mqtt_broker
 from hubctl.core.commands import OperatorState, Reply, apply_command, dump_state, load_state
 from hubctl.service.operator_document import (
     audit_record,
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from hubctl.config.resolve import BrokerSettings
     from hubctl.config.site import SiteConfig
     from hubctl.core.limits import LimitClock
     from hubctl.core.sharing import SharingRule
@@ -165,37 +167,34 @@ class OperatorApi(SessionUser):
         state_file: Path | None,
         env: Mapping[str, str] | None = None,
         url: str | None = None,
+        broker: BrokerSettings | None = None,
         audit_sink: Callable[[AuditRecord], None] | None = None,
         identifier: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> OperatorApi:
-        """From the `mqtt:` section (URL default `service.mqtt_url`); user and password from `env`.
+        """On the site's broker: `broker`, else `hubctl.config.resolve.mqtt_broker(cfg, url, env)`
+        (the one broker configuration of the service: URL, TLS files, credentials).
 
         `clock`: the wall clock that TTLs and command ages are judged by (the
         service passes its own, which runs faster under `--speed`).
         """
         env = os.environ if env is None else env
         mq = cfg.mqtt
-        url = url or (mq.url if mq else None) or cfg.service.mqtt_url
-        if url is None:
+        settings = broker or mqtt_broker(cfg, url, env)
+        if settings is None:
             raise ValueError("no MQTT broker configured: set mqtt.url or service.mqtt_url")
-        broker = parse_url(url)
+        parsed = parse_url(settings.url)
         tls = tls_parameters(
-            broker,
-            ca_file=mq.ca_file if mq else None,
-            cert_file=mq.cert_file if mq else None,
-            key_file=mq.key_file if mq else None,
+            parsed, ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file
         )
-        user_env = mq.username_env if mq else "HUBCTL_MQTT_USERNAME"
-        pass_env = mq.password_env if mq else "HUBCTL_MQTT_PASSWORD"
         return cls(
             cfg,
-            broker.host,
-            broker.port,
+            parsed.host,
+            parsed.port,
             state_source=state_source,
             state_file=state_file,
-            username=env.get(user_env) or None,
-            password=env.get(pass_env) or None,
+            username=settings.username,
+            password=settings.password,
             tls=tls,
             topic_prefix=mq.topic_prefix if mq else "hubctl",
             discovery_prefix=mq.discovery_prefix if mq else "homeassistant",

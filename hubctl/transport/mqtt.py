@@ -9,18 +9,19 @@ transitions are logged once each, on the caller's logger. Its users: the MQTT de
 (`hubctl.devices.mqtt.MqttHub`) and the operator API (`hubctl.service.operator_api.OperatorApi`);
 each keeps its own connection (one shared connection is a later step).
 
-Where the two users differ. Each keeps its behaviour exactly, passed in as a parameter
-(`ClientOptions`, `parse_url(tls=...)`, the session's arguments); which one is right is for
-issue #12, nothing is unified here:
+One broker configuration for both (`hubctl.config.resolve.mqtt_broker`: URL, TLS files,
+credentials). Where the two users still differ, passed in as a parameter (`ClientOptions`, the
+session's arguments):
 
-- **protocol**: the device hub speaks MQTT 3.1.1 (`protocol=None`, paho's default); the operator
-  API MQTT v5 (response topics, correlation data, user properties, no-local and
-  retain-as-published subscriptions).
-- **TLS**: the device hub has none. It parses its URL with `tls=False` (mqtt:// and tcp:// only;
-  mqtts:// and ssl:// are "not an MQTT broker URL") and passes no `tls_params`. The operator API
-  accepts mqtts:// and ssl:// (port 8883 by default) and uses TLS with them or whenever
-  `mqtt.ca_file` is set (`tls_parameters`).
-- **the URL's error message** names mqtt://host:port only, or mqtt:// and mqtts:// (`tls`).
+- **protocol**: the device hub speaks MQTT 3.1.1 (`protocol=None`, paho's default: devices such
+  as Shelly and Tasmota speak nothing newer); the operator API MQTT v5 (response topics,
+  correlation data, user properties, no-local and retain-as-published subscriptions).
+- **TLS** is the same for both: with an mqtts:// (ssl://) URL (port 8883 by default) or whenever
+  `mqtt.ca_file` is set (`tls_parameters`), verifying the broker's certificate against the CA
+  file (the system's CAs without one) and its host name; a client certificate with `cert_file`
+  and `key_file`. `tls_file_problems` checks the files at start (a missing or unreadable one
+  is a config error, exit 78); a broker whose certificate the CA did not sign is a connection
+  error like any other: logged once, retried with backoff.
 - **client ids**: the device hub `hubctl-<12 random hex digits>` unless given one (the gateway
   gives `hubctl-<site>`); the operator API `hubctl-<site>-api`.
 - **keepalive and timeout**: 30 s and 5 s on both by default; both can be set on the device hub
@@ -50,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
@@ -73,6 +75,7 @@ __all__ = [
     "parse_broker_url",
     "parse_url",
     "payload_bytes",
+    "tls_file_problems",
     "tls_parameters",
 ]
 
@@ -102,8 +105,8 @@ def parse_url(url: str, *, tls: bool = True) -> Broker:
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """The device hub's form: (host, port) from "mqtt://host:port", "host:port" or "host" (port
-    1883); no TLS schemes (`parse_url(url, tls=False)`, module docstring)."""
+    """(host, port) of a plain broker URL: "mqtt://host:port", "host:port" or "host" (port 1883);
+    no TLS schemes (`parse_url(url, tls=False)`)."""
     broker = parse_url(url, tls=False)
     return broker.host, broker.port
 
@@ -111,10 +114,49 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 def tls_parameters(
     broker: Broker, *, ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> aiomqtt.TLSParameters | None:
-    """The operator API's TLS: with an mqtts:// (ssl://) URL or a CA file; else None (plain TCP)."""
+    """TLS of both users: with an mqtts:// (ssl://) URL or a CA file; else None (plain TCP)."""
     if not broker.tls and ca_file is None:
         return None
     return aiomqtt.TLSParameters(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
+
+
+def tls_file_problems(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> list[tuple[str, str]]:
+    """What is wrong with the TLS files, as (field, reason): "ca_file", "cert_file" or "key_file"
+    and why it cannot be used (missing, unreadable, not PEM, a key that does not fit). Empty: fine.
+
+    Loads them as the connection will, so that a bad file is refused at start instead of failing
+    inside every reconnect.
+    """
+    problems: list[tuple[str, str]] = []
+    for field, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):  # noqa: PTH123 - only whether it opens
+                pass
+        except OSError as exc:
+            problems.append((field, f"{path}: {exc.strerror}"))
+    if problems:
+        return problems
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except ssl.SSLError as exc:
+            problems.append(("ca_file", f"{ca_file}: not a PEM CA certificate ({exc.reason or exc})"))
+    if cert_file is not None and key_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except ssl.SSLError as exc:
+            problems.append(
+                (
+                    "cert_file",
+                    f"{cert_file} with {key_file}: not a PEM certificate and its key ({exc.reason or exc})",
+                )
+            )
+    return problems
 
 
 def payload_bytes(payload: Any) -> bytes:
@@ -156,10 +198,11 @@ class MqttSession:
     ) -> None:
         self.host, self.port = host, port
         self.options = options
-        self.label = f"mqtt://{host}:{port}"
+        self.label = f"{'mqtts' if options.tls is not None else 'mqtt'}://{host}:{port}"
         self.status_topic = status_topic
         self.client: aiomqtt.Client | None = None  # while connected
         self.connects = 0
+        self.last_error: str | None = None  # why the last attempt failed (None: connected)
         self._log = log
         self._subscriptions = subscriptions
         self._connected = asyncio.Event()
@@ -195,11 +238,21 @@ class MqttSession:
                 self.client = None
                 self._connected.clear()
                 failures += 1
+                self.last_error = f"{exc}{self._hint(exc)}"
                 if failures == 1:
-                    self._log.warning("%s: %s; reconnecting with backoff", self.label, exc)
+                    self._log.warning("%s: %s; reconnecting with backoff", self.label, self.last_error)
                 await asyncio.sleep(backoff_s(failures, self._rng.random(), initial_s=initial_s, max_s=max_s))
             else:  # pragma: no cover - the message loop only ends with an error or cancellation
                 failures = 0
+
+    def _hint(self, exc: aiomqtt.MqttError) -> str:
+        """What a TLS failure means for the installer ("" for any other error)."""
+        text = str(exc)
+        if self.options.tls is None or "CERTIFICATE_VERIFY_FAILED" not in text:
+            return ""
+        if "mismatch" in text:  # "Hostname mismatch", "IP address mismatch"
+            return " (TLS: the broker's certificate does not name the host of the broker URL)"
+        return " (TLS: the broker's certificate is not signed by the CA in mqtt.ca_file)"
 
     def _client(self) -> aiomqtt.Client:
         options = self.options
@@ -240,8 +293,11 @@ class MqttSession:
                     await on_connect(client)
                 self.client = client
                 self.connects += 1
+                self.last_error = None
                 if self.connects > 1:
                     self._renewed(len(subscriptions))
+                else:
+                    self._log.info("%s: connected", self.label)
                 self._connected.set()
                 await serve(client)
         finally:
