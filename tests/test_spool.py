@@ -92,6 +92,29 @@ def test_point_bound_holds_and_drops_are_counted(tmp_path: Path, policy: DropPol
     s.close()
 
 
+def test_readers_never_see_the_totals_inside_a_commit(tmp_path: Path) -> None:
+    """The forwarder and the status page read the totals while a commit runs in a worker thread.
+
+    Between the insert and the drop that brings the spool back within its bounds the working
+    count is above the bound; a reader on another thread must see the last finished transaction.
+    """
+    seen: list[tuple[int, int]] = []
+
+    class Watched(Spool):
+        def _enforce_bounds(self, now_ms: int, drops: dict[str, int]) -> None:
+            seen.append((self.pending_points, self.stats().pending_points))
+            super()._enforce_bounds(now_ms, drops)
+
+    s = Watched(tmp_path / "spool.sqlite", SpoolBounds(max_points=30), chunk_points=10, clock=lambda: T0)
+    for i in range(6):
+        s.append(pts(10, 10 * i))
+        s.commit()
+    assert len(seen) == 6
+    assert max(max(pair) for pair in seen) == 30  # full, never 40
+    assert s.pending_points == 30
+    s.close()
+
+
 def test_byte_bound_holds(tmp_path: Path) -> None:
     s = Spool(tmp_path / "spool.sqlite", SpoolBounds(max_bytes=20_000), chunk_points=100, clock=lambda: T0)
     for i in range(200):

@@ -197,6 +197,9 @@ class Spool:
             "SELECT count(*), coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks"
         )
         _chunks, self._points, self._bytes = row.fetchone()
+        # What readers on other threads see: the totals as of the last finished transaction. The
+        # working totals pass above the bounds between an insert and the drop that follows it.
+        self._shown = (int(self._points), int(self._bytes))
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._counters.update(dict(self._db.execute("SELECT name, value FROM counters").fetchall()))
         self._pending_drops = dict.fromkeys(COUNTERS, 0)  # counted in memory, persisted at the next commit
@@ -230,12 +233,12 @@ class Spool:
 
     @property
     def pending_points(self) -> int:
-        """Points stored and not yet acknowledged (the queue not included)."""
-        return int(self._points)
+        """Points stored and not yet acknowledged, as of the last finished commit (the queue not included)."""
+        return self._shown[0]
 
     @property
     def stored_bytes(self) -> int:
-        return int(self._bytes)
+        return self._shown[1]
 
     # --- commit ---------------------------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class Spool:
                 self._bump_counters(appended)
                 self._bump_counters(drops)
                 db.execute("COMMIT")
+                self._shown = (int(self._points), int(self._bytes))
             except BaseException:
                 db.execute("ROLLBACK")
                 with self._queue_lock:  # keep the points for the next attempt
@@ -365,6 +369,7 @@ class Spool:
             "SELECT coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks"
         ).fetchone()
         self._points, self._bytes = row
+        self._shown = (int(self._points), int(self._bytes))
         self._counters.update(dict(self._db.execute("SELECT name, value FROM counters").fetchall()))
 
     def _log_drops(self, drops: dict[str, int]) -> None:
@@ -450,6 +455,7 @@ class Spool:
                 raise
             self._points -= row[0]
             self._bytes -= row[1]
+            self._shown = (int(self._points), int(self._bytes))
 
     # --- reading and closing --------------------------------------------------------------------------------
 
@@ -464,7 +470,8 @@ class Spool:
         counters = dict(self._counters)
         for k, v in self._pending_drops.items():
             counters[k] = counters.get(k, 0) + v
-        return SpoolStats(int(self._points), int(self._bytes), len(self._queue), counters)
+        points, size = self._shown
+        return SpoolStats(points, size, len(self._queue), counters)
 
     def close(self) -> None:
         """Commit what is queued and close the file. Idempotent."""
