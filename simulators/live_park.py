@@ -200,6 +200,9 @@ class Park:
             for _ in specs
         ]
         self.park_counters = Counters(energy_base_kwh, energy_base_kwh, 0.0, 0.0, 0.0)
+        # loads and losses at a shared connection that no company meter sees (street lighting, a
+        # gatehouse, transformer losses; + import): the park meter shows them, the companies' do not
+        self.common_load_kw = 0.0
         self._next_t_s = 0.0
         self._steps = 0
         nones: list[float | None] = [None] * n
@@ -349,9 +352,14 @@ class Park:
             for b in bunits:
                 b.charge_kwh += max(-b.kw, 0.0) * h
                 b.discharge_kwh += max(b.kw, 0.0) * h
-        park = r.park_grid_kw
+        park = r.park_grid_kw + self.common_load_kw
         self.park_counters.import_kwh += max(park, 0.0) * h
         self.park_counters.export_kwh += max(-park, 0.0) * h
+
+    @property
+    def park_meter_kw(self) -> float:
+        """What a meter at the park's connection reads: the companies' grid and the common load."""
+        return self.record.park_grid_kw + self.common_load_kw
 
     def step(self) -> StepRecord:
         """Advance one step with the commands in force at its start."""

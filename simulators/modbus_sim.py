@@ -436,10 +436,10 @@ class MapUnit(ModbusUnit):
         if self.company is None:
             pc = self.park.park_counters
             return _Quantities(
-                r.park_grid_kw,
+                self.park.park_meter_kw,
                 float(r.pv_kw.sum()),
                 float(r.battery_kw.sum()),
-                float(r.load_kw.sum()),
+                float(r.load_kw.sum()) + self.park.common_load_kw,
                 None,
                 pc.import_kwh,
                 pc.export_kwh,

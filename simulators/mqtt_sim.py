@@ -105,7 +105,7 @@ class MqttMeter:
     # -- what is published
     def readings(self) -> dict[str, float]:
         if self.company is None:
-            grid = self.park.record.park_grid_kw
+            grid = self.park.park_meter_kw
             c = self.park.park_counters
         else:
             grid = float(self.park.record.grid_kw[self.company.index])

@@ -441,7 +441,7 @@ class SunSpecMeter(SunSpecUnit):
 
     def update(self) -> None:
         if self.company is None:
-            grid = self.park.record.park_grid_kw
+            grid = self.park.park_meter_kw
             counters = self.park.park_counters
         else:
             grid = float(self.park.record.grid_kw[self.company.index])

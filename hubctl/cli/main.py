@@ -48,6 +48,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     bats = sum(1 for c in cfg.companies if c.battery)
     pvs = sum(1 for c in cfg.companies if c.pv)
     print(f"{args.file}: ok: site {cfg.site.id}, {len(cfg.companies)} companies, {pvs} PV, {bats} batteries")
+    print(f"  {cfg.connection_summary()}")
     return 0
 
 

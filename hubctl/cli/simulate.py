@@ -1,7 +1,7 @@
 """`hubctl simulate`: a whole simulated park of Modbus and MQTT devices on loopback, in (scaled) real time.
 
     hubctl simulate --scenario FILE [--speed N] [--start-s S] [--write-config PATH]
-                    [--mqtt-url URL] [--park-meter] [--host H] [--control-port P]
+                    [--mqtt-url URL] [--park-meter [--common-load-kw KW]] [--host H] [--control-port P]
                     [--comm-loss-s S] [--battery-fallback-kw KW] [--pv-fallback-pct PCT]
                     [--pv-units N] [--battery-units N] [-v]
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -80,6 +81,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--mqtt-url", metavar="URL", help="mqtt://HOST[:PORT]: the last company's grid meter on MQTT"
     )
     p.add_argument("--park-meter", action="store_true", help="add a SunSpec meter on the park's connection")
+    p.add_argument(
+        "--common-load-kw",
+        type=float,
+        default=0.0,
+        help="with --park-meter: a load at the park's connection no company meter sees (+ import)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--control-port", type=int, default=0, help="fault control port (default: any free one)")
     p.add_argument(
@@ -139,6 +146,7 @@ async def _serve(args: argparse.Namespace) -> int:
         pv_units=args.pv_units,
         battery_units=args.battery_units,
     )
+    sim.park.common_load_kw = args.common_load_kw
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -164,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.common_load_kw and not args.park_meter:
+        print(
+            "hubctl simulate: --common-load-kw is a load only a park meter sees: give --park-meter too",
+            file=sys.stderr,
+        )
+        return 2
+    if not math.isfinite(args.common_load_kw):
+        print("hubctl simulate: --common-load-kw must be finite", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve(args))
     except (ConfigError, RegisterMapError) as exc:

@@ -124,6 +124,43 @@ class Caps(_Model):
         )
 
 
+class Connection(StrEnum):
+    """How the park meets the grid: where the park caps are judged (deploy/README.md, "Park connections")."""
+
+    SHARED = "shared"  # one connection for the park: its park meter is the truth, sub-meters split it
+    GROUP = "group"  # a group contract over the companies' own connections: the cap is on their netted sum
+
+
+_TOLERANCE_SHARE = 0.05  # of the park's largest cap: the default park meter disagreement tolerance
+_TOLERANCE_MIN_KW = 5.0
+
+
+class Park(Caps):
+    """The park's group caps and the connection they are on."""
+
+    connection: Connection | None = Field(
+        default=None,
+        description="shared: one connection whose park_meter device the caps are held on; group: a group "
+        "contract over the companies' own connections, the caps on the sum of their meters. Default: "
+        "shared when a park_meter device is configured, else group",
+    )
+    meter_tolerance_kw: PowerKw | None = Field(
+        default=None,
+        description="shared connection: the park meter may differ from the companies' meters summed by "
+        "this much (common loads, losses) before it is logged and published as a disagreement. "
+        "Default: 5 % of the park's largest cap, at least 5 kW",
+    )
+
+    def meter_tolerance(self) -> float:
+        """The disagreement tolerance in force (kW): the configured one, or the default."""
+        if self.meter_tolerance_kw is not None:
+            return self.meter_tolerance_kw
+        caps = [self.import_limit_kw, self.export_limit_kw]
+        caps += [w.import_limit_kw for w in self.windows] + [w.export_limit_kw for w in self.windows]
+        largest = max((c for c in caps if c is not None), default=0.0)
+        return max(_TOLERANCE_MIN_KW, _TOLERANCE_SHARE * largest)
+
+
 class Pv(_Model):
     peak_kw: float = Field(gt=0, allow_inf_nan=False, description="DC/AC peak power the limit is a share of")
     ramp_pct_per_s: float = Field(default=10.0, gt=0, le=100, description="of peak_kw per second")
@@ -402,7 +439,7 @@ class SiteConfig(_Model):
     """The whole site: `hubctl check-config` validates a YAML file against this model."""
 
     site: Site = Field(default_factory=Site)
-    park: Caps
+    park: Park
     companies: list[Company] = Field(min_length=1)
     sharing: Sharing = Field(default_factory=Sharing)
     control: Control = Field(default_factory=Control)
@@ -428,7 +465,52 @@ class SiteConfig(_Model):
         unknown = sorted(set(self.sharing.shares) - set(ids)) + sorted(set(self.sharing.order) - set(ids))
         if unknown:
             raise ValueError(f"sharing names unknown companies: {', '.join(unknown)}")
+        self._check_connection()
         return self
+
+    def _check_connection(self) -> None:
+        """The park's connection against its meters (deploy/README.md, "Park connections")."""
+        meters = [d.id for d in self.devices if d.role is DeviceRole.PARK_METER]
+        if len(meters) > 1:
+            raise ValueError(
+                f"more than one park_meter ({', '.join(meters)}): one hubctl holds the caps of one "
+                "connection; a park with several connections runs one hubctl per connection, each with "
+                "its own config (deploy/README.md)"
+            )
+        connection = self.park.connection
+        if connection is Connection.GROUP and meters:
+            raise ValueError(
+                f"park.connection: group has no park meter, the caps are on the companies' meters "
+                f"summed; remove {meters[0]} or set park.connection: shared"
+            )
+        if connection is Connection.SHARED and self.devices and not meters:
+            raise ValueError(
+                "park.connection: shared needs the connection's meter: a device with role park_meter"
+            )
+        if self.park.meter_tolerance_kw is not None and self.connection is not Connection.SHARED:
+            raise ValueError(
+                "park.meter_tolerance_kw is for a shared connection's park meter; this park is on a group "
+                "contract (no park meter), so it would do nothing"
+            )
+
+    def connection_summary(self) -> str:
+        """Where the park caps are held, in one line (`hubctl check-config`, the service's start)."""
+        if self.connection is Connection.SHARED:
+            meter = next((d.id for d in self.devices if d.role is DeviceRole.PARK_METER), None)
+            where = f"park meter {meter}" if meter else "the park meter"
+            return (
+                f"shared connection: the park caps are held on {where}, "
+                f"disagreement tolerance {self.park.meter_tolerance():g} kW"
+            )
+        return f"group contract: the park caps are held on the sum of {len(self.companies)} companies' meters"
+
+    @property
+    def connection(self) -> Connection:
+        """The park's connection: as configured, else shared when a park meter is configured."""
+        if self.park.connection is not None:
+            return self.park.connection
+        has_meter = any(d.role is DeviceRole.PARK_METER for d in self.devices)
+        return Connection.SHARED if has_meter else Connection.GROUP
 
     def pv_rated_kw(self) -> dict[str, float]:
         """Each PV device's rating: its company's PV peak shared evenly over the company's PV devices.

@@ -13,8 +13,9 @@ a small frozen value:
 
 1. **Limits in force** (`limits_now`): the configured limits for the park and
    each company (`hubctl.core.limits`), lowered (never raised) by operators.
-2. **Stale meter = unsafe** (`stale_meters`). A company grid reading that is
-   missing or older than `stale_after_s` puts the controller in fail-safe
+2. **Stale meter = unsafe** (`stale_meters`). A company grid reading (or the
+   park meter of a shared connection, where the caps are held: `Snapshot.park_meter`)
+   that is missing or older than `stale_after_s` puts the controller in fail-safe
    (`hubctl.core.failsafe`): batteries hold 0 kW (no charging from the grid,
    no export of stored energy) and PV is limited so that export cannot pass
    any cap even with zero load. The same rule, applied to the tightest export
@@ -63,7 +64,7 @@ from typing import TYPE_CHECKING
 
 from hubctl.core.dispatch import own_caps, pv_limits_of, split_park
 from hubctl.core.failsafe import failsafe_decision
-from hubctl.core.forecast import forecast
+from hubctl.core.forecast import forecast, with_common_load
 from hubctl.core.limits import NO_LIMITS, LimitsInForce, with_operator
 from hubctl.core.park import CURTAILED_TOL_FRAC, band_preference, battery_room, park_total, predict_net
 from hubctl.core.plan import BatteryPool, Plan, make_plan
@@ -89,7 +90,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
             snap, state, params, park_lim, comp_lim, "grid meter stale: " + ", ".join(stale)
         )
     obs = observe(snap, state, params)
-    caps = quarter_caps(params, park_lim, sum(obs.grid), state.budget, ts, obs.dt_s)
+    caps = quarter_caps(params, park_lim, sum(obs.grid) + obs.common_kw, state.budget, ts, obs.dt_s)
     plan = current_plan(snap, state, obs, params)
     pred = predict_net(obs, state, params)
     room = battery_room(snap, state, obs, params)
@@ -115,12 +116,18 @@ def limits_now(params: Params, ts: float, ov: Overrides) -> tuple[LimitsInForce,
 
 
 def stale_meters(snap: Snapshot, params: Params) -> tuple[str, ...]:
-    """The companies whose grid meter is missing, not finite or older than `stale_after_s`."""
-    return tuple(
+    """The companies whose grid meter is missing, not finite or older than `stale_after_s`, and "park
+    meter" for a shared connection's meter in that state: the caps are held on it, so without it the
+    park is as unsafe as without a company's meter (the common loads it shows are not seen otherwise)."""
+    stale = tuple(
         c.id
         for c, r in zip(params.companies, snap.companies, strict=True)
         if r.grid_kw is None or r.grid_age_s > params.stale_after_s or not math.isfinite(r.grid_kw)
     )
+    pm = snap.park_meter
+    if pm is not None and (snap.park_grid_kw() is None or pm.age_s > params.stale_after_s):
+        stale += ("park meter",)
+    return stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +143,13 @@ class Observation:
     pv_net: tuple[float, ...]  # the least PV that explains the export the grid meter shows
     curtailed: tuple[bool, ...]  # inverters held by their limit (their available power is unknown)
     shape: float  # clear-sky shape of the sun this minute
-    lag_s: float  # age of the oldest grid reading
+    lag_s: float  # age of the oldest grid reading (the park meter's too)
     pv_index: PvIndex
     history: History
     recent: RecentLoad
+    # the park meter less the companies' meters (common loads and losses at a shared connection, +
+    # import); 0 on a group contract. Not a company's: it is added to the park's net, not learned
+    common_kw: float = 0.0
 
 
 def observe(snap: Snapshot, state: State, params: Params) -> Observation:
@@ -177,10 +187,11 @@ def observe(snap: Snapshot, state: State, params: Params) -> Observation:
         tuple(pv_net),
         curtailed,
         shape,
-        max(r.grid_age_s for r in snap.companies),
+        max([r.grid_age_s for r in snap.companies] + ([snap.park_meter.age_s] if snap.park_meter else [])),
         state.pv_index.update(shape, tuple(pv), params.pv_peaks_kw, curtailed, dt_s),
         state.history.observe(ts, tuple(load), tuple(pv), dt_s),
         state.recent.add(ts, sum(load)),
+        snap.common_kw() or 0.0,  # not None here: a stale park meter is fail-safe before this
     )
 
 
@@ -251,8 +262,9 @@ def _plan_steps(params: Params) -> int:
 
 
 def forecast_ahead(ts: float, obs: Observation, params: Params) -> Forecast:
-    """The load and PV forecast over the plan's horizon, from what this cycle's observation knows."""
-    return forecast(
+    """The load and PV forecast over the plan's horizon, from what this cycle's observation knows (and
+    the common load at a shared connection, `with_common_load`)."""
+    fc = forecast(
         ts,
         _plan_steps(params),
         params.plan_step_s,
@@ -264,6 +276,7 @@ def forecast_ahead(ts: float, obs: Observation, params: Params) -> Forecast:
         params.lon,
         params.ramp_windows,
     )
+    return with_common_load(fc, obs.common_kw)
 
 
 def plan_ahead(

@@ -81,8 +81,10 @@ def own_caps(
 ) -> OwnCaps:
     """Own caps of companies and manual battery modes, then the park total again over the others."""
     comps = params.companies
-    trend_imp_cap = imp_cap - (pred.net_hi - pred.park_net)  # the caps narrowed by where the net is heading
-    trend_exp_cap = exp_cap + (pred.net_lo - pred.park_net)
+    # the caps narrowed by where the net is heading, and by the common load at a shared connection:
+    # the stages below sum the companies' nets alone
+    trend_imp_cap = imp_cap - (pred.net_hi - pred.companies_net)
+    trend_exp_cap = exp_cap + (pred.net_lo - pred.companies_net)
     bat, curt, reason = shares.battery_kw, shares.curtail_kw, shares.reason
     manual: tuple[str, ...] = ()
     if comp_lim:

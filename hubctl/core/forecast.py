@@ -240,6 +240,37 @@ class Forecast:
         return sum(head) / len(head) if head else 1.0
 
 
+def with_common_load(fc: Forecast, kw: float) -> Forecast:
+    """The forecast with the common load at a shared connection (`kw`: the park meter less the companies'
+    meters, + import) added, taken as it is now over the horizon: it is nobody's load and is not learned.
+
+    Conservative both ways: an import (a common load, losses) raises the expected, the high and the
+    needed load, never the low one; an export (a common PV roof) lowers the low and the room load,
+    never the high one. A reading noisy by the meters' read times therefore never lowers the energy
+    kept for an import cap, nor raises the room planned for the solar excess.
+    """
+    if kw == 0.0 or not math.isfinite(kw):
+        return fc
+    up, down = max(kw, 0.0), min(kw, 0.0)
+
+    def add(values: list[float], by: float) -> list[float]:
+        return [v + by for v in values]  # inf and -inf (nothing known) stay as they are
+
+    return Forecast(
+        load_kw=add(fc.load_kw, kw),
+        load_low_kw=add(fc.load_low_kw, down),
+        load_high_kw=add(fc.load_high_kw, up),
+        load_peak_kw=fc.load_peak_kw + up,
+        covered=fc.covered,
+        pv_clear_kw=fc.pv_clear_kw,
+        pv_low_kw=fc.pv_low_kw,
+        load_need_kw=add(fc.load_need_kw, up),
+        load_soft_need_kw=add(fc.load_soft_need_kw, up),
+        load_room_kw=add(fc.load_room_kw, down),
+        ramp_hours=fc.ramp_hours,
+    )
+
+
 def in_windows(sod_s: float, windows: Sequence[tuple[int, int]]) -> bool:
     """Local second of day within one of the [start, end) windows (start > end runs over midnight)."""
     for start, end in windows:

@@ -41,11 +41,17 @@ class NetPrediction:
 
     avail: tuple[float, ...]  # available PV per company (a curtailed inverter: the model's estimate)
     net: tuple[float, ...]  # load - available PV per company
-    park_net: float
+    park_net: float  # the companies' nets and the common load at a shared connection (`common_kw`)
     trend_net: tuple[float, ...]  # load - PV where the output shows the sun (for the next cycle's slope)
     slope: float  # kW/s of the park's net over the last cycle
     net_hi: float  # the park net extrapolated over the meters' age: where the import cap is guarded
     net_lo: float  # ... and the export cap
+    common_kw: float = 0.0  # the park meter less the companies' meters (0 on a group contract)
+
+    @property
+    def companies_net(self) -> float:
+        """The companies' nets alone: what the per-company stages sum (the common load is not theirs)."""
+        return self.park_net - self.common_kw
 
 
 def _available_pv(obs: Observation, params: Params) -> list[float]:
@@ -70,7 +76,9 @@ def predict_net(obs: Observation, state: State, params: Params) -> NetPrediction
     """The net for the next step, at the measured operating point with the battery taken out."""
     avail = _available_pv(obs, params)
     net = [min(ld - a, g + b) for ld, a, g, b in zip(obs.load, avail, obs.grid, obs.bat_meas, strict=True)]
-    park_net = sum(net)
+    # on a shared connection the park meter also shows loads and losses no company meter sees: the
+    # caps are on that meter, so the park's net includes them (taken as they are now: not controlled)
+    park_net = sum(net) + obs.common_kw
     # the trend over the last cycle, for inverters whose output shows the sun (not held by a limit):
     # the meters are `lag` seconds old, so the caps are guarded against where the net is heading
     trend_net = tuple(
@@ -97,7 +105,7 @@ def predict_net(obs: Observation, state: State, params: Params) -> NetPrediction
     # at different moments) was tripled too and set the batteries swinging (docs/control.md)
     net_hi = park_net + max(0.0, trend) * obs.lag_s
     net_lo = park_net + min(0.0, trend) * obs.lag_s
-    return NetPrediction(tuple(avail), tuple(net), park_net, trend_net, slope, net_hi, net_lo)
+    return NetPrediction(tuple(avail), tuple(net), park_net, trend_net, slope, net_hi, net_lo, obs.common_kw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,10 +184,44 @@ NO_OVERRIDES = Overrides()
 
 
 @dataclass(frozen=True, slots=True)
+class ParkMeterReading:
+    """The meter of a shared park connection, the one the grid operator reads (+ import); None: not
+    available. Only a park on one shared connection has one (`park.connection: shared`)."""
+
+    grid_kw: float | None
+    age_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     ts_utc: float  # wall-clock time of the cycle (limits, sun, quarter-hours)
     companies: tuple[CompanyReading, ...]  # in config order
     overrides: Overrides = NO_OVERRIDES
+    # a shared connection's meter: the park caps are held on it, the companies' meters split it. None:
+    # a group contract over the companies' own connections, whose caps are on the netted sum
+    park_meter: ParkMeterReading | None = None
+
+    def park_grid_kw(self) -> float | None:
+        """The park's grid power as the caps judge it: the park meter where there is one, else the
+        companies' sum; None when that is not known (a meter missing or not finite)."""
+        if self.park_meter is not None:
+            g = self.park_meter.grid_kw
+            return g if g is not None and math.isfinite(g) else None
+        grids = [r.grid_kw for r in self.companies]
+        if any(g is None or not math.isfinite(g) for g in grids):
+            return None
+        return math.fsum(g for g in grids if g is not None)
+
+    def common_kw(self) -> float | None:
+        """What the park meter shows beyond the companies' meters (common loads and losses at the
+        connection, + import): 0 without a park meter; None when either side is not known."""
+        if self.park_meter is None:
+            return 0.0
+        park = self.park_grid_kw()
+        grids = [r.grid_kw for r in self.companies]
+        if park is None or any(g is None or not math.isfinite(g) for g in grids):
+            return None
+        return park - math.fsum(g for g in grids if g is not None)
 
 
 @dataclass(frozen=True, slots=True)

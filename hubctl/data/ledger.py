@@ -232,9 +232,20 @@ class Ledger:
     # --- steps ----------------------------------------------------------------------------------------------
 
     def add_step(
-        self, ts_utc: float, grid_kw: Sequence[float], dt_s: float, park: ParkStep | None = None
+        self,
+        ts_utc: float,
+        grid_kw: Sequence[float],
+        dt_s: float,
+        park: ParkStep | None = None,
+        *,
+        park_kw: float | None = None,
     ) -> list[IntervalRow]:
         """Take the step ``[ts_utc, ts_utc + dt_s)`` with each company's grid power (config order).
+
+        `park_kw` is the park's grid power where it is measured on its own (a shared connection's park
+        meter, which also shows the common loads): the park's quarter-hour (its verdict, import and
+        export) is judged on it. Without it, the companies' sum. The companies' allocation is always
+        from their own meters.
 
         Settles (and returns the rows of) intervals that ended before this step
         began. Raises ``ValueError`` for a wrong number of powers or a
@@ -246,11 +257,13 @@ class Ledger:
             raise ValueError(f"bad step: ts {ts_utc}, dt {dt_s}")
         if not all(math.isfinite(g) for g in grid_kw):
             raise ValueError(f"grid powers must be finite, got {list(grid_kw)}")
+        if park_kw is not None and not math.isfinite(park_kw):
+            raise ValueError(f"the park's grid power must be finite, got {park_kw}")
         end = ts_utc + dt_s
         if self._last_end is not None and end <= self._last_end:
             return []  # a replay of what we already took
         settled: list[IntervalRow] = []
-        park_grid = math.fsum(grid_kw)
+        park_grid = math.fsum(grid_kw) if park_kw is None else park_kw
         for start, dt in step_pieces(ts_utc, end, self._last_end, self._grid_s):
             settled += self._add_piece(start, grid_kw, park_grid, dt, park)
         self._last_end = max(self._last_end or end, end)

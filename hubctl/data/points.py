@@ -54,7 +54,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SCHEMA: dict[str, tuple[frozenset[str], frozenset[str] | None]] = {
     "park": (
         frozenset({"site"}),
-        frozenset({"grid_kw", "load_kw", "pv_kw", "pv_available_kw", "battery_kw"}),
+        frozenset({"grid_kw", "load_kw", "pv_kw", "pv_available_kw", "battery_kw", "common_kw"}),
     ),
     "company": (
         frozenset({"site", "company"}),
@@ -246,7 +246,8 @@ def _point_if_any(
 
 
 def park_point(site: str, ts_utc: float, **fields: float | None) -> Point:
-    """Park reading: ``grid_kw`` (+ import), ``load_kw``, ``pv_kw``, ``pv_available_kw``, ``battery_kw``."""
+    """Park reading: ``grid_kw`` (+ import), ``load_kw``, ``pv_kw``, ``pv_available_kw``, ``battery_kw``;
+    on a shared connection ``common_kw``, the park meter less the companies' meters."""
     return _point("park", ts_utc, {"site": site}, _numeric(fields))
 
 

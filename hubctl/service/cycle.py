@@ -16,6 +16,10 @@ What it is:
   handling: it names the errors it survives (logged once, the other steps still run); an error
   it does not name stops the service, as before the steps were split out.
 - `LedgerFeed`, `OperatorView`, `CycleRecords`: three of those steps.
+- `MeterCheck`: on a shared connection, the park meter against the companies' meters summed; a
+  difference beyond `park.meter_tolerance_kw` for `MeterCheck.persist_s` is logged (once, and once
+  when they agree again) and published with every cycle (the park point's `common_kw`, the operator
+  state's `park.meter`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -119,6 +122,66 @@ class OperatorSync:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterVerdict:
+    """A shared connection's park meter against the companies' meters, in one cycle (kW, + import)."""
+
+    device: str
+    park_kw: float | None
+    companies_kw: float | None  # None: a company meter not read
+    common_kw: float | None  # park - companies: common loads and losses at the connection
+    tolerance_kw: float
+    disagree: bool  # beyond the tolerance for `MeterCheck.persist_s`, until back within it as long
+
+
+class MeterCheck:
+    """The park meter against the companies' sum, cycle after cycle (module docstring)."""
+
+    persist_s = 10.0  # the meters are read at slightly different moments: a step shows for a cycle or two
+
+    def __init__(self, device: str, tolerance_kw: float) -> None:
+        self.device = device
+        self.tolerance_kw = tolerance_kw
+        self.disagree = False
+        self._since: float | None = None  # when the reading last crossed to the other side
+
+    def check(self, snap: Snapshot) -> MeterVerdict:
+        park = snap.park_grid_kw()
+        common = snap.common_kw()
+        companies = None if park is None or common is None else park - common
+        if common is not None:
+            beyond = abs(common) > self.tolerance_kw
+            if beyond == self.disagree:
+                self._since = None
+            elif self._since is None:
+                self._since = snap.ts_utc
+            elif snap.ts_utc - self._since >= self.persist_s:
+                self.disagree, self._since = beyond, None
+                self._log(park, companies, common)
+        return MeterVerdict(self.device, park, companies, common, self.tolerance_kw, self.disagree)
+
+    def _log(self, park: float | None, companies: float | None, common: float) -> None:
+        if self.disagree:
+            log.warning(
+                "park meter %s reads %.1f kW, the companies' meters sum to %.1f kW: %.1f kW apart, more "
+                "than the %.1f kW tolerance for %.0f s (common loads, or a meter wired or scaled wrong); "
+                "the caps are held on the park meter",
+                self.device,
+                park,
+                companies,
+                common,
+                self.tolerance_kw,
+                self.persist_s,
+            )
+        else:
+            log.info(
+                "park meter %s and the companies' meters agree again (%.1f kW apart, tolerance %.1f kW)",
+                self.device,
+                common,
+                self.tolerance_kw,
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class CycleFacts:
     """What one cycle saw and did, as every after-cycle step gets it."""
 
@@ -126,11 +189,12 @@ class CycleFacts:
     decision: Decision
     ts: float  # wall clock (UTC) of the snapshot
     dt_s: float  # the step just measured: since the last cycle, at most 60 s
-    park_kw: float | None  # the park's grid power: the companies' sum, None when one is unknown
+    park_kw: float | None  # the park's grid power as the caps judge it (`Snapshot.park_grid_kw`)
     writes: int
     failed_writes: int
     latency_ms: float
     started: float  # the loop's start on the monotonic clock
+    meter: MeterVerdict | None = None  # a shared connection's park meter against the companies' sum
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +219,10 @@ class ControlLoop:
         writer: SetpointWriter,
         after: Sequence[AfterStep],
         operator: OperatorSync | None = None,
+        meter_check: MeterCheck | None = None,
     ) -> None:
         self.cfg = cfg
+        self.meter_check = meter_check
         self.clock = clock
         self.store = store
         self.controller = controller
@@ -192,9 +258,12 @@ class ControlLoop:
             self.last_decision = decision
             self.cycles += 1
             dt_s = cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
-            grids = [r.grid_kw for r in snap.companies]
-            park = None if any(g is None for g in grids) else math.fsum(g for g in grids if g is not None)
-            self.after_cycle(CycleFacts(snap, decision, ts, dt_s, park, writes, failed, latency_ms, started))
+            meter = None if self.meter_check is None else self.meter_check.check(snap)
+            self.after_cycle(
+                CycleFacts(
+                    snap, decision, ts, dt_s, snap.park_grid_kw(), writes, failed, latency_ms, started, meter
+                )
+            )
             last_ts = ts
             next_t += cycle_s
             now = self.clock.mono()
@@ -243,7 +312,14 @@ class LedgerFeed:
                 export_source=lim.export_source,
             )
             grids = [r.grid_kw for r in companies]
-            self.ledger.add_step(facts.ts, [g for g in grids if g is not None], facts.dt_s, step_info)
+            if all(g is not None for g in grids):  # else not covered: a company's share is unknown
+                self.ledger.add_step(
+                    facts.ts,
+                    [g for g in grids if g is not None],
+                    facts.dt_s,
+                    step_info,
+                    park_kw=facts.park_kw,
+                )
         if self.accelerated:
             self.ledger.close_due(facts.ts)
 
@@ -253,10 +329,10 @@ class OperatorView:
 
     def __init__(self, api: OperatorApi) -> None:
         self.api = api
-        self.last: tuple[float, Decision, tuple[CompanyReading, ...]] | None = None
+        self.last: tuple[float, Decision, tuple[CompanyReading, ...], MeterVerdict | None] | None = None
 
     def __call__(self, facts: CycleFacts) -> None:
-        self.last = (facts.ts, facts.decision, facts.snap.companies)
+        self.last = (facts.ts, facts.decision, facts.snap.companies, facts.meter)
         self.api.notify_state()
 
 
@@ -277,6 +353,8 @@ class CycleRecords:
             mode=decision.mode,
             reason=decision.reason,
             park_grid_kw=facts.park_kw,
+            common_kw=None if facts.meter is None else facts.meter.common_kw,
+            meters_disagree=facts.meter is not None and facts.meter.disagree,
             import_cap_kw=lim.import_kw,
             export_cap_kw=lim.export_kw,
             cap_source=f"import {lim.import_source}, export {lim.export_source}",

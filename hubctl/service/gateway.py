@@ -113,6 +113,7 @@ from hubctl.service.cycle import (
     ControlLoop,
     CycleRecords,
     LedgerFeed,
+    MeterCheck,
     OperatorSync,
     OperatorView,
 )
@@ -254,9 +255,9 @@ class Gateway:
 
         if self.view is None or self.view.last is None:
             return None
-        ts, decision, readings = self.view.last
+        ts, decision, readings, meter = self.view.last
         devices = {d: {"health": h} for d, h in self.health.summary().items()}
-        doc = state_document(self.cfg, ts, decision, readings, devices)
+        doc = state_document(self.cfg, ts, decision, readings, devices, meter)
         doc["history"] = self._history_summary()
         return doc
 
@@ -327,7 +328,9 @@ class Gateway:
             AfterStep("watchdog", self.status.watchdog_step),
             AfterStep("cycle record", CycleRecords(self.sinks, self.health)),
         ]
-        return ControlLoop(self.cfg, self.clock, self.store, ctl, writer, steps, operator)
+        park_meter = self.layout.park_meter
+        check = None if park_meter is None else MeterCheck(park_meter, self.cfg.park.meter_tolerance())
+        return ControlLoop(self.cfg, self.clock, self.store, ctl, writer, steps, operator, check)
 
     # -- run
     async def run(self) -> int:
@@ -337,6 +340,7 @@ class Gateway:
             loop.add_signal_handler(sig, self._stop.set)
         if self.options.trace is not None:
             self.sinks.append(JsonLinesSink(self.options.trace))
+        log.info("%s", self.cfg.connection_summary())
         unmetered = self.layout.unmetered()
         if unmetered:
             log.warning("no grid meter for %s: the controller stays in fail-safe", ", ".join(unmetered))

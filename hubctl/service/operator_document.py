@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hubctl.config.site import SiteConfig
     from hubctl.core.commands import Reply
     from hubctl.core.types import CompanyReading, Decision
+    from hubctl.service.cycle import MeterVerdict
 
 __all__ = [
     "AUDIT_PAYLOAD_CHARS",
@@ -75,6 +76,7 @@ def state_document(
     decision: Decision,
     readings: Sequence[CompanyReading],
     devices: Mapping[str, Mapping[str, Any]] | None = None,
+    meter: MeterVerdict | None = None,
 ) -> dict[str, Any]:
     """The state a service publishes, from one control cycle (a pure helper for the `state_source`).
 
@@ -91,6 +93,16 @@ def state_document(
 
     grid = [r.grid_kw for r in readings]
     park_kw = None if any(g is None for g in grid) else sum(g for g in grid if g is not None)
+    park: dict[str, Any] = {"power_kw": park_kw, "limits": lim(decision.park_limits)}
+    if meter is not None:  # a shared connection: the park meter is the park's power
+        park["power_kw"] = meter.park_kw
+        park["meter"] = {
+            "device": meter.device,
+            "companies_kw": meter.companies_kw,
+            "common_kw": meter.common_kw,
+            "tolerance_kw": meter.tolerance_kw,
+            "disagree": meter.disagree,
+        }
     companies: dict[str, Any] = {}
     for i, (c, r) in enumerate(zip(cfg.companies, readings, strict=True)):
         own = decision.company_limits.get(c.id)
@@ -109,7 +121,7 @@ def state_document(
         "site": cfg.site.id,
         "mode": decision.mode,
         "reason": decision.reason,
-        "park": {"power_kw": park_kw, "limits": lim(decision.park_limits)},
+        "park": park,
         "companies": companies,
         "devices": {k: dict(v) for k, v in (devices or {}).items()},
     }

@@ -63,6 +63,8 @@ class CycleRecord:
     down: tuple[str, ...]
     import_source: str = "none"
     export_source: str = "none"
+    common_kw: float | None = None  # a shared connection: park meter less the companies' meters
+    meters_disagree: bool = False  # ... beyond the tolerance (`hubctl.service.cycle.MeterCheck`)
 
 
 class TelemetrySink(Protocol):
@@ -138,6 +140,7 @@ class SpoolSink:
             "grid_kw": record.park_grid_kw,
             "pv_kw": total(record.pv_kw),
             "battery_kw": total(record.battery_kw),
+            "common_kw": record.common_kw,
         }
         if _known(**park):
             points.append(park_point(site, ts, **park))

@@ -12,6 +12,11 @@ How devices map onto the core's per-company readings (`Layout`):
   lacks a meter (the usual "the last tenant has no meter of its own"). Else
   its grid reading is missing, and the core goes to fail-safe: a cap cannot
   be held without seeing the connection.
+- **park meter** (a shared connection, `park.connection: shared`): its reading
+  goes to the core as `Snapshot.park_meter`, on which the park caps are held
+  (the companies' meters split it); missing or stale, the core is in
+  fail-safe. On a group contract there is none and the caps are on the
+  companies' sum.
 - **pv** / **battery**: the company's devices of that role, summed (state of
   charge: the mean). A reading older than `stale_after_s` is left out; with
   none left the value is None ("not available", never 0), so the core does
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hubctl.config.devices import DeviceRole
-from hubctl.core.types import CompanyReading, Snapshot
+from hubctl.core.types import CompanyReading, ParkMeterReading, Snapshot
 
 if TYPE_CHECKING:
     from hubctl.config.site import SiteConfig
@@ -54,7 +59,7 @@ class Layout:
     grid: tuple[tuple[str, ...], ...]
     pv: tuple[tuple[str, ...], ...]
     battery: tuple[tuple[str, ...], ...]
-    park_meter: str | None
+    park_meter: str | None  # a shared connection's meter (at most one: `SiteConfig` refuses more)
     residual: int | None  # the company whose grid reading is park meter minus the others
 
     @classmethod
@@ -164,4 +169,8 @@ class ReadingStore:
                     grid_age_s=age if math.isfinite(age) else 1e9,
                 )
             )
-        return Snapshot(ts_utc, tuple(companies))
+        park_meter = None
+        if lay.park_meter is not None:
+            park, park_age = self._grid((lay.park_meter,), now_s)
+            park_meter = ParkMeterReading(park, park_age if math.isfinite(park_age) else 1e9)
+        return Snapshot(ts_utc, tuple(companies), park_meter=park_meter)
