@@ -8,14 +8,16 @@ settlement and the daily fallback renewal run on APScheduler's cron triggers wit
 
 To reach a quarter boundary or local midnight without waiting for one, the service runs under
 libfaketime (Debian `libfaketime`; `make test` installs it): `LD_PRELOAD` of `libfaketimeMT.so.1`
-with `FAKETIME="@2026-06-01 07:14:40"` starts the process's wall clock (`time.time`, `datetime.now`:
-what `Clock.utc` and APScheduler read) at that moment, and it runs on at the real rate from there.
-`FAKETIME_DONT_FAKE_MONOTONIC=1` leaves `CLOCK_MONOTONIC` alone, so asyncio's loop, `Clock.mono`
-and APScheduler's `call_later` see the real monotonic clock (faked too, it would also work, at the
-same rate, but nothing needs it). The simulator and this test are not faked: the devices' values
-do not depend on the date, and the test reads the service's time from its trace. The host's zone
-(`TZ`) is New York, neither UTC nor the site's Europe/Amsterdam, so a journal line on the host's
-clock would show.
+with `FAKETIME="@2026-06-01 03:14:40"` starts the process's wall clock (`time.time`, `datetime.now`:
+what `Clock.utc` and APScheduler read) at that moment, read on the process's own zone (`TZ`; here
+09:14:40 CEST), and it runs on at the real rate from there. `FAKETIME_DONT_FAKE_MONOTONIC=1` leaves
+`CLOCK_MONOTONIC` alone, so asyncio's loop, `Clock.mono` and APScheduler's `call_later` see the
+real monotonic clock (faked too, it also works, at the same rate, but nothing needs it). The MT
+build because the service has threads (the spool's commit thread); `FAKETIME_NO_CACHE` is not
+needed, as `FAKETIME` never changes during a run. The simulator and this test are not faked: the
+devices' values do not depend on the date, and the test reads the service's time from its trace.
+The host's zone (`TZ`) is New York, neither UTC nor the site's Europe/Amsterdam, so a journal line
+on the host's clock would show.
 
 - The quarter: started 20 s before 09:15 CEST with a mosquitto and a VictoriaMetrics; an operator
   lowers the import cap over MQTT before the boundary. At 09:15:02 the quarter job closes the
