@@ -9,8 +9,9 @@ SHARED ?= ../shared
 # Debian packages the tests and the demo need; installed only when missing.
 # mosquitto: the real broker the MQTT tests start on a free loopback port;
 # victoria-metrics: the InfluxDB-v2-write-API server the time-series tests start;
-# systemd: systemd-analyze, to verify the unit file and score its hardening.
-APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd
+# systemd: systemd-analyze, to verify the unit file and score its hardening;
+# libfaketime: the real-time service tests run `hubctl run` on a faked wall clock (LD_PRELOAD).
+APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd libfaketime
 SCENARIO ?= configs/scenarios/demo-park/scenario.yaml
 DEMO_OUT ?= out/demo
 

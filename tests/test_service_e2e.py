@@ -113,6 +113,7 @@ class Park:
         battery_kw: tuple[float, float],
         *extra: str,
         gamma_pv_kw: float | None = None,
+        speed: float = SPEED,
     ) -> None:
         (tmp / "profiles.csv").write_text(profiles, encoding="utf-8")
         scenario = tmp / "scenario.yaml"
@@ -125,7 +126,7 @@ class Park:
         )
         self.config_path = tmp / "site.yaml"
         self.proc = _spawn(
-            "simulate", "--scenario", str(scenario), "--speed", str(SPEED),
+            "simulate", "--scenario", str(scenario), "--speed", str(speed),
             "--write-config", str(self.config_path), *extra,
         )  # fmt: skip
         lines = read_until(self.proc, "ready", 30)
