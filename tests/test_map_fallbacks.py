@@ -10,9 +10,11 @@ a device would. The controller "dies" here by no longer talking to the device: t
 from __future__ import annotations
 
 import copy
+import logging
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 from test_sim_devices import (  # pytest puts tests/ on sys.path
     arun,
     make_park,
@@ -22,12 +24,19 @@ from test_sim_devices import (  # pytest puts tests/ on sys.path
 
 from hubctl.codec.regmap import parse_map
 from hubctl.config.devices import Device as DeviceConfig
+from hubctl.config.site import parse_config
+from hubctl.devices import build_device
+from hubctl.devices.health import Health
 from hubctl.devices.mapped import ModbusMapDevice
 from hubctl.errors import RegisterMapError
+from hubctl.service.clock import Clock
+from hubctl.service.fallbacks import FallbackKeeper
 from hubctl.transport.modbus import ConnectionPool
 from simulators.modbus_sim import DeviceOptions, MapUnit
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hubctl.codec.regmap import RegisterMap
     from hubctl.devices.base import FallbackResult
 
@@ -316,3 +325,88 @@ def test_a_wrong_fallback_block_is_refused_naming_the_field(change: Any, problem
     with pytest.raises(RegisterMapError) as caught:
         parse_map(data, "acme.yaml")
     assert problem in str(caught.value)
+
+
+def test_the_services_fallback_keeper_configures_a_map_device_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`hubctl run`'s FallbackKeeper, the map device from `build_device` (drivers dir with the map)."""
+    (tmp_path / "acme.yaml").write_text(yaml.safe_dump(acme_map(fallback=FULL)), encoding="utf-8")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "acme.yaml").write_text(
+        yaml.safe_dump(acme_map(fallback=None, battery_revert=False)), encoding="utf-8"
+    )
+    park = make_park()
+    options = DeviceOptions(battery_fallback_kw=INSTALLER_FALLBACK_KW)
+    unit = MapUnit(
+        "alpha-battery",
+        1,
+        park,
+        parse_map(acme_map(fallback=FULL)),
+        "battery",
+        "alpha",
+        driver="acme",
+        options=options,
+    )
+    caplog.set_level(logging.INFO)
+
+    async def main() -> list[str]:
+        async with served(unit) as endpoint, ConnectionPool() as pool:
+            site = parse_config(
+                {
+                    "park": {"import_limit_kw": 900, "export_limit_kw": 500},
+                    "companies": [
+                        {
+                            "id": "alpha",
+                            "battery": {"capacity_kwh": 200, "max_charge_kw": 50, "max_discharge_kw": 50},
+                        }
+                    ],
+                    "devices": [
+                        {
+                            "id": "alpha-battery",
+                            "company": "alpha",
+                            "role": "battery",
+                            "driver": "acme",
+                            "modbus": {"host": "127.0.0.1", "port": endpoint.port},
+                        },
+                    ],
+                }
+            )
+            summaries = []
+            for drivers_dir in (tmp_path, plain):
+                devices = {
+                    d.id: build_device(d, pool=pool, drivers_dir=drivers_dir, revert_s=REVERT_S)
+                    for d in site.devices
+                }
+                health = Health(list(devices), fail_after=1, recover_after=1)
+                health.ok("alpha-battery", 0.0)
+                keeper = FallbackKeeper(site, devices, health, Clock())
+                await keeper.step()
+                await keeper.step()  # held: not written again
+                assert keeper.pending() == []
+                summaries.append(
+                    devices["alpha-battery"].fallback_summary(await devices["alpha-battery"].read()) or ""
+                )
+            return summaries
+
+    summaries = arun(main)
+    assert summaries[0].startswith("falls back to 0 kW (battery_fallback_kw, enabled); watchdog 5 s")
+    assert summaries[1] == "none: keeps the last setpoint"
+    lines = [r.getMessage() for r in caplog.records if r.name in {"hubctl.service", "hubctl.devices"}]
+    assert (
+        lines.count(
+            "alpha-battery: battery falls back to 0 kW (battery_fallback_kw, fallback_enable_code 1);"
+            " watchdog comm_timeout_s 5 s (no request that long: the fallback)"
+        )
+        == 1
+    )
+    assert (
+        lines.count(
+            "alpha-battery: no fallback configured: none: keeps the last setpoint"
+            " (map 'acme' has no fallback block)"
+        )
+        == 1
+    )
+    assert unit.stored("battery_fallback_kw") == 0.0
+    assert unit.stored("comm_timeout_s") == REVERT_S
