@@ -181,3 +181,35 @@ def test_a_ttl_without_an_expiry_in_the_payload_is_refused(mqtt: dict[str, objec
     with pytest.raises(ValueError, match="setpoint_ttl_s") as caught:
         mqtt_config({"power_kw": {"topic": "bat/power"}}, role="battery", setpoint_topic="bat/set", **mqtt)
     assert problem in str(caught.value)
+
+
+def test_over_mqtt_v5_the_broker_drops_an_expired_retained_setpoint(broker: Broker) -> None:
+    """A hub speaking v5 (the gateway's, with a TTL device) adds the message expiry interval: a device
+    that ignores `expires_at` still never gets a dead controller's setpoint from the broker."""
+    wall = Wall()
+    cfg = mqtt_config(
+        {"power_kw": {"topic": "bat/power"}},
+        role="battery",
+        setpoint_topic="bat/set",
+        setpoint_template='{"power_kw": {value}, "expires_at": "{expires_at}"}',
+        setpoint_ttl_s=1,
+    )
+
+    async def main() -> None:
+        async with MqttHub.from_url(broker.url, protocol=aiomqtt.ProtocolVersion.V5) as hub:
+            await hub.wait_connected(5)
+            await MqttDevice(cfg, hub, wall=wall).set_battery_kw(-4.0)
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe("bat/set", qos=1)
+            async with asyncio.timeout(3):
+                message = await anext(aiter(client.messages))
+            assert json.loads(bytes(message.payload))["power_kw"] == -4
+            assert 0 <= getattr(message.properties, "MessageExpiryInterval", -1) <= 1
+        await asyncio.sleep(2.1)  # the broker's own clock: past the 1 s expiry (whole seconds)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:  # a 3.1.1 device, connecting late
+            await client.subscribe("bat/set", qos=1)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await anext(aiter(client.messages))
+
+    asyncio.run(main())

@@ -40,9 +40,12 @@ Decisions:
   (`refresh_every_s`), so that it never expires while hubctl lives; a dead
   controller's retained setpoint carries an `expires_at` in the past, which the
   device must honour (docs/mqtt.md, "MQTT devices"; `simulators.mqtt_sim.MqttBattery`
-  does). `release()` (a clean stop) clears the retained message. MQTT v5's
-  message expiry would let the broker drop it too; the device connection speaks
-  3.1.1 (`hubctl.transport.mqtt`), so the expiry is in the payload. If the
+  does). `release()` (a clean stop) clears the retained message. Where the hub
+  speaks MQTT v5 (the gateway connects it so when a device has a TTL) the publish
+  also carries v5's message expiry interval, so that the broker itself drops an
+  expired retained setpoint and a device that ignores `expires_at` never gets a
+  dead controller's setpoint; a 3.1.1 hub (the default: `hubctl.transport.mqtt`)
+  relies on the payload alone. If the
   device echoes its setpoint in a point named `setpoint_kw` (battery) or
   `limit_kw` (PV), the command waits for the echo and raises
   CommandNotConfirmedError without it; otherwise the result is unconfirmed
@@ -67,6 +70,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from hubctl.codec.regmap import UNIT_SUFFIXES
 from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
@@ -172,9 +177,11 @@ class MqttHub(SessionUser):
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         tls: aiomqtt.TLSParameters | None = None,
+        protocol: aiomqtt.ProtocolVersion | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        self.v5 = protocol is aiomqtt.ProtocolVersion.V5
         self.port = port
         self.identifier = identifier or f"hubctl-{uuid.uuid4().hex[:12]}"
         self.status_topic = status_topic
@@ -184,7 +191,14 @@ class MqttHub(SessionUser):
         self._handlers: dict[str, list[Callable[[bytes, float], None]]] = {}
         credentials, backoff = (username, password), (backoff_initial_s, backoff_max_s)
         options = ClientOptions(
-            self.identifier, credentials, timeout_s, keepalive_s, backoff, tls=tls, count_renewed=True
+            self.identifier,
+            credentials,
+            timeout_s,
+            keepalive_s,
+            backoff,
+            protocol=protocol,
+            tls=tls,
+            count_renewed=True,
         )
         self._session = MqttSession(
             host, port, options, log=log, subscriptions=self._subscriptions, status_topic=status_topic
@@ -270,12 +284,22 @@ class MqttHub(SessionUser):
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
-    async def publish(self, topic: str, payload: str, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: str, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None
+    ) -> None:
+        """Publish; `expiry_s` sets MQTT v5's message expiry interval (whole seconds, rounded up) when
+        this hub speaks v5, so that the broker drops the message (retained too) once it expired."""
         client = self._session.client
         if client is None or not self.connected:
             raise DeviceUnavailableError(f"{self.label}: not connected, cannot publish to {topic}")
+        properties = None
+        if expiry_s is not None and self.v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout_s)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=self.timeout_s
+            )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise DeviceUnavailableError(f"{self.label}: publish to {topic} failed: {exc}") from None
 
@@ -424,7 +448,7 @@ class MqttDevice(Device):
         if ttl is not None:
             payload = payload.replace("{expires_at}", expiry_text(self.wall() + ttl))
             payload = payload.replace("{ttl_s}", f"{ttl:g}")
-        await self.hub.publish(topic, payload, retain=ttl is not None)
+        await self.hub.publish(topic, payload, retain=ttl is not None, expiry_s=ttl)
         confirmed: float | None = None
         if echo in self._latest:
             confirmed = await self._await_echo(echo, kw, sent_at)
