@@ -768,7 +768,7 @@ def test_hubctl_read_prints_values_and_a_clear_error_per_device(
             "fallback",
             (
                 "none configurable (123 has no reversion limit): the limit lapses"
-                " service.revert_s after hubctl's last write, then no limit (full export)"
+                " 60 s after hubctl's last write, then no limit (full export)"
             ),
         ]
     ]
@@ -785,7 +785,7 @@ def test_hubctl_read_prints_values_and_a_clear_error_per_device(
     assert data["meter"]["values"]["power_kw"] == {"value": pytest.approx(-1500.0), "unit": "kW"}
     assert data["inverter"]["values"]["rated_kw"]["value"] == pytest.approx(50.0)
     assert data["inverter"]["fallback"] == (
-        "none configurable (123 has no reversion limit): the limit lapses service.revert_s after hubctl's"
+        "none configurable (123 has no reversion limit): the limit lapses 60 s after hubctl's"
         " last write, then no limit (full export)"
     )
     assert data["meter"]["fallback"] is None  # a meter takes no setpoint

@@ -140,7 +140,15 @@ async def _read_devices(
     async with ConnectionPool() as pool:
         for config in devices:
             try:
-                built.append(build_device(config, pool=pool, mqtt=hub, rated_kw=rated.get(config.id)))
+                built.append(
+                    build_device(
+                        config,
+                        pool=pool,
+                        mqtt=hub,
+                        rated_kw=rated.get(config.id),
+                        revert_s=cfg.service.revert_s,  # what `hubctl run` writes: the fallback lines say it
+                    )
+                )
             except DeviceConfigError as exc:
                 results[config.id] = f"configuration: {exc}"
         hub_error: DeviceError | None = None

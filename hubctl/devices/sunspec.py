@@ -366,7 +366,7 @@ class SunSpecDevice(Device):
     def _pv_summary(self, values: Mapping[str, float | None]) -> str:
         def seconds(name: str) -> str:
             timer = values.get(name)
-            return f"{timer:g} s" if timer else "service.revert_s"
+            return f"{timer or self.revert_s:g} s"  # before hubctl wrote it: what it will write
 
         if "123.WMaxLimPct" in values:
             pct = values.get("123.WMaxLimPct")
@@ -389,7 +389,7 @@ class SunSpecDevice(Device):
     def _battery_summary(self, values: Mapping[str, float | None]) -> str:
         def seconds(name: str) -> str:
             timer = values.get(name)
-            return f"{timer:g} s" if timer else "service.revert_s"
+            return f"{timer or self.revert_s:g} s"  # before hubctl wrote it: what it will write
 
         if "704.WSet" in values:
             lapse = f"the setpoint lapses {seconds('704.WSetRvrtTms')} after hubctl's last write"
