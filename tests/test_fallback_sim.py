@@ -150,7 +150,7 @@ def test_what_each_sunspec_device_does_without_a_controller_is_said_from_its_mod
         said["802"][1]
         == "falls back to 0 kW (704 WSetRvrt, enabled); the setpoint lapses 5 s after hubctl's last write"
     )
-    assert said["704"][1].startswith("falls back to 20 % (704 WMaxLimPctRvrt, enabled)")
+    assert (said["704"][1] or "").startswith("falls back to 20 % (704 WMaxLimPctRvrt, enabled)")
     none_124 = (
         "none configurable (124 has no reversion power): the setpoint lapses 5 s after hubctl's last write,"
         " then the battery's own mode and power"
