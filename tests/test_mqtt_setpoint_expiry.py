@@ -20,7 +20,10 @@ from test_mqtt_devices import eventually, mqtt_config
 from test_sim_devices import make_park
 
 from hubctl.config.devices import Device as DeviceConfig
+from hubctl.config.site import parse_config
 from hubctl.devices.mqtt import MqttDevice, MqttHub, expiry_text
+from hubctl.service.gateway import Gateway
+from hubctl.service.options import Options
 from simulators.mqtt_sim import MqttBattery
 
 if TYPE_CHECKING:
@@ -213,3 +216,34 @@ def test_over_mqtt_v5_the_broker_drops_an_expired_retained_setpoint(broker: Brok
                     await anext(aiter(client.messages))
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("ttl", "v5"), [(None, False), (30, True)])
+def test_the_gateways_device_hub_speaks_v5_only_with_a_ttl_device(ttl: int | None, v5: bool) -> None:
+    mqtt: dict[str, object] = {"points": {"power_kw": {"topic": "bat/power"}}, "setpoint_topic": "bat/set"}
+    if ttl is not None:
+        mqtt |= {
+            "setpoint_ttl_s": ttl,
+            "setpoint_template": '{"power_kw": {value}, "expires_at": "{expires_at}"}',
+        }
+    cfg = parse_config(
+        {
+            "park": {"import_limit_kw": 900, "export_limit_kw": 500},
+            "companies": [
+                {"id": "bakery", "battery": {"capacity_kwh": 20, "max_charge_kw": 5, "max_discharge_kw": 5}}
+            ],
+            "devices": [
+                {
+                    "id": "bakery-battery",
+                    "company": "bakery",
+                    "role": "battery",
+                    "driver": "mqtt",
+                    "mqtt": mqtt,
+                }
+            ],
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+        }
+    )
+    hub = Gateway(cfg, Options(env={}))._make_hub()  # the one place that picks the protocol
+    assert hub is not None
+    assert hub.v5 is v5
