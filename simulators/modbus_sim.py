@@ -39,7 +39,12 @@ Setpoints of a served role (`pv.limit_pct` / `pv.limit_kw`,
 `battery.setpoint_kw`) become the park's PV limit or battery setpoint for the
 device's company. Their revert time is the point's `revert_s`, or the value of
 its `revert_point` (0 = never); a lapsed setpoint gives way to the device's
-fallback (`DeviceOptions`). Quirks data cannot express live in `_QUIRKS`:
+fallback (`DeviceOptions`). A map's `fallback:` block is honoured as a device
+would: its `value` register starts at the installer's fallback (`DeviceOptions`)
+and, once written (and switched on by its `enable` register where there is one),
+is what the device falls back to; its `watchdog` register (0 = off) is a
+communication-loss timer: no request for that long and the device goes to its
+fallback until the next request. Quirks data cannot express live in `_QUIRKS`:
 the Victron GX ESS regulates the grid power to its grid setpoint (2700, 2703 or
 2716-2717) with the battery, starting from Victron's default 50 W; the Huawei
 SUN2000 runs its forcible charge/discharge command for the written period.
@@ -386,6 +391,11 @@ class MapUnit(ModbusUnit):
             for p in register_map.points
             if p.access is Access.RW
         }
+        self._fallback = register_map.fallback.of(role)
+        if self._fallback is not None and self._fallback.value is not None:
+            self._stored[self._fallback.value] = self._installer_fallback(
+                register_map.point(self._fallback.value), park, company
+            )
         self.pv_limit = Setpoint()
         self.battery_setpoint = Setpoint()
         quirk = _QUIRKS.get(driver)
@@ -405,6 +415,37 @@ class MapUnit(ModbusUnit):
                     share=share,
                     setpoint_kw=self._battery_setpoint_kw if commanded else None,
                 )
+
+    def _installer_fallback(self, point: Point, park: Park, company: str | None) -> float:
+        """What a fallback value register holds before hubctl writes it: the installer's (`DeviceOptions`)."""
+        high = point.write_max if point.write_max is not None else math.inf
+        if self.role == "battery":
+            return self.options.battery_fallback_kw
+        pct = self.options.pv_fallback_limit_pct
+        if pct is None:
+            return high
+        if point.unit == "%":
+            return min(pct, high)
+        peak = park.company(company).pv_peak_kw if company is not None else None
+        return high if peak is None else min(pct / 100.0 * peak, high)
+
+    def _fallback_value(self) -> float | None:
+        """The fallback value register's content when it is in force (enabled where it has a switch)."""
+        spec = self._fallback
+        if spec is None or spec.value is None:
+            return None
+        if spec.enable is not None and self._stored.get(spec.enable) != 1:
+            return None
+        return self._stored[spec.value]
+
+    def comm_lost(self) -> bool:
+        spec = self._fallback
+        if spec is not None and spec.watchdog is not None:
+            timer = self.map.point(spec.watchdog)
+            timeout = self._stored.get(timer.name, 0.0) * unit_factor_s(timer)
+            if timeout > 0 and self.now_s - self.watchdog.last_seen_s > timeout:
+                return True
+        return super().comm_lost()
 
     @staticmethod
     def _initial(point: Point, *, is_limit: bool) -> float:
@@ -565,13 +606,23 @@ class MapUnit(ModbusUnit):
         return self.pv_limit.effective(now_s, fallback)
 
     def _pv_fallback_kw(self) -> float | None:
+        if self.pv is None:
+            return None
+        value = self._fallback_value()
+        if value is not None and self._fallback is not None and self._fallback.value is not None:
+            point = self.map.point(self._fallback.value)
+            unlimited = point.write_max is not None and value >= point.write_max
+            if unlimited:
+                return None
+            return value / 100.0 * self.pv.peak_kw if point.unit == "%" else value
         pct = self.options.pv_fallback_limit_pct
-        if pct is None or self.pv is None:
+        if pct is None:
             return None
         return pct / 100.0 * self.pv.peak_kw
 
     def _battery_setpoint_kw(self, now_s: float) -> float | None:
-        fallback = self.options.battery_fallback_kw
+        value = self._fallback_value()
+        fallback = self.options.battery_fallback_kw if value is None else value
         if self.comm_lost():
             return fallback
         if self._quirk is not None:

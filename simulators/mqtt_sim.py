@@ -1,4 +1,6 @@
-"""A simulated MQTT meter: publishes a company's (or the park's) grid meter as JSON to a broker.
+"""Simulated MQTT devices: a grid meter (`MqttMeter`) and a battery that takes setpoints (`MqttBattery`).
+
+`MqttMeter` publishes a company's (or the park's) grid meter as JSON to a broker.
 
 The payload follows the shape of a Tasmota energy sensor, the most common
 MQTT meter on the market, so the config exercises `json_path` and `scale`:
@@ -22,14 +24,25 @@ Decisions:
   stays away until cleared; `silent` stays connected but stops publishing;
   `slow` publishes `delay_s` late; `frozen` keeps publishing the same values
   with a fresh time stamp. `refuse` and `busy` have no meaning here.
+
+`MqttBattery` is a company's battery with an MQTT API, as hubctl's `setpoint_ttl_s` expects
+(docs/mqtt.md, "MQTT devices"): it publishes `{"power_kw": ..., "soc_pct": ...}` to
+`<prefix>/<device id>/state` and takes `{"power_kw": kW, "expires_at": "<UTC ISO 8601>"}` on
+`<prefix>/<device id>/set` (retained or not). A setpoint is in force until its `expires_at` by the
+device's own clock (`wall`, UTC seconds); one that arrives already expired (a dead controller's
+retained setpoint, delivered on a reconnect) is ignored; once it expires, or without one, the
+battery runs at its installer's `fallback_kw`. An empty payload clears the setpoint. A payload
+without `expires_at` is taken without expiry, as a device that ignores it would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
@@ -37,6 +50,7 @@ import aiomqtt
 from simulators.faults import Fault, FaultSet
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from zoneinfo import ZoneInfo
 
     from simulators.live_park import Park
@@ -184,5 +198,120 @@ class MqttMeter:
 
     def stop(self) -> None:
         """Ask `run()` to publish "Offline" and return."""
+        self._stopping = True
+        self._wake.set()
+
+
+def _parse_utc(text: str) -> float:
+    """UTC seconds of an ISO 8601 time ("...Z" or with an offset); ValueError otherwise."""
+    stamp = dt.datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return stamp.timestamp()
+
+
+class MqttBattery:
+    """A company's battery over MQTT: publishes its state, takes setpoints with an expiry."""
+
+    def __init__(
+        self,
+        device_id: str,
+        park: Park,
+        company: str,
+        host: str,
+        port: int,
+        *,
+        prefix: str = "hubctl-sim",
+        fallback_kw: float = 0.0,
+        publish_s: float = 1.0,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.park = park
+        self.host = host
+        self.port = port
+        self.state_topic = f"{prefix}/{device_id}/state"
+        self.setpoint_topic = f"{prefix}/{device_id}/set"
+        self.fallback_kw = fallback_kw
+        self.publish_s = publish_s
+        self.wall = wall or time.time
+        self.setpoint_kw: float | None = None
+        self.expires_at_s: float | None = None
+        self.ignored: list[str] = []  # payloads not taken, and why
+        self.connected = asyncio.Event()
+        self.unit = park.battery_unit(company, setpoint_kw=self.effective_kw)
+        self._stopping = False
+        self._wake = asyncio.Event()
+
+    def device_config(self) -> dict[str, object]:
+        """The `mqtt:` block a hubctl site needs for this battery (with a 30 s setpoint TTL)."""
+        return {
+            "points": {
+                "power_kw": {"topic": self.state_topic, "json_path": "power_kw"},
+                "soc_pct": {"topic": self.state_topic, "json_path": "soc_pct"},
+            },
+            "setpoint_topic": self.setpoint_topic,
+            "setpoint_template": '{"power_kw": {value}, "expires_at": "{expires_at}"}',
+            "setpoint_ttl_s": 30,
+        }
+
+    def effective_kw(self, now_s: float) -> float:
+        """The power in force: the setpoint until it expires, else the installer's fallback."""
+        del now_s  # the expiry runs on the device's own (wall) clock
+        if self.setpoint_kw is None:
+            return self.fallback_kw
+        if self.expires_at_s is not None and self.wall() >= self.expires_at_s:
+            return self.fallback_kw
+        return self.setpoint_kw
+
+    def take(self, payload: bytes) -> None:
+        """One message on the setpoint topic."""
+        if not payload:
+            self.setpoint_kw, self.expires_at_s = None, None
+            return
+        try:
+            data = json.loads(payload)
+            kw = float(data["power_kw"])
+            expires = None if "expires_at" not in data else _parse_utc(str(data["expires_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.ignored.append(f"{payload!r}: {exc}")
+            return
+        if expires is not None and expires <= self.wall():
+            self.ignored.append(f"{payload!r}: expired")
+            return
+        self.setpoint_kw, self.expires_at_s = kw, expires
+
+    def state(self) -> bytes:
+        j = self.unit.company.index
+        return json.dumps(
+            {"power_kw": round(self.unit.kw, 3), "soc_pct": round(float(self.park.record.soc_pct[j]), 2)}
+        ).encode()
+
+    async def run(self) -> None:
+        """Subscribe, publish the state every `publish_s`, take setpoints, until `stop()`."""
+        async with aiomqtt.Client(self.host, self.port, identifier=f"hubctl-sim-{self.device_id}") as client:
+            await client.subscribe(self.setpoint_topic, qos=1)
+            self.connected.set()
+            listener = asyncio.create_task(self._listen(client))
+            try:
+                while not self._stopping:
+                    await client.publish(self.state_topic, self.state(), qos=0)
+                    self._wake.clear()
+                    try:
+                        async with asyncio.timeout(self.publish_s):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            self.take(payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode())
+
+    def stop(self) -> None:
         self._stopping = True
         self._wake.set()

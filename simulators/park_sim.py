@@ -15,12 +15,13 @@ Driver assignment (decisions):
   PV SunSpec inverter (123), huawei-sun2000, SunSpec inverter with 704 (no
   123: its reversion limit takes hubctl's fallback PV limit; last, so that
   the first two PV companies keep 123 and Huawei); batteries SunSpec storage
-  124, SunSpec storage 802 + 704, victron-gx-ess. Not huawei-sun2000 as a
-  battery: its map has no battery setpoint (the forcible charge/discharge
-  registers are not mapped to one), so `hubctl run` could not command it and
-  would drop it from dispatch. (victron-gx-ess has no battery setpoint
-  either: ESS regulates a grid setpoint. It stays a candidate for now and
-  only fits batteries up to 32.7 kW.)
+  124, SunSpec storage 802 + 704, victron-gx-ess. Not huawei-sun2000 or
+  victron-vebus-ess3 as a battery (yet): both take battery setpoints (a forcible
+  charge/discharge, `hubctl/devices/huawei.py`; the ESS Mode 3 AC-input setpoint)
+  and are tested on their own (tests/test_vendor_battery_setpoints.py); adding
+  them here would change the parks the end-to-end runs were measured on.
+  (victron-gx-ess has no battery setpoint: ESS regulates a grid setpoint. It
+  stays a candidate for now and only fits batteries up to 32.7 kW.)
 - A candidate is skipped when its registers cannot hold the company's range
   (a Victron GX reports battery power as int16 W: 32.7 kW at most), so the
   simulator never hands out a device that would saturate in normal operation.

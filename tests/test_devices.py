@@ -761,6 +761,17 @@ def test_hubctl_read_prints_values_and_a_clear_error_per_device(
     assert "230 V" in out
     assert "1.234 kW" in out  # the SunSpec inverter's 1234.5 W
     assert "103.W" in out
+    # what the inverter does once no controller writes: 123 has no reversion limit
+    fallback_lines = [line.split(None, 1) for line in out.splitlines() if line.startswith("  fallback ")]
+    assert fallback_lines == [
+        [
+            "fallback",
+            (
+                "none configurable (123 has no reversion limit): the limit lapses"
+                " 60 s after hubctl's last write, then no limit (full export)"
+            ),
+        ]
+    ]
     assert "gone (grid_meter" in out
     assert "FAILED: unavailable" in out
     assert "cannot connect" in out
@@ -773,6 +784,11 @@ def test_hubctl_read_prints_values_and_a_clear_error_per_device(
     assert data["meter"]["ok"] is True
     assert data["meter"]["values"]["power_kw"] == {"value": pytest.approx(-1500.0), "unit": "kW"}
     assert data["inverter"]["values"]["rated_kw"]["value"] == pytest.approx(50.0)
+    assert data["inverter"]["fallback"] == (
+        "none configurable (123 has no reversion limit): the limit lapses 60 s after hubctl's"
+        " last write, then no limit (full export)"
+    )
+    assert data["meter"]["fallback"] is None  # a meter takes no setpoint
 
     assert cli_main(["read", "--config", str(path), "--device", "gone", "--json"]) == 1
     error = json.loads(capsys.readouterr().out)["devices"]["gone"]["error"]

@@ -25,8 +25,8 @@ from hubctl.config.devices import Device as DeviceConfig
 from hubctl.devices.sunspec import SunSpecDevice
 from hubctl.transport.modbus import ConnectionPool
 from simulators.modbus_sim import DeviceOptions
-from simulators.sunspec_sim import SunSpecInverter704
-from simulators.sunspec_storage import SunSpecStorage802
+from simulators.sunspec_sim import SunSpecInverter, SunSpecInverter704
+from simulators.sunspec_storage import SunSpecStorage124, SunSpecStorage802
 
 if TYPE_CHECKING:
     from hubctl.devices.base import FallbackResult
@@ -111,3 +111,57 @@ def test_a_lapsed_704_pv_limit_falls_back_to_hubctls_limit_not_full_output(
         assert result.configured
         assert result.fallback_kw == pytest.approx(12.0)
         assert result.confirmed_kw == pytest.approx(12.0)
+
+
+def test_what_each_sunspec_device_does_without_a_controller_is_said_from_its_models() -> None:
+    """`fallback_summary` (`hubctl read`) from the simulated devices' registers, before and after hubctl
+    configured what it can: 704 its reversion values; 123 and 124 nothing (a lapse is no limit, or the
+    battery's own mode), with the revert timer hubctl writes."""
+    park = make_park()
+    units = {
+        "802": SunSpecStorage802("alpha-battery", 1, park, "alpha"),
+        "124": SunSpecStorage124("beta-battery", 1, park, "beta"),
+        "704": SunSpecInverter704("alpha-pv", 1, park, "alpha"),
+        "123": SunSpecInverter("beta-pv", 1, park, "beta"),
+    }
+    roles = {"802": "battery", "124": "battery", "704": "pv", "123": "pv"}
+
+    async def main() -> dict[str, tuple[str | None, str | None, str]]:
+        out = {}
+        async with ConnectionPool() as pool:
+            for name, unit in units.items():
+                async with served(unit) as endpoint:
+                    device = SunSpecDevice(
+                        device_config(endpoint.port, roles[name]),
+                        pool.get("127.0.0.1", endpoint.port),
+                        revert_s=REVERT_S,
+                    )
+                    before = device.fallback_summary(await device.read())
+                    result = await device.configure_fallback(20.0 if roles[name] == "pv" else None)
+                    out[name] = (before, device.fallback_summary(await device.read()), result.detail)
+        return out
+
+    said = arun(main)
+    assert said["802"][0] == (
+        "704 reversion not enabled (hubctl sets 0 kW at start): the setpoint lapses 5 s after hubctl's last"
+        " write, then the battery's own"
+    )
+    assert (
+        said["802"][1]
+        == "falls back to 0 kW (704 WSetRvrt, enabled); the setpoint lapses 5 s after hubctl's last write"
+    )
+    assert (said["704"][1] or "").startswith("falls back to 20 % (704 WMaxLimPctRvrt, enabled)")
+    none_124 = (
+        "none configurable (124 has no reversion power): the setpoint lapses 5 s after hubctl's last write,"
+        " then the battery's own mode and power"
+    )
+    assert said["124"][:2] == (none_124, none_124)
+    assert said["124"][2] == (
+        "model 124 has no reversion power: once hubctl stops, its setpoint lapses 5 s after the last write"
+        " (InOutWRte_RvrtTms, re-written every 1.66667 s) and the battery returns to its own mode and power"
+    )
+    assert said["123"][1] == (
+        "none configurable (123 has no reversion limit): the limit lapses 5 s after hubctl's last write,"
+        " then no limit (full export)"
+    )
+    assert "full export) 5 s after hubctl's last write (WMaxLimPct_RvrtTms" in said["123"][2]

@@ -37,6 +37,7 @@ EXPECTED_MAPS = {
     "victron-gx-grid.yaml",
     "victron-gx-ess.yaml",
     "huawei-sun2000.yaml",
+    "victron-vebus-ess3.yaml",
 }
 SF = -2  # exponent used wherever a test needs a scale factor value
 RAW_RANGE = {

@@ -210,6 +210,10 @@ def test_simulate_serves_writes_a_valid_config_and_stops_on_sigterm(
         assert entry["values"]["power_kw"]["value"] is not None
         assert entry["values"]["power_kw"]["unit"] == "kW"
     assert report["alpha-battery"]["values"]["soc_pct"]["value"] == pytest.approx(50, abs=5)
+    for device_id, entry in report.items():  # what each device does once no controller writes
+        controllable = devices[device_id].role.value in {"pv", "battery"}
+        assert (entry["fallback"] is not None) == controllable, (device_id, entry["fallback"])
+    assert "123 has no reversion limit" in report["alpha-pv"]["fallback"]
 
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=10)

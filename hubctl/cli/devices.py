@@ -16,6 +16,11 @@ files and credentials: `hubctl.config.resolve.mqtt_broker`), else
 mqtt://127.0.0.1:1883. A TLS file that cannot be used is exit 78. `read` waits up to each point's
 `stale_after_s` (at most `--timeout`) for MQTT values; retained topics answer
 at once.
+
+Each battery and PV inverter also shows its `fallback`: what it does once no controller writes
+(`Device.fallback_summary`, from the registers just read: "none: keeps the last setpoint", a
+revert timer and what follows it, or the fallback value hubctl configured). `read` only reads: the
+fallback is configured by `hubctl run` (`hubctl.service.fallbacks.FallbackKeeper`).
 """
 
 from __future__ import annotations
@@ -135,7 +140,15 @@ async def _read_devices(
     async with ConnectionPool() as pool:
         for config in devices:
             try:
-                built.append(build_device(config, pool=pool, mqtt=hub, rated_kw=rated.get(config.id)))
+                built.append(
+                    build_device(
+                        config,
+                        pool=pool,
+                        mqtt=hub,
+                        rated_kw=rated.get(config.id),
+                        revert_s=cfg.service.revert_s,  # what `hubctl run` writes: the fallback lines say it
+                    )
+                )
             except DeviceConfigError as exc:
                 results[config.id] = f"configuration: {exc}"
         hub_error: DeviceError | None = None
@@ -180,13 +193,16 @@ def _print_entry(config: DeviceConfig, result: tuple[Device, Reading] | DeviceEr
         kind = result if isinstance(result, str) else f"{result.kind}: {result}"
         print(f"{config.id} ({config.role.value}, {where}): FAILED: {kind}")
         return
-    _, reading = result
+    device, reading = result
     print(f"{config.id} ({config.role.value}, {where})")
     from hubctl.devices.base import ROLE_UNITS  # noqa: PLC0415
 
     width = max((len(k) for k in (*reading.values, *reading.points)), default=10) + 2
     for key, value in reading.values.items():
         print(f"  {key:<{width}}{_format(value, ROLE_UNITS.get(key, ''))}")
+    fallback = device.fallback_summary(reading)
+    if fallback is not None:
+        print(f"  {'fallback':<{width}}{fallback}")
     print("  points:")
     for name, quantity in reading.points.items():
         mark = "  (stale)" if name in reading.stale else ""
@@ -208,6 +224,7 @@ def _json_entry(result: tuple[Device, Reading] | DeviceError | str) -> dict[str,
         "values": {k: {"value": v, "unit": ROLE_UNITS.get(k, "")} for k, v in reading.values.items()},
         "points": {k: {"value": q.value, "unit": q.unit} for k, q in reading.points.items()},
         "stale": list(reading.stale),
+        "fallback": device.fallback_summary(reading),
     }
 
 

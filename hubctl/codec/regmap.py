@@ -51,6 +51,15 @@ Schema of a map file (every mapping is closed: unknown keys are errors)::
       grid_meter: {power_kw: active_power_kw, energy_import_kwh: energy_import_kwh}
       pv:         {power_kw: inverter_active_power_kw, limit_pct: active_power_derating_pct}
       battery:    {power_kw: battery_power_kw, soc_pct: soc_pct, setpoint_kw: battery_setpoint_kw}
+    fallback:                              # optional: what the device does once no controller writes
+      battery:                             # per controllable role (battery, pv)
+        value: battery_fallback_kw         # rw point hubctl writes at start: battery 0 kW; PV the fallback
+                                           #   limit (% of the rating or kW)
+        enable: fallback_enable_code       # rw point hubctl sets to 1 with the value (the "use it" switch)
+        watchdog: comm_timeout_s           # rw time point (s, min, h) hubctl writes service.revert_s to at
+                                           #   start: no Modbus request that long -> the device's fallback
+        note: "..."                        # what the device does otherwise, in the document's words;
+                                           #   required without `value`
 
 Checks on load: names unique; no two points share a register within one
 function space; every rw point has bounds that its type can hold; refresh_s is
@@ -75,6 +84,15 @@ need no further flipping. `role_values` computes them from decoded points;
 `role_point_values` is the inverse a simulator uses (a sum is spread equally).
 `roles` is optional in the schema; the contract tests require it of every
 file in drivers/.
+
+Fallbacks (#12, "every controllable device has a fallback for a dead controller"): `fallback` says,
+per controllable role, which registers make the device fall back by itself and what it does
+without them. `hubctl.service.fallbacks.FallbackKeeper` (through `ModbusMapDevice.configure_fallback`)
+is the one place that writes them, once the device answers; a map without a block for the role is
+said at start and in `hubctl read` ("none: keeps the last setpoint", or the setpoint's own revert
+timer). Checks: the points exist, are rw holding registers, `value` is in kW (battery) or % / kW
+(PV), `enable` is a *_code point whose bounds take 1, `watchdog` is a time (s, min, h), the role is
+one the map offers, and `note` is given where there is no `value`.
 """
 
 from __future__ import annotations
@@ -305,6 +323,37 @@ class BatteryRole(FrozenModel):
     setpoint_kw: str | None = None
 
 
+class RoleFallback(FrozenModel):
+    """What a device falls back to once no controller writes, and the registers hubctl sets for it."""
+
+    value: str | None = None
+    enable: str | None = None
+    watchdog: str | None = None
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.value is None and not self.note.strip():
+            raise ValueError("a fallback without a value point needs a note: what the device does then")
+        if self.enable is not None and self.value is None:
+            raise ValueError("enable switches a fallback value on: give value too")
+        return self
+
+
+class Fallbacks(FrozenModel):
+    """Per controllable role, the device's own fallback (see the module docstring, "Fallbacks")."""
+
+    pv: RoleFallback | None = None
+    battery: RoleFallback | None = None
+
+    def of(self, role: str) -> RoleFallback | None:
+        return self.battery if role == "battery" else self.pv if role == "pv" else None
+
+
+_FALLBACK_VALUE_UNITS = {"battery": ("kW",), "pv": ("%", "kW")}
+_TIME_UNITS = ("s", "min", "h")
+
+
 class Roles(FrozenModel):
     """The roles a device model can play; a park_meter device uses `park_meter`, else `grid_meter`."""
 
@@ -345,6 +394,7 @@ class RegisterMap(FrozenModel):
     word_order: WordOrder = Field(default=WordOrder.BIG, description="default for points without one")
     points: tuple[Point, ...]
     roles: Roles = Roles()
+    fallback: Fallbacks = Fallbacks()
     _index: dict[str, Point] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
@@ -362,6 +412,7 @@ class RegisterMap(FrozenModel):
     def _cross_checks(self) -> Self:
         problems = [*self._duplicate_names(), *self._overlaps(), *self._references(), *self._read_sizes()]
         problems += self._role_problems()
+        problems += self._fallback_problems()
         if not self.points:
             problems.append("points: a map needs at least one point")
         if problems:
@@ -437,6 +488,37 @@ class RegisterMap(FrozenModel):
                         )
                     elif key in SETPOINT_KEYS and point.access is not Access.RW:
                         problems.append(f"roles.{role}.{key}: {name} must be an rw point")
+        return problems
+
+    def _fallback_problems(self) -> list[str]:
+        by_name = {p.name: p for p in self.points}
+        problems = []
+        for role in ("battery", "pv"):
+            spec = self.fallback.of(role)
+            if spec is None:
+                continue
+            where = f"fallback.{role}"
+            if getattr(self.roles, role) is None:
+                problems.append(f"{where}: the map offers no {role} role")
+            for field, name in (("value", spec.value), ("enable", spec.enable), ("watchdog", spec.watchdog)):
+                if name is None:
+                    continue
+                point = by_name.get(name)
+                if point is None:
+                    problems.append(f"{where}.{field}: {name!r} is not a point of this map")
+                    continue
+                if point.access is not Access.RW or point.function is not Function.HOLDING:
+                    problems.append(f"{where}.{field}: {name} must be an rw holding register")
+                    continue
+                if field == "value" and point.unit not in _FALLBACK_VALUE_UNITS[role]:
+                    units = " or ".join(repr(u) for u in _FALLBACK_VALUE_UNITS[role])
+                    problems.append(f"{where}.value: {name} is in {point.unit!r}, expected {units}")
+                elif field == "watchdog" and point.unit not in _TIME_UNITS:
+                    problems.append(f"{where}.watchdog: {name} is in {point.unit!r}, not a time (s, min, h)")
+                elif field == "enable" and not (
+                    name.endswith("_code") and (point.write_min or 0) <= 1 <= (point.write_max or 0)
+                ):
+                    problems.append(f"{where}.enable: {name} must be a *_code point that takes 1")
         return problems
 
     def point(self, name: str) -> Point:

@@ -55,7 +55,18 @@ class MqttDevice(_Model):
     setpoint_topic: str | None = Field(
         default=None, description="where a power limit or setpoint is published"
     )
-    setpoint_template: str = Field(default='{"power_kw": {value}}', description="payload; {value} in kW")
+    setpoint_template: str = Field(
+        default='{"power_kw": {value}}',
+        description="payload; {value} in kW; with setpoint_ttl_s also {expires_at} (UTC ISO) and {ttl_s}",
+    )
+    setpoint_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="a setpoint expires this long after it was published (the device sees when:"
+        " {expires_at}); published retained, re-published every third of it, cleared on a clean stop",
+    )
     setpoint_min_kw: float | None = Field(
         default=None,
         allow_inf_nan=False,
@@ -72,6 +83,15 @@ class MqttDevice(_Model):
         low, high = self.setpoint_min_kw, self.setpoint_max_kw
         if low is not None and high is not None and low > high:
             raise ValueError(f"setpoint_min_kw ({low:g}) is above setpoint_max_kw ({high:g})")
+        if self.setpoint_ttl_s is not None and "{expires_at}" not in self.setpoint_template:
+            raise ValueError(
+                "setpoint_ttl_s needs {expires_at} in setpoint_template: a retained setpoint must carry"
+                ' its expiry, e.g. \'{"power_kw": {value}, "expires_at": "{expires_at}"}\''
+            )
+        if self.setpoint_ttl_s is None and (
+            "{expires_at}" in self.setpoint_template or "{ttl_s}" in self.setpoint_template
+        ):
+            raise ValueError("{expires_at} and {ttl_s} in setpoint_template need setpoint_ttl_s")
         return self
 
 

@@ -4,7 +4,10 @@ What it is: the `Device` interface and the readings it returns (`base.py`), regi
 (`mapped.py`) and SunSpec devices (`sunspec.py`) over Modbus TCP, MQTT devices (`mqtt.py`), device
 health (`health.py`) and, here, `build_device`: the one factory from a config entry to a driver,
 through the driver registry `DRIVERS` ("mqtt", "sunspec"; any other name is a register map in
-drivers/). The drivers import `base` and nothing of each other; only this module imports them all.
+drivers/, driven by `ModbusMapDevice` or, where the map needs a sequence of writes, by the module
+`MAP_DRIVERS` names: `huawei.py` for huawei-sun2000's forcible charge/discharge). The drivers
+import `base` and nothing of each other (but `huawei.py`, which extends `mapped`'s map device);
+only this module imports them all.
 
 May import: `hubctl.errors`, `hubctl.config`, `hubctl.codec`, `hubctl.transport`, `hubctl.drivers`
 and the core's plain types. Never the service, the data layer, the simulators or the CLI.
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from hubctl.codec.regmap import load_map
 from hubctl.devices.base import DEFAULT_REVERT_S, modbus_endpoint
+from hubctl.devices.huawei import HuaweiSun2000Device
 from hubctl.devices.mapped import ModbusMapDevice
 from hubctl.devices.mqtt import MqttDevice
 from hubctl.devices.sunspec import SunSpecDevice
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
     from hubctl.devices.mqtt import MqttHub
     from hubctl.transport.modbus import ConnectionPool
 
-__all__ = ["DEFAULT_DRIVERS", "DRIVERS", "build_device"]
+__all__ = ["DEFAULT_DRIVERS", "DRIVERS", "MAP_DRIVERS", "build_device"]
 
 DEFAULT_DRIVERS = DRIVERS_DIR
 
@@ -81,7 +85,7 @@ def _map_device(config: DeviceConfig, wiring: _Wiring) -> Device:
     except RegisterMapError as exc:
         raise DeviceConfigError(f"{config.id}: {exc}") from None
     connection = wiring.pool.get(endpoint.host, endpoint.port, register_map.transport)
-    return ModbusMapDevice(
+    return MAP_DRIVERS.get(config.driver, ModbusMapDevice)(
         config,
         register_map,
         connection,
@@ -90,6 +94,9 @@ def _map_device(config: DeviceConfig, wiring: _Wiring) -> Device:
         clock=wiring.clock,
     )
 
+
+# Maps whose device needs logic a map cannot express (a sequence of writes): their driver module.
+MAP_DRIVERS: dict[str, type[ModbusMapDevice]] = {"huawei-sun2000": HuaweiSun2000Device}
 
 # The drivers by the name a config entry gives; any other name is a register map in drivers/.
 DRIVERS: dict[str, Callable[[DeviceConfig, _Wiring], Device]] = {

@@ -30,7 +30,9 @@ Decisions shared by every driver:
 - **Fallback values** (`configure_fallback`, called by the service at start,
   daily and when the caps change): what a device falls back to when its
   revert timer runs out. A driver without a fallback value register writes
-  nothing; the result says so, logged once at info.
+  nothing; the result says so, logged once at info. `fallback_summary`
+  says in one line what the device does once no controller writes
+  (`hubctl read`), from a reading, without I/O.
 - **Failures are logged as transitions**: once when a device starts failing,
   once when it recovers; the errors themselves are raised to the caller.
 """
@@ -242,6 +244,20 @@ class Device(abc.ABC):
 
     def _no_fallback(self, detail: str) -> FallbackResult:
         return FallbackResult(self.id, configured=False, detail=detail)
+
+    def fallback_summary(self, reading: Reading | None = None) -> str | None:
+        """What the device does once no controller writes, in one line (`hubctl read`); None for a meter.
+
+        From what the driver knows and `reading` (the device's points as last read; None: not read).
+        No I/O: `hubctl read` never writes. Drivers say more where they know more.
+        """
+        del reading
+        if self.setpoint_kind is None:
+            return None
+        return (
+            f"none known: driver {self.config.driver!r} has no fallback or watchdog register;"
+            " the device keeps the last setpoint"
+        )
 
     def refresh_due(self, now: float | None = None) -> bool:
         """Whether a held setpoint must be re-written now (before the device's revert timer runs out)."""

@@ -25,9 +25,18 @@ Decisions:
   timer (`revert_s`, default 60 s) with the setpoint and re-writes it at the
   map's `refresh_s`, else half its `revert_s`, else a third of the timer
   hubctl wrote.
-- **No fallback value**: no map in drivers/ has a fallback value point
+- **Fallbacks** are the map's `fallback:` block (`hubctl.codec.regmap`, "Fallbacks"):
+  `configure_fallback` writes the watchdog timer (`service.revert_s`, in the
+  point's unit, rounded up) and the fallback value (battery 0 kW; PV the
+  fallback limit, a register step down, never above the installer's limit,
+  no limit = the point's `write_max`), sets the enable point to 1, and reads
+  each back. A map without a block for the device's role writes nothing and
+  says what the device does instead: "none: keeps the last setpoint" for a
+  persistent setpoint, else its revert timer and then the device's own
+  behaviour. No map in drivers/ has a fallback value or watchdog register
   (Victron ESS keeps its installer settings, Huawei's derating is persistent
-  and its forcible mode ends by itself), so nothing is written.
+  and its forcible mode ends by itself): their blocks say so in a `note`.
+  `fallback_summary` says the same from a reading, for `hubctl read`.
 - **Persistent setpoints** (a point without revert, e.g. Huawei's derating):
   written once, not refreshed (flash wear); `release()` writes back the value
   read at start.
@@ -46,6 +55,7 @@ from hubctl.codec.regmap import Access
 from hubctl.devices.base import (
     DEFAULT_REVERT_S,
     Device,
+    FallbackResult,
     Reading,
     SetpointResult,
     confirmed,
@@ -65,7 +75,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from hubctl.codec.registers import ReadBlock
-    from hubctl.codec.regmap import Point, RegisterMap
+    from hubctl.codec.regmap import Point, RegisterMap, RoleFallback
     from hubctl.config.devices import Device as DeviceConfig
     from hubctl.transport.modbus import ModbusConnection
 
@@ -261,6 +271,156 @@ class ModbusMapDevice(Device):
             limited_by=limited_by,
             refresh_every_s=self._refresh_every_s(point),
         )
+
+    # -- fallbacks (the map's `fallback:` block)
+    def _fallback_spec(self) -> RoleFallback | None:
+        return self.map.fallback.of(self.role.value)
+
+    def _lapse_text(self) -> str:
+        """What becomes of hubctl's setpoint once hubctl stops writing (no fallback register involved)."""
+        kind = self.setpoint_kind
+        if kind is None:
+            return ""
+        try:
+            point = self._setpoint_point(kind)[0]
+        except SetpointUnsupportedError:
+            return "it takes no setpoint from hubctl"
+        if point.revert_s is not None:
+            return f"the setpoint lapses {point.revert_s:g} s after hubctl's last write"
+        if point.revert_point is not None:
+            return (
+                f"the setpoint lapses {self.revert_s:g} s (service.revert_s, in {point.revert_point})"
+                " after hubctl's last write"
+            )
+        return "keeps the last setpoint"
+
+    async def _configure_fallback(self, pv_limit_kw: float | None) -> FallbackResult:
+        spec = self._fallback_spec()
+        lapse = self._lapse_text()
+        if spec is None:
+            if lapse == "keeps the last setpoint":
+                return self._no_fallback(f"none: {lapse} (map {self.config.driver!r} has no fallback block)")
+            return self._no_fallback(
+                f"none configurable: {lapse}; then the device does what its installer set"
+                f" (map {self.config.driver!r} has no fallback block)"
+            )
+        if spec.value is None and spec.watchdog is None:
+            return self._no_fallback(f"none configurable: {spec.note} ({lapse})")
+        await self.start()
+        done: list[str] = []
+        if spec.watchdog is not None:
+            done.append(await self._configure_watchdog(self.map.point(spec.watchdog)))
+        fallback_kw: float | None = None
+        confirmed_kw: float | None = None
+        if spec.value is not None:
+            point = self.map.point(spec.value)
+            target, fallback_kw, per_kw = self._fallback_target(point, pv_limit_kw)
+            exponents = await self._exponents(point)
+            try:
+                words = encode(point, target, exponents)
+            except EncodeError as exc:
+                raise SetpointOutOfBoundsError(f"{self.id}: fallback {point.name}: {exc}") from None
+            await self.connection.write(point.address, words, self.unit_id, timeout_s=self.timeout_s)
+            if spec.enable is not None:
+                enable = self.map.point(spec.enable)
+                await self.connection.write(
+                    enable.address, encode(enable, 1), self.unit_id, timeout_s=self.timeout_s
+                )
+                if await self._read_point(enable) != 1:
+                    raise CommandNotConfirmedError(f"{self.id}: wrote {enable.name} 1, reads back otherwise")
+            read_back = await self._read_point(point)
+            step = point.scale * 10.0 ** (exponents.get(point.scale_factor or "", 0) or 0)
+            if read_back is None or not confirmed(target, read_back, step):
+                raise CommandNotConfirmedError(
+                    f"{self.id}: wrote fallback {target:g} {point.unit} to {point.name},"
+                    f" reads back {read_back}"
+                )
+            confirmed_kw = read_back / per_kw
+            what = (
+                "no limit"
+                if fallback_kw is None and self.role.value == "pv"
+                else f"{read_back:g} {point.unit}"
+            )
+            done.insert(
+                0,
+                f"{self.role.value} falls back to {what} ({point.name}"
+                + (f", {spec.enable} 1)" if spec.enable is not None else ")"),
+            )
+        else:
+            done.append(f"then: {spec.note}")
+        return FallbackResult(
+            self.id,
+            configured=True,
+            detail="; ".join(done),
+            fallback_kw=fallback_kw,
+            confirmed_kw=confirmed_kw,
+        )
+
+    async def _configure_watchdog(self, timer: Point) -> str:
+        await self._write_timer(timer)
+        expect = math.ceil(self.revert_s / _TIMER_UNITS_S[timer.unit])
+        back = await self._read_point(timer)
+        if back is None or abs(back - expect) > 1e-9:
+            raise CommandNotConfirmedError(f"{self.id}: wrote {timer.name} {expect:g}, reads back {back}")
+        return f"watchdog {timer.name} {expect:g} {timer.unit} (no request that long: the fallback)"
+
+    def _fallback_target(self, point: Point, pv_limit_kw: float | None) -> tuple[float, float | None, float]:
+        """(value to write in the point's unit, the fallback in kW or None for no limit, units per kW)."""
+        low = -math.inf if point.write_min is None else point.write_min
+        high = math.inf if point.write_max is None else point.write_max
+        if self.role.value == "battery":
+            if not low <= 0.0 <= high:
+                raise SetpointOutOfBoundsError(f"{self.id}: fallback {point.name} cannot hold 0 kW")
+            return 0.0, 0.0, 1.0
+        per_kw = 1.0
+        if point.unit == "%":
+            if not self.rated_kw:
+                raise SetpointUnsupportedError(
+                    f"{self.id}: a fallback limit in % needs the inverter's rating"
+                )
+            per_kw = 100.0 / self.rated_kw
+        target = high if pv_limit_kw is None else min(high, pv_limit_kw * per_kw)
+        step = abs(point.scale) if point.scale_factor is None else 1.0
+        target = max(low, math.floor(target / step + 1e-9) * step)  # a register step down, never up
+        limit = self._limit_point()
+        if self._ceiling is not None and limit is not None:
+            ceiling = self._ceiling if limit.unit == point.unit else None
+            if ceiling is None and self.rated_kw:
+                ceiling = self._ceiling * (self.rated_kw / 100 if limit.unit == "%" else 100 / self.rated_kw)
+            if ceiling is not None:
+                target = min(target, ceiling)
+        unlimited = pv_limit_kw is None and target >= high
+        return target, None if unlimited else target / per_kw, per_kw
+
+    def fallback_summary(self, reading: Reading | None = None) -> str | None:
+        if self.setpoint_kind is None:
+            return None
+        spec = self._fallback_spec()
+        lapse = self._lapse_text()
+        if spec is None:
+            if lapse == "keeps the last setpoint":
+                return "none: keeps the last setpoint"
+            return f"none configurable: {lapse}; then the device does what its installer set"
+        values = {} if reading is None else reading.point_values
+        parts = []
+        if spec.value is not None:
+            point = self.map.point(spec.value)
+            value = values.get(point.name)
+            shown = "n/a" if value is None else f"{value:g} {point.unit}"
+            enabled = ""
+            if spec.enable is not None:
+                on = values.get(spec.enable)
+                enabled = ", enabled" if on == 1 else ", not enabled" if on is not None else ""
+            parts.append(f"falls back to {shown} ({point.name}{enabled})")
+        if spec.watchdog is not None:
+            timer = self.map.point(spec.watchdog)
+            value = values.get(timer.name)
+            shown = "n/a" if value is None else f"{value:g} {timer.unit}"
+            parts.append(f"watchdog {shown} ({timer.name})")
+        if spec.note:
+            parts.append(spec.note)
+        parts.append(lapse)
+        return "; ".join(part for part in parts if part)
 
     async def _write_timer(self, timer: Point) -> None:
         factor = _TIMER_UNITS_S.get(timer.unit)

@@ -33,19 +33,34 @@ Decisions:
   suffix (`hubctl.codec.regmap.UNIT_SUFFIXES`).
 - **Setpoints** are published (QoS 1, not retained: a retained setpoint would
   outlive hubctl) to `setpoint_topic` with `{value}` in the template replaced by
-  kW. If the device echoes its setpoint in a point named `setpoint_kw` (battery)
-  or `limit_kw` (PV), the command waits for the echo and raises
+  kW. **With `setpoint_ttl_s`** (#12: a setpoint with an expiry the device side
+  can see) the template also takes `{expires_at}` (UTC ISO 8601, required then)
+  and `{ttl_s}`; the setpoint is published retained, so that a device that
+  (re)connects gets the one in force, and re-published every third of the TTL
+  (`refresh_every_s`), so that it never expires while hubctl lives; a dead
+  controller's retained setpoint carries an `expires_at` in the past, which the
+  device must honour (docs/mqtt.md, "MQTT devices"; `simulators.mqtt_sim.MqttBattery`
+  does). `release()` (a clean stop) clears the retained message. Where the hub
+  speaks MQTT v5 (the gateway connects it so when a device has a TTL) the publish
+  also carries v5's message expiry interval, so that the broker itself drops an
+  expired retained setpoint and a device that ignores `expires_at` never gets a
+  dead controller's setpoint; a 3.1.1 hub (the default: `hubctl.transport.mqtt`)
+  relies on the payload alone. If the
+  device echoes its setpoint in a point named `setpoint_kw` (battery) or
+  `limit_kw` (PV), the command waits for the echo and raises
   CommandNotConfirmedError without it; otherwise the result is unconfirmed
   (`confirmed_kw` None). **Bounds** are the device config's `setpoint_min_kw`
   / `setpoint_max_kw` (`setpoint_bounds_kw`; PV limits are >= 0 whatever they
   say): a value outside, or not finite, raises SetpointOutOfBoundsError; no
-  `setpoint_topic` raises SetpointUnsupportedError. Nothing is refreshed.
+  `setpoint_topic` raises SetpointUnsupportedError. Without a TTL nothing is
+  refreshed: the device keeps the last setpoint (`fallback_summary` says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import math
@@ -55,9 +70,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from hubctl.codec.regmap import UNIT_SUFFIXES
-from hubctl.devices.base import Device, Reading, SetpointResult
+from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
 from hubctl.errors import (
     CommandNotConfirmedError,
     DeviceUnavailableError,
@@ -128,6 +145,11 @@ def render_setpoint(template: str, kw: float) -> str:
     return template.replace("{value}", "0" if text in {"", "-0"} else text)
 
 
+def expiry_text(wall_s: float) -> str:
+    """UTC ISO 8601 with a Z, whole seconds rounded down: the form a device compares with its clock."""
+    return dt.datetime.fromtimestamp(math.floor(wall_s), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def unit_of(name: str) -> str:
     return UNIT_SUFFIXES.get(name.rsplit("_", 1)[-1], "")
 
@@ -155,9 +177,11 @@ class MqttHub(SessionUser):
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         tls: aiomqtt.TLSParameters | None = None,
+        protocol: aiomqtt.ProtocolVersion | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        self.v5 = protocol is aiomqtt.ProtocolVersion.V5
         self.port = port
         self.identifier = identifier or f"hubctl-{uuid.uuid4().hex[:12]}"
         self.status_topic = status_topic
@@ -167,7 +191,14 @@ class MqttHub(SessionUser):
         self._handlers: dict[str, list[Callable[[bytes, float], None]]] = {}
         credentials, backoff = (username, password), (backoff_initial_s, backoff_max_s)
         options = ClientOptions(
-            self.identifier, credentials, timeout_s, keepalive_s, backoff, tls=tls, count_renewed=True
+            self.identifier,
+            credentials,
+            timeout_s,
+            keepalive_s,
+            backoff,
+            protocol=protocol,
+            tls=tls,
+            count_renewed=True,
         )
         self._session = MqttSession(
             host, port, options, log=log, subscriptions=self._subscriptions, status_topic=status_topic
@@ -253,12 +284,22 @@ class MqttHub(SessionUser):
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
-    async def publish(self, topic: str, payload: str, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: str, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None
+    ) -> None:
+        """Publish; `expiry_s` sets MQTT v5's message expiry interval (whole seconds, rounded up) when
+        this hub speaks v5, so that the broker drops the message (retained too) once it expired."""
         client = self._session.client
         if client is None or not self.connected:
             raise DeviceUnavailableError(f"{self.label}: not connected, cannot publish to {topic}")
+        properties = None
+        if expiry_s is not None and self.v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout_s)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=self.timeout_s
+            )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise DeviceUnavailableError(f"{self.label}: publish to {topic} failed: {exc}") from None
 
@@ -286,9 +327,15 @@ class MqttDevice(Device):
     """A device whose readings arrive over MQTT; setpoints are published."""
 
     def __init__(
-        self, config: DeviceConfig, hub: MqttHub, *, clock: Callable[[], float] = time.monotonic
+        self,
+        config: DeviceConfig,
+        hub: MqttHub,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(config, clock=clock)
+        self.wall = wall  # UTC seconds, for {expires_at}
         if config.mqtt is None:
             raise ValueError(f"{config.id}: an mqtt block is required")
         self.spec = config.mqtt
@@ -396,13 +443,49 @@ class MqttDevice(Device):
         if bounds is not None:
             self._check_bounds(kind, kw, *bounds, " (setpoint_min_kw..setpoint_max_kw)")
         sent_at = self.clock()
-        await self.hub.publish(topic, render_setpoint(self.spec.setpoint_template, kw))
+        payload = render_setpoint(self.spec.setpoint_template, kw)
+        ttl = self.spec.setpoint_ttl_s
+        if ttl is not None:
+            payload = payload.replace("{expires_at}", expiry_text(self.wall() + ttl))
+            payload = payload.replace("{ttl_s}", f"{ttl:g}")
+        await self.hub.publish(topic, payload, retain=ttl is not None, expiry_s=ttl)
         confirmed: float | None = None
         if echo in self._latest:
             confirmed = await self._await_echo(echo, kw, sent_at)
         return SetpointResult(
-            device_id=self.id, kind=kind, requested_kw=kw, applied_kw=kw, confirmed_kw=confirmed
+            device_id=self.id,
+            kind=kind,
+            requested_kw=kw,
+            applied_kw=kw,
+            confirmed_kw=confirmed,
+            refresh_every_s=None if ttl is None else ttl / 3,
         )
+
+    def fallback_summary(self, reading: Reading | None = None) -> str | None:
+        del reading
+        if self.setpoint_kind is None:
+            return None
+        if self.spec.setpoint_topic is None:
+            return "none: takes no setpoint from hubctl (no setpoint_topic)"
+        ttl = self.spec.setpoint_ttl_s
+        if ttl is None:
+            return "none: keeps the last setpoint (no setpoint_ttl_s: the payload carries no expiry)"
+        return (
+            f"the setpoint expires {ttl:g} s after hubctl's last publish (expires_at in the retained"
+            " payload); then the device's own fallback"
+        )
+
+    async def _configure_fallback(self, pv_limit_kw: float | None) -> FallbackResult:
+        """Nothing to write: the expiry travels with every setpoint (`setpoint_ttl_s`); said at start."""
+        del pv_limit_kw
+        return self._no_fallback(self.fallback_summary() or "")
+
+    async def release(self) -> None:
+        held = bool(self._held)
+        await super().release()
+        topic = self.spec.setpoint_topic
+        if held and topic is not None and self.spec.setpoint_ttl_s is not None:
+            await self.hub.publish(topic, "", retain=True)  # an empty retained message clears it
 
     async def _await_echo(self, name: str, kw: float, sent_at: float) -> float:
         latest = self._latest[name]

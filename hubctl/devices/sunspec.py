@@ -28,7 +28,9 @@ Decisions:
   704 PV (no 123): `WMaxLimPctRvrt` = the given limit in % of the rating,
   rounded a register step down and never above the installer's ceiling,
   `WMaxLimPctEnaRvrt` = 1. Nothing is written for 123 (it reverts to no
-  limit) or 124 (it reverts to the device's own mode and power).
+  limit) or 124 (it reverts to the device's own mode and power): the result
+  says so, with the revert timer hubctl keeps refreshed (every third of
+  `revert_s`), and `fallback_summary` (`hubctl read`) says it from the models.
 - **Battery setpoints**: 704 `WSet` (W, + discharge) with `WSetRvrtTms`; else
   124: `StorCtl_Mod` = 3 with the charge bound `InWRte` (% of WChaMax) and the
   discharge bound `OutWRte` (% of 120 MaxDisChaRte) both set to the wanted
@@ -275,8 +277,13 @@ class SunSpecDevice(Device):
         """704: reversion power 0 W (WSetRvrt, and WSetPctRvrt where implemented), WSetEnaRvrt = 1."""
         models = await self.models([124, 704])
         if 704 not in models:
-            why = "model 124 has no reversion power" if 124 in models else "no SunSpec model 704"
-            return self._no_fallback(f"{why}; the battery falls back to its own configuration")
+            if 124 in models:
+                return self._no_fallback(
+                    f"model 124 has no reversion power: once hubctl stops, its setpoint lapses"
+                    f" {self.revert_s:g} s after the last write (InOutWRte_RvrtTms, re-written every"
+                    f" {self.revert_s / 3:g} s) and the battery returns to its own mode and power"
+                )
+            return self._no_fallback("no SunSpec model 704; the battery falls back to its own configuration")
         control = models[704]
         writes: list[tuple[str, float]] = [
             (name, 0.0) for name in ("WSetRvrt", "WSetPctRvrt") if control.values.get(name) is not None
@@ -308,7 +315,17 @@ class SunSpecDevice(Device):
         """704 (the limit's control model): WMaxLimPctRvrt = the fallback limit, WMaxLimPctEnaRvrt = 1."""
         models = await self.models()
         if 123 in models:
-            return self._no_fallback("model 123 has no reversion limit; the inverter reverts to no limit")
+            if self._ceiling_pct is not None:
+                return self._no_fallback(
+                    f"model 123 has no reversion limit; with the installer's static limit"
+                    f" {self._ceiling_pct:g} % hubctl writes no revert timer: a dead controller leaves"
+                    " hubctl's last limit, at most the installer's"
+                )
+            return self._no_fallback(
+                f"model 123 has no reversion limit; the inverter reverts to no limit (full output, full"
+                f" export) {self.revert_s:g} s after hubctl's last write (WMaxLimPct_RvrtTms, re-written"
+                f" every {self.revert_s / 3:g} s)"
+            )
         if 704 not in models:
             return self._no_fallback("no SunSpec model 704; the inverter keeps its own fallback")
         control = models[704]
@@ -336,6 +353,57 @@ class SunSpecDevice(Device):
             fallback_kw=None if read_back >= 100 else pct * rating / 100,
             confirmed_kw=read_back * rating / 100,
         )
+
+    def fallback_summary(self, reading: Reading | None = None) -> str | None:
+        """From the models as read: 704's reversion values where it has them, else what 123/124 do."""
+        if self.setpoint_kind is None:
+            return None
+        values = {} if reading is None else reading.point_values
+        if self.role is DeviceRole.PV:
+            return self._pv_summary(values)
+        return self._battery_summary(values)
+
+    def _pv_summary(self, values: Mapping[str, float | None]) -> str:
+        def seconds(name: str) -> str:
+            timer = values.get(name)
+            return f"{timer or self.revert_s:g} s"  # before hubctl wrote it: what it will write
+
+        if "123.WMaxLimPct" in values:
+            pct = values.get("123.WMaxLimPct")
+            static = values.get("123.WMaxLim_Ena") == 1 and pct is not None and pct < 100
+            if self._ceiling_pct is not None or (static and not values.get("123.WMaxLimPct_RvrtTms")):
+                return "none: keeps hubctl's last limit, at most the installer's static limit (123)"
+            return (
+                "none configurable (123 has no reversion limit): the limit lapses"
+                f" {seconds('123.WMaxLimPct_RvrtTms')} after hubctl's last write, then no limit"
+                " (full export)"
+            )
+        if "704.WMaxLimPct" in values:
+            lapse = f"the limit lapses {seconds('704.WMaxLimPctRvrtTms')} after hubctl's last write"
+            pct = values.get("704.WMaxLimPctRvrt")
+            if values.get("704.WMaxLimPctEnaRvrt") == 1 and pct is not None:
+                return f"falls back to {pct:g} % (704 WMaxLimPctRvrt, enabled); {lapse}"
+            return f"704 reversion not enabled (hubctl sets it at start): {lapse}, then no limit"
+        return "none: no SunSpec control model (123 or 704)"
+
+    def _battery_summary(self, values: Mapping[str, float | None]) -> str:
+        def seconds(name: str) -> str:
+            timer = values.get(name)
+            return f"{timer or self.revert_s:g} s"  # before hubctl wrote it: what it will write
+
+        if "704.WSet" in values:
+            lapse = f"the setpoint lapses {seconds('704.WSetRvrtTms')} after hubctl's last write"
+            watts = values.get("704.WSetRvrt")
+            if values.get("704.WSetEnaRvrt") == 1 and watts is not None:
+                return f"falls back to {watts / 1000:g} kW (704 WSetRvrt, enabled); {lapse}"
+            return f"704 reversion not enabled (hubctl sets 0 kW at start): {lapse}, then the battery's own"
+        if "124.StorCtl_Mod" in values:
+            return (
+                "none configurable (124 has no reversion power): the setpoint lapses"
+                f" {seconds('124.InOutWRte_RvrtTms')} after hubctl's last write, then the battery's own"
+                " mode and power"
+            )
+        return "none: no SunSpec model 704 or 124"
 
     async def _set_battery(self, kw: float) -> SetpointResult:
         await self.start()

@@ -5,6 +5,13 @@ limit of the tightest export cap: `hubctl.core.failsafe.fallback_pv_limits`) to 
 answers and does not hold it yet, and keeps doing so (`run`); and `FallbackTargets`, which
 computes those limits from the limits in force (config and operator settings) whenever they may
 have changed: at start, when the operator's settings change, and once a day.
+
+The keeper is the one place that configures fallbacks (#12): every battery and PV inverter gets
+`configure_fallback` once it answers, whatever its driver. What is written is the driver's: SunSpec
+704 reversion values; a register map's `fallback:` block (fallback value, its enable switch, the
+communication watchdog); nothing for SunSpec 123/124, maps without a block, Huawei's forcible
+period and MQTT devices, whose result says what the device does instead (logged once per device
+at start, and shown by `hubctl read`: `Device.fallback_summary`). docs/failsafe.md has the table.
 """
 
 from __future__ import annotations

@@ -274,11 +274,16 @@ class Gateway:
             return None
         if self.api is not None and not needs:
             return None  # the operator API owns the connection for status and state
+        import aiomqtt  # noqa: PLC0415 - only with a broker
+
         from hubctl.devices.mqtt import MqttHub  # noqa: PLC0415 - only with a broker
 
+        # MQTT v5 where a device takes setpoints with a TTL: the broker then drops an expired one
+        expiring = any(d.mqtt is not None and d.mqtt.setpoint_ttl_s is not None for d in self.cfg.devices)
         try:
             return MqttHub.from_broker(
                 broker,
+                protocol=aiomqtt.ProtocolVersion.V5 if expiring else None,
                 identifier=f"hubctl-{self.cfg.site.id}",
                 # one owner of the status topic: the operator API when it runs
                 status_topic=None if self.api is not None else f"hubctl/{self.cfg.site.id}/status",

@@ -14,8 +14,11 @@ credentials). Where the two users still differ, passed in as a parameter (`Clien
 session's arguments):
 
 - **protocol**: the device hub speaks MQTT 3.1.1 (`protocol=None`, paho's default: devices such
-  as Shelly and Tasmota speak nothing newer); the operator API MQTT v5 (response topics,
-  correlation data, user properties, no-local and retain-as-published subscriptions).
+  as Shelly and Tasmota speak nothing newer), v5 only when the gateway has an MQTT device with a
+  `setpoint_ttl_s` (its setpoints carry v5's message expiry; the devices, separate clients, may
+  still speak 3.1.1: the broker drops an expired message for every subscriber); the operator API
+  MQTT v5 (response topics, correlation data, user properties, no-local and retain-as-published
+  subscriptions).
 - **TLS** is the same for both: with an mqtts:// (ssl://) URL (port 8883 by default) or whenever
   `mqtt.ca_file` is set (`tls_parameters`), verifying the broker's certificate against the CA
   file (the system's CAs without one) and its host name; a client certificate with `cert_file`
