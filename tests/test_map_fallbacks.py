@@ -403,7 +403,7 @@ def test_the_services_fallback_keeper_configures_a_map_device_and_says_so_once(
     )
     assert (
         lines.count(
-            "alpha-battery: no fallback configured: none: keeps the last setpoint"
+            "alpha-battery: no fallback configured: keeps the last setpoint"
             " (map 'acme' has no fallback block)"
         )
         == 1

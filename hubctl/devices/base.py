@@ -231,7 +231,8 @@ class Device(abc.ABC):
             raise SetpointOutOfBoundsError(f"{self.id}: fallback PV limit {pv_limit_kw!r} kW is not >= 0")
         result = await self._configure_fallback(pv_limit_kw)
         if not result.configured and not self._no_fallback_logged:
-            log.info("%s: no fallback configured: %s", self.id, result.detail)
+            detail = result.detail.removeprefix("none: ")  # the summary's form; the line says "none" already
+            log.info("%s: no fallback configured: %s", self.id, detail)
             self._no_fallback_logged = True
         return result
 
