@@ -29,6 +29,12 @@ How devices map onto the core's per-company readings (`Layout`):
 
 Ages are measured on the service's monotonic clock (`Reading.read_at_s`).
 
+**An implausible reading is not taken** (`hubctl.core.plausibility`: out of the range the
+connection and its devices allow, a large step not confirmed, a step the park meter contradicts).
+The meter's reading then keeps its age: a meter that keeps lying goes stale, and the core to
+fail-safe. The first rejection of an episode is logged (warning), and its end (info); every
+rejection is counted (`rejected`).
+
 **A frozen meter is a stale meter.** A meter whose firmware hangs keeps
 answering with the same registers; a reading is therefore as old as the last
 time any of its points changed (power, energy counters, voltages), not as old
@@ -39,16 +45,20 @@ meters only: an idle battery or PV at night may legitimately read the same.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hubctl.config.devices import DeviceRole
+from hubctl.core.plausibility import MeterBounds, Screen, Verdict, meter_bounds, screen
 from hubctl.core.types import CompanyReading, ParkMeterReading, Snapshot
 
 if TYPE_CHECKING:
     from hubctl.config.site import SiteConfig
     from hubctl.devices.base import Reading
+
+log = logging.getLogger("hubctl.service")  # the name the journal has always shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,8 @@ class Layout:
     battery: tuple[tuple[str, ...], ...]
     park_meter: str | None  # a shared connection's meter (at most one: `SiteConfig` refuses more)
     residual: int | None  # the company whose grid reading is park meter minus the others
+    bounds: dict[str, MeterBounds] = field(default_factory=dict)  # every meter's plausible readings
+    tolerance_kw: float = 0.0  # the park meter witness's tolerance (`park.meter_tolerance_kw`)
 
     @classmethod
     def from_config(cls, cfg: SiteConfig) -> Layout:
@@ -76,7 +88,16 @@ class Layout:
         park_meter = park[0] if park else None
         lacking = [i for i, g in enumerate(grid) if not g]
         residual = lacking[0] if park_meter is not None and len(lacking) == 1 else None
-        return cls(ids, grid, of(DeviceRole.PV), of(DeviceRole.BATTERY), park_meter, residual)
+        return cls(
+            ids,
+            grid,
+            of(DeviceRole.PV),
+            of(DeviceRole.BATTERY),
+            park_meter,
+            residual,
+            meter_bounds(cfg),
+            cfg.park.meter_tolerance(),
+        )
 
     def unmetered(self) -> list[str]:
         """Companies with no grid reading at all: the service runs, but in fail-safe."""
@@ -99,13 +120,99 @@ class ReadingStore:
         self._meters = {d for ids in layout.grid for d in ids} | (
             {layout.park_meter} if layout.park_meter else set()
         )
+        self._company_of = {d: i for i, ids in enumerate(layout.grid) for d in ids}
+        self._screens: dict[str, Screen] = {}
+        self._doubted: dict[str, Verdict] = {}  # meters whose last reading was not taken, and why
+        self.rejected: dict[str, int] = {}  # implausible readings per meter, since start
+        self._raw: dict[str, tuple[float, float]] = {}  # meter -> its latest power as read, and when
+        self._seen: dict[str, tuple[dict[str, Any], bool]] = {}  # meter -> its last points, and if taken
+        self._common_kw = 0.0  # the park meter less the companies, when last every meter was taken
 
     def put(self, reading: Reading) -> None:
         device_id = reading.device_id
+        if device_id in self.layout.bounds and not self._plausible(reading):
+            return
         previous = self.latest.get(device_id)
         if device_id in self._meters and (previous is None or previous.point_values != reading.point_values):
             self.changed_at[device_id] = reading.read_at_s
         self.latest[device_id] = reading
+
+    def _plausible(self, reading: Reading) -> bool:
+        """Screen a meter's reading (`hubctl.core.plausibility`): a step is confirmed only by a new
+        measurement (other point values), not by the same one read twice."""
+        device_id = reading.device_id
+        value = reading.values.get("power_kw")
+        if value is None:
+            return True  # no power at all: the reading is missing, which the snapshot already sees
+        seen = self._seen.get(device_id)
+        if seen is not None and seen[0] == reading.point_values:
+            return seen[1]  # the same measurement again (an MQTT meter between messages): no new evidence
+        taken = self._screen(reading, value)
+        self._seen[device_id] = (dict(reading.point_values), taken)
+        return taken
+
+    def _screen(self, reading: Reading, value: float) -> bool:
+        """One new measurement through the screen; the log lines and counts of an episode."""
+        device_id = reading.device_id
+        bounds = self.layout.bounds[device_id]
+        state = self._screens.get(device_id, Screen())
+        witness = self._witness(device_id, reading.read_at_s)
+        self._raw[device_id] = (value, reading.read_at_s)
+        verdict, self._screens[device_id] = screen(bounds, state, value, witness, self.layout.tolerance_kw)
+        doubted = self._doubted.get(device_id)
+        if verdict is Verdict.TAKEN:
+            if doubted is not None:
+                del self._doubted[device_id]
+                log.info("%s: its readings are plausible again (%.1f kW)", device_id, value)
+            return True
+        self.rejected[device_id] = self.rejected.get(device_id, 0) + 1
+        if doubted is None:
+            log.warning(
+                "%s: reading %.6g kW is implausible (%s; plausible %.0f to %.0f kW, steps up to %.0f kW "
+                "unless the next reading confirms them): not taken, the meter counts as stale after %.0f s",
+                device_id,
+                value,
+                verdict.value,
+                bounds.low_kw,
+                bounds.high_kw,
+                bounds.step_kw,
+                self.stale_after_s,
+            )
+        self._doubted[device_id] = verdict
+        return False
+
+    def _raw_kw(self, ids: tuple[str, ...], now_s: float) -> float | None:
+        """The meters' latest powers as read (taken or not), summed; None when one is missing or old."""
+        total = 0.0
+        for device_id in ids:
+            raw = self._raw.get(device_id)
+            if raw is None or not math.isfinite(raw[0]) or now_s - raw[1] > self.stale_after_s:
+                return None
+            total += raw[0]
+        return total
+
+    def _witness(self, device_id: str, now_s: float) -> float | None:
+        """What the other side of a shared connection says `device_id` should read now (None: no
+        witness: no park meter, or a meter on the other side missing or not read lately).
+
+        The other side's latest readings as read, taken or not: a real step shows on both sides,
+        and each side's first reading of it is a suspect until the other confirms it."""
+        lay = self.layout
+        if lay.park_meter is None or lay.residual is not None:
+            return None
+        own = self._company_of.get(device_id)
+        others = [self._raw_kw(ids, now_s) for i, ids in enumerate(lay.grid) if i != own]
+        if any(g is None for g in others):
+            return None
+        summed = math.fsum(g for g in others if g is not None)
+        if device_id == lay.park_meter:
+            return summed + self._common_kw
+        park = self._raw_kw((lay.park_meter,), now_s)
+        mine = [d for d in lay.grid[own] if d != device_id] if own is not None else []
+        siblings = self._raw_kw(tuple(mine), now_s)  # the company's other meters, if it has several
+        if park is None or siblings is None:
+            return None
+        return park - summed - siblings - self._common_kw
 
     def setpoint_unsupported(self, device_id: str, kind: str) -> None:
         """The setpoint writer's report that `device_id` takes no `kind` setpoint at all: a battery's
@@ -173,4 +280,14 @@ class ReadingStore:
         if lay.park_meter is not None:
             park, park_age = self._grid((lay.park_meter,), now_s)
             park_meter = ParkMeterReading(park, park_age if math.isfinite(park_age) else 1e9)
-        return Snapshot(ts_utc, tuple(companies), park_meter=park_meter)
+        snap = Snapshot(ts_utc, tuple(companies), park_meter=park_meter)
+        common = snap.common_kw()
+        believed = not self._doubted and all(c.grid_age_s <= self.stale_after_s for c in companies)
+        if (
+            common is not None
+            and park_meter is not None
+            and park_meter.age_s <= self.stale_after_s
+            and believed
+        ):
+            self._common_kw = common  # the witness's offset: taken while every meter is believed
+        return snap
