@@ -62,7 +62,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hubctl.core.dispatch import own_caps, pv_limits_of, split_park
+from hubctl.core.dispatch import curtail_reach, own_caps, pv_limits_of, split_park
 from hubctl.core.failsafe import failsafe_decision
 from hubctl.core.forecast import forecast, with_common_load
 from hubctl.core.limits import NO_LIMITS, LimitsInForce, with_operator
@@ -97,7 +97,10 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     pref = band_preference(state, params, comp_lim, pred, room, plan.floor_kwh, plan.ceiling_kwh)
     total = park_total(pref, pred, room, caps.import_kw, caps.export_kw)
     shares = split_park(params.companies, total, pred, room, caps.export_kw)
-    held = own_caps(params, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw)
+    ramps = (curtail_reach(params.companies, pred.avail, obs.pv, obs.dt_s), state.battery_kw)
+    held = own_caps(
+        params, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw, ramps
+    )
     return outcome(snap, params, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim))
 
 

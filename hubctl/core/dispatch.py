@@ -78,8 +78,11 @@ def own_caps(
     shares: CompanyShares,
     imp_cap: float,
     exp_cap: float,
+    ramps: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> OwnCaps:
-    """Own caps of companies and manual battery modes, then the park total again over the others."""
+    """Own caps of companies and manual battery modes, then the park total again over the others.
+    `ramps`: the curtailment each company's PV can reach by the next cycle (`curtail_reach`) and the
+    batteries' last setpoints; a manual battery waits for PV (`yield_manual_to_ramps`)."""
     comps = params.companies
     # the caps narrowed by where the net is heading, and by the common load at a shared connection:
     # the stages below sum the companies' nets alone
@@ -111,6 +114,14 @@ def own_caps(
             fixed,
         )
         bat = yield_manual_to_caps(comps, manual, pred.net, bat, curt, trend_imp_cap)
+        if manual:
+            bat, curt = yield_manual_to_export_cap(
+                comps, manual, pred.net, pred.avail, bat, curt, trend_exp_cap
+            )
+        if manual and ramps is not None:
+            wanted, bat = bat, yield_manual_to_ramps(comps, manual, bat, curt, *ramps)
+            if bat != wanted:
+                reason += " (held back while PV ramps down to the export cap)"
     return OwnCaps(bat, curt, manual, reason)
 
 
@@ -295,6 +306,69 @@ def apply_manual_modes(
         bat[i] = want
         manual.append(c.id)
     return tuple(bat), tuple(manual)
+
+
+def curtail_reach(
+    comps: tuple[CompanyParams, ...], avail: Sequence[float], pv_meas: Sequence[float], dt_s: float
+) -> tuple[float, ...]:
+    """How much each company's PV can be curtailed by the next cycle (kW): what it gives up now (its
+    available power less what it gives) and what its inverters ramp down in one more step."""
+    return tuple(
+        max(0.0, a - p) + c.pv_ramp_kw_per_s * dt_s for c, a, p in zip(comps, avail, pv_meas, strict=True)
+    )
+
+
+def yield_manual_to_ramps(
+    comps: tuple[CompanyParams, ...],
+    manual: Sequence[str],
+    bat_in: Sequence[float],
+    curt: Sequence[float],
+    reach: Sequence[float],
+    prev_kw: Sequence[float],
+) -> tuple[float, ...]:
+    """A manual battery moves towards export no faster than PV can make room for it: the
+    curtailment the inverters cannot reach by the next cycle (`curtail_reach`) would be export over
+    the cap, so the manual batteries give that much less, never going further back than where they
+    were (`prev_kw`: a battery that charged to hold the cap keeps charging until PV is down). As the
+    inverters come down the manual power follows them, cycle by cycle: it is ramped at the pace PV
+    follows (10 %/s of peak by default), never ahead of it. Returns the new battery powers."""
+    bat = list(bat_in)
+    short = sum(max(0.0, c - r) for c, r in zip(curt, reach, strict=True))
+    for i, c in enumerate(comps):
+        if short <= 1e-6:
+            break
+        if c.id in manual:
+            back = min(max(0.0, bat[i] - min(prev_kw[i], bat[i])), short)
+            bat[i] -= back
+            short -= back
+    return tuple(bat)
+
+
+def yield_manual_to_export_cap(
+    comps: tuple[CompanyParams, ...],
+    manual: Sequence[str],
+    net: Sequence[float],
+    avail: Sequence[float],
+    bat_in: Sequence[float],
+    curt_in: Sequence[float],
+    exp_cap: float,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """If the park still exports over its cap once the other companies are curtailed, the manual
+    companies' own PV is curtailed and then their manual discharge gives way: the cap wins. Returns
+    the new battery powers and curtailments."""
+    bat, curt = list(bat_in), list(curt_in)
+    over = -exp_cap - sum(net[i] + curt[i] - bat[i] for i in range(len(comps)))
+    for i, c in enumerate(comps):
+        if over > 1e-6 and c.id in manual:
+            more = min(max(0.0, avail[i] - curt[i]), over)
+            curt[i] += more
+            over -= more
+    for i, c in enumerate(comps):
+        if over > 1e-6 and c.id in manual and bat[i] > 0:
+            back = min(bat[i], over)
+            bat[i] -= back
+            over -= back
+    return tuple(bat), tuple(curt)
 
 
 def yield_manual_to_caps(

@@ -51,6 +51,7 @@ class CompanyParams:
     pv_peak_kw: float  # 0: no PV
     battery: BatteryParams | None
     has_caps: bool
+    pv_ramp_kw_per_s: float = math.inf  # how fast its inverters follow a lower limit (config: ramp_pct_per_s)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class Params:
                     b.efficiency,
                     reserve,
                 )
-            companies.append(CompanyParams(c.id, c.pv.peak_kw if c.pv else 0.0, bat, c.has_caps))
+            ramp = c.pv.peak_kw * c.pv.ramp_pct_per_s / 100.0 if c.pv else math.inf
+            companies.append(CompanyParams(c.id, c.pv.peak_kw if c.pv else 0.0, bat, c.has_caps, ramp))
         limits = LimitClock(cfg.park, {c.id: c for c in cfg.companies}, cfg.tz)
         return cls(
             tuple(companies),
