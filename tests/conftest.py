@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from support import MOSQUITTO, Mosquitto
 from test_influx import VM_BIN, VictoriaMetrics
 
 if TYPE_CHECKING:
@@ -23,3 +24,16 @@ def vm(tmp_path: Path) -> Iterator[VictoriaMetrics]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private mosquitto for anonymous device traffic on a free loopback port."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    instance = Mosquitto(tmp_path)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import selectors
@@ -308,3 +309,25 @@ async def hold_setpoints(devices: Sequence[Device], *, tick_s: float = 0.5) -> N
                     log.info("%s: setpoint refresh works again", device.id)
                 failing.discard(device.id)
         await asyncio.sleep(tick_s)
+
+
+class TraceTail:
+    """Follows a `hubctl run --trace FILE`: each `poll` returns the JSON-lines records written since
+    the last one (complete lines only), and keeps them all in `records`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self._offset = 0
+
+    def poll(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as f:
+            f.seek(self._offset)
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]
+        self._offset += len(complete.encode())
+        new = [json.loads(line) for line in complete.splitlines() if line]
+        self.records.extend(new)
+        return new

@@ -32,7 +32,6 @@ def closed_loop(manual_kw: float, cycles: int = 40) -> tuple[list[float], list[f
     avail = [500.0, 250.0]  # the sun: 750 kW against 50 kW of load
     pv = list(avail)
     bat, soc = 0.0, 50.0
-    limits: list[float | None] = [None, None]
     state = State.initial(p)
     grid_out, bat_out = [], []
     for k in range(cycles):
@@ -51,7 +50,8 @@ def closed_loop(manual_kw: float, cycles: int = 40) -> tuple[list[float], list[f
         limits = list(decision.pv_limit_kw)
         bat = decision.battery_setpoint_kw[1] or 0.0  # the battery follows at once
         for i in range(2):  # PV follows its limit at its ramp
-            target = avail[i] if limits[i] is None else min(avail[i], limits[i])
+            limit = limits[i]
+            target = avail[i] if limit is None else min(avail[i], limit)
             step_kw = RAMP * peaks[i]
             pv[i] = max(target, pv[i] - step_kw) if target < pv[i] else min(target, pv[i] + step_kw)
         soc -= bat / 400.0 * 100.0 / 3600.0

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
-from support import MOSQUITTO, Mosquitto
 from test_modbus_harness import leak_check, run  # noqa: F401 - autouse fixture
 
 from hubctl.cli.main import main as cli_main
@@ -23,8 +22,10 @@ from hubctl.errors import CommandNotConfirmedError, CommandRejectedError, Device
 from hubctl.transport.mqtt import parse_broker_url
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
+
+    from support import Mosquitto
 
 
 # --- Pure parts ---------------------------------------------------------------------------------------------
@@ -75,20 +76,6 @@ def test_render_setpoint_and_broker_urls() -> None:
 # --- Against mosquitto --------------------------------------------------------------------------------------
 
 
-class Broker(Mosquitto):
-    """mosquitto for anonymous device traffic."""
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    instance = Broker(tmp_path)
-    instance.start()
-    yield instance
-    instance.stop()
-
-
 def mqtt_config(points: dict[str, Any], **extra: Any) -> DeviceConfig:
     return DeviceConfig.model_validate(
         {
@@ -101,7 +88,7 @@ def mqtt_config(points: dict[str, Any], **extra: Any) -> DeviceConfig:
     )
 
 
-async def publish(broker: Broker, topic: str, payload: str, *, retain: bool = False) -> None:
+async def publish(broker: Mosquitto, topic: str, payload: str, *, retain: bool = False) -> None:
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.publish(topic, payload, qos=1, retain=retain)
 
@@ -114,7 +101,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3.
         await asyncio.sleep(0.02)
 
 
-def test_readings_from_json_paths_and_bare_numbers(broker: Broker) -> None:
+def test_readings_from_json_paths_and_bare_numbers(broker: Mosquitto) -> None:
     config = mqtt_config(
         {
             "active_power_kw": {"topic": "tasmota/SENSOR", "json_path": "ENERGY.Power", "scale": 0.001},
@@ -142,7 +129,7 @@ def test_readings_from_json_paths_and_bare_numbers(broker: Broker) -> None:
     assert reading.stale == ("voltage_l1_v",)
 
 
-def test_a_reading_goes_stale(broker: Broker) -> None:
+def test_a_reading_goes_stale(broker: Mosquitto) -> None:
     config = mqtt_config({"power_kw": {"topic": "meter/power", "stale_after_s": 0.3}})
 
     async def main() -> None:
@@ -164,7 +151,7 @@ def test_a_reading_goes_stale(broker: Broker) -> None:
 
 
 def test_retained_values_arrive_on_subscribe_and_subscriptions_survive_a_broker_restart(
-    broker: Broker,
+    broker: Mosquitto,
 ) -> None:
     config = mqtt_config({"power_kw": {"topic": "meter/power"}})
 
@@ -192,7 +179,7 @@ def test_retained_values_arrive_on_subscribe_and_subscriptions_survive_a_broker_
     run(main)
 
 
-def test_setpoints_are_published_and_confirmed_by_the_echo(broker: Broker) -> None:
+def test_setpoints_are_published_and_confirmed_by_the_echo(broker: Mosquitto) -> None:
     config = mqtt_config(
         {
             "battery_power_kw": {"topic": "bat/power"},
@@ -244,7 +231,7 @@ def test_setpoints_are_published_and_confirmed_by_the_echo(broker: Broker) -> No
     assert received == ['{"power_kw": -2.5}', '{"power_kw": 1}']
 
 
-def test_setpoint_without_topic_or_broker_is_refused(broker: Broker) -> None:
+def test_setpoint_without_topic_or_broker_is_refused(broker: Mosquitto) -> None:
     no_topic = mqtt_config({"power_kw": {"topic": "pv/power"}}, role="pv")
     with_topic = mqtt_config({"power_kw": {"topic": "pv/power"}}, role="pv", setpoint_topic="pv/limit")
 
@@ -261,7 +248,7 @@ def test_setpoint_without_topic_or_broker_is_refused(broker: Broker) -> None:
 
 
 def test_hubctl_read_with_an_mqtt_device(
-    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run(lambda: publish(broker, "p1/power", '{"power_delivered": 0.75}', retain=True))
     path = tmp_path / "site.yaml"

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 import pytest
-from support import MOSQUITTO, Mosquitto
 from test_mqtt_devices import eventually, mqtt_config
 from test_sim_devices import make_park
 
@@ -27,25 +26,12 @@ from hubctl.service.options import Options
 from simulators.mqtt_sim import MqttBattery
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
+    from collections.abc import AsyncIterator
+
+    from support import Mosquitto
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 INSTALLER_KW = 7.0
-
-
-class Broker(Mosquitto):
-    """mosquitto for anonymous device traffic."""
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    instance = Broker(tmp_path)
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 class Wall:
@@ -68,7 +54,7 @@ async def running(battery: MqttBattery) -> AsyncIterator[MqttBattery]:
         await task
 
 
-async def retained(broker: Broker, topic: str) -> bytes:
+async def retained(broker: Mosquitto, topic: str) -> bytes:
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(3):
@@ -78,7 +64,9 @@ async def retained(broker: Broker, topic: str) -> bytes:
     raise AssertionError("no retained message")
 
 
-def test_a_setpoint_carries_its_expiry_and_a_late_device_ignores_the_dead_controllers(broker: Broker) -> None:
+def test_a_setpoint_carries_its_expiry_and_a_late_device_ignores_the_dead_controllers(
+    broker: Mosquitto,
+) -> None:
     park = make_park()
     wall = Wall()
 
@@ -135,7 +123,7 @@ def test_a_setpoint_carries_its_expiry_and_a_late_device_ignores_the_dead_contro
     asyncio.run(main())
 
 
-def test_a_clean_stop_clears_the_retained_setpoint(broker: Broker) -> None:
+def test_a_clean_stop_clears_the_retained_setpoint(broker: Mosquitto) -> None:
     wall = Wall()
 
     async def main() -> None:
@@ -186,7 +174,7 @@ def test_a_ttl_without_an_expiry_in_the_payload_is_refused(mqtt: dict[str, objec
     assert problem in str(caught.value)
 
 
-def test_over_mqtt_v5_the_broker_drops_an_expired_retained_setpoint(broker: Broker) -> None:
+def test_over_mqtt_v5_the_broker_drops_an_expired_retained_setpoint(broker: Mosquitto) -> None:
     """A hub speaking v5 (the gateway's, with a TTL device) adds the message expiry interval: a device
     that ignores `expires_at` still never gets a dead controller's setpoint from the broker."""
     wall = Wall()

@@ -28,7 +28,7 @@ import yaml
 from support import MOSQUITTO, Children, Mosquitto, leak_fixture
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
@@ -93,16 +93,6 @@ def run_service(
     assert proc.returncode == 0, err.decode()
     records = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
     return [r for r in records if r["kind"] == "cycle"], err.decode()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def test_an_absurd_reading_is_never_taken_and_the_meter_goes_stale(tmp_path: Path, broker: Mosquitto) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import socket
@@ -41,7 +40,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
-from support import MOSQUITTO, Children, free_port, leak_fixture, read_until, wait_for_port
+from support import MOSQUITTO, Children, TraceTail, free_port, leak_fixture, read_until, wait_for_port
 from test_influx import VM_BIN, VictoriaMetrics
 
 from hubctl.config.site import load_config
@@ -168,21 +167,13 @@ class Service:
             "run", "--config", str(park.config_path), "--speed", str(SPEED), "--start-utc", start,
             "--trace", str(self.trace), *extra, env=env,
         )  # fmt: skip
-        self.records: list[dict[str, Any]] = []
-        self._offset = 0
+        self.tail = TraceTail(self.trace)
+        self.records = self.tail.records
         self.messages: list[str] = []
 
     def poll(self) -> list[dict[str, Any]]:
-        """New trace records since the last call (also collected in `records`)."""
-        if not self.trace.exists():
-            return []
-        with self.trace.open(encoding="utf-8") as f:
-            f.seek(self._offset)
-            text = f.read()
-        complete = text[: text.rfind("\n") + 1]
-        self._offset += len(complete.encode())
-        new = [json.loads(line) for line in complete.splitlines() if line]
-        self.records.extend(new)
+        """New trace records since the last call (also collected in `records`), and notify messages."""
+        new = self.tail.poll()
         while True:
             try:
                 self.messages.append(self.notify.recv(4096).decode())

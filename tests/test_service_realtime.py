@@ -55,7 +55,7 @@ import aiomqtt
 import pytest
 import yaml
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-from support import MOSQUITTO, Mosquitto
+from support import MOSQUITTO, Mosquitto, TraceTail
 from test_service_e2e import (  # pytest puts tests/ on sys.path
     _CHILDREN,
     Park,
@@ -129,21 +129,12 @@ class RealTimeService:
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=journal, env=env,
             )  # fmt: skip
         _CHILDREN.procs.append(self.proc)
-        self.records: list[dict[str, Any]] = []
-        self._offset = 0
+        self.tail = TraceTail(self.trace)
+        self.records = self.tail.records
 
     def poll(self) -> list[dict[str, Any]]:
         """New trace records since the last call (also collected in `records`)."""
-        if not self.trace.exists():
-            return []
-        with self.trace.open(encoding="utf-8") as f:
-            f.seek(self._offset)
-            text = f.read()
-        complete = text[: text.rfind("\n") + 1]
-        self._offset += len(complete.encode())
-        new = [json.loads(line) for line in complete.splitlines() if line]
-        self.records.extend(new)
-        return new
+        return self.tail.poll()
 
     def wait_for(self, what: str, predicate: Any, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
