@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import pytest
 import yaml
-from support import MOSQUITTO, Mosquitto
 from test_sim_devices import (  # pytest puts tests/ on sys.path
     arun,
     make_park,
@@ -44,8 +43,9 @@ from simulators.sunspec_sim import SunSpecInverter
 from simulators.sunspec_storage import SunSpecStorage802
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from support import Mosquitto
 
     from hubctl.config.site import SiteConfig
     from hubctl.devices.base import Device
@@ -265,16 +265,6 @@ def test_a_map_device_reads_its_bounds_at_start_and_tells_unsupported_from_out_o
 
 
 # --- an MQTT battery: its bounds are its device config's ---------------------------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    instance = Mosquitto(tmp_path)
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 def test_an_mqtt_battery_is_clamped_to_its_configured_bounds(
