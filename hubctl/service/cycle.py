@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from hubctl.core.control import step
+from hubctl.core.control import stale_meters, step
 from hubctl.core.quarters import ParkStep
 from hubctl.core.types import NO_OVERRIDES, CompanyReading, Snapshot
 from hubctl.data.ledger import rule_from_config
@@ -195,6 +195,14 @@ class CycleFacts:
     latency_ms: float
     started: float  # the loop's start on the monotonic clock
     meter: MeterVerdict | None = None  # a shared connection's park meter against the companies' sum
+    # every grid meter (and park meter) fresh (`hubctl.core.control.stale_meters`): only then is the
+    # step measured, for the ledger and the quarter-hour evidence; a stale meter's last value is not
+    measured: bool = True
+
+    @property
+    def measured_park_kw(self) -> float | None:
+        """The park's grid power where the step was measured, else None (not covered)."""
+        return self.park_kw if self.measured else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +267,21 @@ class ControlLoop:
             self.cycles += 1
             dt_s = cycle_s if last_ts is None else min(max(ts - last_ts, 0.0), 60.0)
             meter = None if self.meter_check is None else self.meter_check.check(snap)
-            self.after_cycle(
-                CycleFacts(
-                    snap, decision, ts, dt_s, snap.park_grid_kw(), writes, failed, latency_ms, started, meter
-                )
+            measured = not stale_meters(snap, self.controller.params)
+            facts = CycleFacts(
+                snap,
+                decision,
+                ts,
+                dt_s,
+                snap.park_grid_kw(),
+                writes,
+                failed,
+                latency_ms,
+                started,
+                meter,
+                measured,
             )
+            self.after_cycle(facts)
             last_ts = ts
             next_t += cycle_s
             now = self.clock.mono()
@@ -288,7 +306,8 @@ class ControlLoop:
 
 
 class LedgerFeed:
-    """The ledger step: the step just measured (only with every grid meter read: uncovered otherwise).
+    """The ledger step: the step just measured (only with every grid meter fresh: uncovered otherwise;
+    a silent or frozen meter's last value is not a measurement).
 
     In accelerated mode it also settles the intervals that ended (the quarter-hour job's part).
     """
@@ -299,12 +318,13 @@ class LedgerFeed:
 
     def __call__(self, facts: CycleFacts) -> None:
         companies = facts.snap.companies
-        if facts.park_kw is not None:
+        park_kw = facts.measured_park_kw
+        if park_kw is not None:
             pv = total([r.pv_kw for r in companies])
             bat = total([r.battery_kw for r in companies])
             lim = facts.decision.park_limits
             step_info = ParkStep(
-                load_kw=None if pv is None or bat is None else facts.park_kw + pv + bat,
+                load_kw=None if pv is None or bat is None else park_kw + pv + bat,
                 pv_kw=pv,
                 import_limit_kw=lim.import_kw,
                 import_source=lim.import_source,
@@ -318,7 +338,7 @@ class LedgerFeed:
                     [g for g in grids if g is not None],
                     facts.dt_s,
                     step_info,
-                    park_kw=facts.park_kw,
+                    park_kw=park_kw,
                 )
         if self.accelerated:
             self.ledger.close_due(facts.ts)

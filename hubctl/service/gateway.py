@@ -314,7 +314,11 @@ class Gateway:
     def _control_loop(self, writer: SetpointWriter, fallbacks: FallbackTargets, jobs: Jobs) -> ControlLoop:
         """The control loop with its after-cycle steps, in their order."""
         ctl, ledger = self.controller, None if self.storage is None else self.storage.ledger
-        steps = [AfterStep("quarter meter", lambda f: self.quarters.add(f.ts, f.park_kw, f.dt_s, f.decision))]
+        steps = [
+            AfterStep(
+                "quarter meter", lambda f: self.quarters.add(f.ts, f.measured_park_kw, f.dt_s, f.decision)
+            )
+        ]
         if ledger is not None:
             feed = LedgerFeed(ledger, accelerated=self.clock.accelerated)
             failure = "the ledger could not take a step (logged once)"
