@@ -237,7 +237,7 @@ class Spool:
         self._queue: deque[tuple[str, str | None]] = deque()
         self._queue_lock = threading.Lock()
         self._db_lock = threading.Lock()
-        self._db, self.salvage = open_store(self.path, _SCHEMA, what="spool", check_row=_row_ok, clock=clock)
+        self._db, self.salvage = open_store(self.path, _SCHEMA, what="spool", check_row=_row_ok)
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks"
         )

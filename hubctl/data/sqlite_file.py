@@ -15,10 +15,10 @@ Decisions:
   error, a locked or unwritable file: ``SQLITE_FULL``, ``SQLITE_IOERR``, ``SQLITE_CANTOPEN``, ...)
   is raised as it is, for the caller to log; a file is never moved aside because the disk was
   briefly unreadable.
-- **Moved aside, never deleted**: ``<name>.damaged-<UTC timestamp>`` beside it (with its ``-wal``
-  and ``-shm`` renamed alike, so the copy opens as it was), and one log line at ERROR naming the
-  file, the damage, where it went and how many rows were kept and skipped. An operator can run
-  ``sqlite3 <file> .recover`` on it later.
+- **Moved aside, never deleted**: ``<name>.damaged-<UTC timestamp>`` beside it (the host's
+  clock, ``20261202T145800Z``; its ``-wal`` and ``-shm`` renamed alike, so the copy opens as it
+  was), and one log line at ERROR naming the file, the damage, where it went and the rows kept
+  and skipped. An operator can run ``sqlite3 <file> .recover`` on it later.
 - **What could be read is kept**: every table of the new file's schema is copied from the damaged
   file, the columns both have, row by row in rowid order. A stretch SQLite cannot read is
   stepped over (rowids after it, doubling the step until a read succeeds, then back down to the
@@ -187,6 +187,8 @@ def _copy_readable(
     salvage: Salvage,
     check_row: Callable[[str, dict[str, Any]], bool] | None,
 ) -> None:
+    sides = [source.with_name(source.name + suffix) for suffix in ("-wal", "-shm")]
+    made = [side for side in sides if not side.exists()]  # a read-only open of a WAL file makes them
     try:  # read-only, so that closing it does not checkpoint its WAL into the damaged file
         old = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
@@ -212,6 +214,10 @@ def _copy_readable(
         # the damaged file's schema itself cannot be read: nothing to keep
     finally:
         old.close()
+        for side in made:
+            with contextlib.suppress(OSError):
+                if side.name.endswith("-shm") or side.stat().st_size == 0:
+                    side.unlink()
 
 
 def _columns(db: sqlite3.Connection, table: str) -> list[str]:
@@ -261,6 +267,8 @@ def _readable_rows(old: sqlite3.Connection, table: str, names: str) -> Iterator[
     while True:
         try:
             for row in old.execute(scan, (last,)):
+                if not isinstance(row[0], int) or row[0] <= last:  # out of order on a damaged page
+                    continue
                 last = row[0]
                 yield row[1:]
         except sqlite3.DatabaseError as exc:
@@ -281,6 +289,9 @@ def _readable_rows(old: sqlite3.Connection, table: str, names: str) -> Iterator[
                     raise
                 step *= 2
                 continue
+            if found is not None and found[0] <= last:  # a damaged page answered with a rowid behind
+                step *= 2
+                continue
             break
         if found is None:  # nothing readable after the damage
             return
@@ -289,6 +300,8 @@ def _readable_rows(old: sqlite3.Connection, table: str, names: str) -> Iterator[
         with contextlib.suppress(sqlite3.DatabaseError):
             between.extend(old.execute(back, (last, found[0])))
         for row in reversed(between):
-            yield row[1:]
+            if isinstance(row[0], int) and last < row[0] < found[0]:
+                last = row[0]
+                yield row[1:]
         yield found[1:]
         last = found[0]
