@@ -30,6 +30,11 @@ Decisions:
   fixes without the data being wrong) and :class:`InfluxRejectedError`
   (400, 413, 422: the data itself; the forwarder bisects the batch to find
   the bad lines and drops only those, counted and logged).
+- **The spool's faults never end the forwarder** (issue #13): a damaged row is skipped by
+  ``Spool.peek`` (counted there, never sent); an acknowledgement the disk refuses after a 2xx is
+  kept in memory by ``Spool.ack``, which does not raise, so the batch is neither lost nor sent
+  again; a read the disk refuses (``sqlite3.OperationalError`` from ``peek``) is logged once and
+  retried with the same backoff as an unreachable server.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -166,6 +172,7 @@ class Forwarder:
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._wake = asyncio.Event()
+        self._spool_error: str | None = None  # while the spool cannot be read
 
     def wake(self) -> None:
         """Skip the idle wait (e.g. after a large append); harmless at any time."""
@@ -191,7 +198,17 @@ class Forwarder:
         backoff = self.backoff_min_s
         try:
             while not self._stop.is_set():
-                batch = await asyncio.to_thread(self.spool.peek, self.batch_points)
+                try:
+                    batch = await asyncio.to_thread(self.spool.peek, self.batch_points)
+                except sqlite3.OperationalError as exc:  # the disk, not the data: try again later
+                    self._spool_unreadable(str(exc))
+                    delay = random.uniform(self.backoff_min_s, backoff)  # noqa: S311 - jitter, not crypto
+                    backoff = min(backoff * 2, self.backoff_max_s)
+                    await self._sleep(delay)
+                    continue
+                if self._spool_error is not None:
+                    log.warning("the spool %s can be read again", self.spool.path)
+                    self._spool_error = None
                 if not batch.lines:
                     await self._sleep(self.idle_s)
                     continue
@@ -221,6 +238,12 @@ class Forwarder:
             mid = len(lines) // 2
             return self._send(lines[:mid]) + self._send(lines[mid:])
         return 0
+
+    def _spool_unreadable(self, error: str) -> None:
+        self.stats.failures += 1
+        if self._spool_error is None:
+            log.error("the spool %s cannot be read (%s): retrying", self.spool.path, error)
+        self._spool_error = error
 
     def _down(self, error: str) -> None:
         self.stats.failures += 1

@@ -43,6 +43,12 @@ Decisions:
   (:func:`hubctl.data.points.allocation_point`), are marked ``spooled`` after the
   append, and rows not yet marked are appended again on start (the spool
   ignores keys it holds or delivered).
+- **A damaged file never ends the ledger** (issue #13): the file is checked at open; a damaged one
+  is moved aside (``ledger.sqlite.damaged-<UTC timestamp>``) with every readable row copied into a
+  new one (:mod:`hubctl.data.sqlite_file`; ``salvage`` says what became of it), and the spool
+  opens on its own whatever the ledger's state. A saved open interval that cannot be read (not
+  JSON, a field missing or of the wrong type) is logged and dropped: that interval's seconds so
+  far are simply not covered.
 - Restoring the accumulators feeds each company's saved kWh back through
   ``IntervalMeter.add`` (one hour at ``kWh`` kW), which reproduces the value
   to within one unit in the last place.
@@ -62,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 from hubctl.core.quarters import QUARTER_S, ParkQuarter, ParkStep, QuarterRow, local_label, step_pieces
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from hubctl.data.points import allocation_point, quarter_point
+from hubctl.data.sqlite_file import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -153,10 +160,7 @@ class Ledger:
         self.tz = tz  # the site's zone, for the quarter log line
         self.late_steps = 0
         self._grid_s = min(self.interval_s, float(QUARTER_S))  # every boundary of either grid is on this grid
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db, self.salvage = open_store(self.path, _SCHEMA, what="ledger")
         self._meter = IntervalMeter(self.ids)
         self._alloc_start: float | None = None
         self._alloc_covered = 0.0
@@ -203,7 +207,31 @@ class Ledger:
         row = self._db.execute("SELECT state FROM open_state WHERE id = 1").fetchone()
         if row is None:
             return
-        st = json.loads(row[0])
+        try:
+            self._restore_state(row[0])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.error(  # noqa: TRY400 - damaged data, not a bug: the line says what was lost
+                "ledger %s: the saved open interval cannot be read (%s: %s): dropped; its seconds so "
+                "far are not covered",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            self._meter.reset()
+            self._alloc_start = None
+            self._alloc_covered = 0.0
+            self._quarter = None
+            self._last_end = None
+            self._db.execute("DELETE FROM open_state WHERE id = 1")
+
+    def _restore_state(self, text: object) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"state is {type(text).__name__}, not text")
+        st = json.loads(text)
+        if not isinstance(st, dict):
+            raise TypeError(f"state is {type(st).__name__}, not an object")
+        if st["last_end"] is not None and not isinstance(st["last_end"], (int, float)):
+            raise TypeError(f"last_end is {st['last_end']!r}")
         self._last_end = st["last_end"]
         if st["quarter"] is not None:
             self._quarter = ParkQuarter.from_json(st["quarter"])
@@ -441,8 +469,16 @@ class Ledger:
         """Append rows settled but not known to be spooled (a crash between settling and marking)."""
         if self.spool is None:
             return
-        self._spool_allocations(self.rows(spooled=False))
-        self._spool_quarters(self.quarters(spooled=False))
+        try:
+            self._spool_allocations(self.rows(spooled=False))
+            self._spool_quarters(self.quarters(spooled=False))
+        except sqlite3.OperationalError as exc:  # the disk full at start: the rows wait in the spool's memory
+            log.warning(
+                "ledger %s: settled rows not yet marked as spooled (%s); they are queued in the spool "
+                "and appended again at the next start (their keys make that harmless)",
+                self.path,
+                exc,
+            )
 
     # --- reading --------------------------------------------------------------------------------------------
 

@@ -49,11 +49,33 @@ Decisions:
   and once when it stops.
 - **Without InfluxDB the spool is the local store** (nobody acknowledges):
   the same bounds act as its retention, and ``hubctl export`` dumps it.
+- **A full disk loses nothing** (issue #13): when SQLite cannot write (``SQLITE_FULL``, an I/O
+  error), the commit's points go back to the front of the in-memory queue, within its bound
+  (beyond it the oldest are dropped and counted, reason ``queue``), and :meth:`run` tries again
+  every ``commit_every_s``; the queue is stored at the first commit that succeeds. SQLite rolls
+  a transaction back by itself on such an error, so the ``ROLLBACK`` is issued only while a
+  transaction is still open (a failing ``ROLLBACK`` used to replace the error and lose the
+  batch). An acknowledgement the disk refuses (the server answered 2xx, the ``DELETE`` could not
+  be written) is kept in memory: :meth:`peek` no longer hands out those chunks, and they are
+  deleted with the next commit that succeeds; ``ack`` never raises for it, so the forwarder
+  neither crashes nor sends them again (only a restart before the disk is back sends them a
+  second time: at least once). Logged once when writing fails, at most once a minute while it
+  goes on, once when it works again; ``stats().write_failures`` counts the failed writes.
+- **A damaged file never ends recording**: the file is checked at open and a damaged one moved
+  aside with its readable rows copied over (:mod:`hubctl.data.sqlite_file`; ``salvage`` says
+  what became of it); a damaged row met later (NULL where a number belongs, data that does not
+  decompress) is skipped by :meth:`peek`, deleted at the next commit and counted
+  (``damaged_rows``, in rows); the forwarder never sees it.
+- **Drop warnings** (``dropping points``, ``still dropping``, ``no longer dropping``): an episode
+  ends only after ``60 s`` without a drop, so a spool at its bound, which drops at every commit
+  that brings points and not at the empty ones between, logs once and then once a minute, not
+  twice a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -68,6 +90,7 @@ from typing import TYPE_CHECKING
 
 from hubctl.config.resolve import report_state_dir
 from hubctl.data.points import encode_line
+from hubctl.data.sqlite_file import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -103,7 +126,15 @@ CREATE TABLE IF NOT EXISTS delivered (key TEXT PRIMARY KEY, at_ms INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-COUNTERS = ("appended", "delivered", "rejected", "dropped_size", "dropped_age", "dropped_queue")
+COUNTERS = (
+    "appended",
+    "delivered",
+    "rejected",
+    "dropped_size",
+    "dropped_age",
+    "dropped_queue",
+    "damaged_rows",  # rows, not points: a damaged row's count of points cannot be trusted
+)
 _SUMMARY_EVERY_S = 60.0
 
 
@@ -137,6 +168,8 @@ class SpoolStats:
     stored_bytes: int = 0
     queued_points: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    write_failures: int = 0  # commits and acknowledgements the disk refused since the start
+    unsaved_acks: int = 0  # points acknowledged by the server whose deletion the disk has not taken yet
 
     @property
     def dropped(self) -> int:
@@ -155,13 +188,24 @@ def _unpack(data: bytes) -> list[str]:
     return zlib.decompress(data).decode("utf-8").split("\n")
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+def _chunk_lines(points: object, data: object) -> list[str] | None:
+    """A chunk's lines, or None when the row is damaged (NULL or wrong type, no zlib, wrong count)."""
+    if not isinstance(points, int) or not isinstance(data, bytes):
+        return None
+    try:
+        lines = _unpack(data)
+    except (zlib.error, UnicodeDecodeError):
+        return None
+    return lines if len(lines) == points else None
+
+
+def _row_ok(table: str, row: dict[str, object]) -> bool:
+    """For the salvage of a damaged spool: a chunk is kept only if its lines can be read."""
+    return table != "chunks" or _chunk_lines(row.get("points"), row.get("data")) is not None
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
@@ -179,6 +223,7 @@ class Spool:
         max_queue_points: int = 1_000_000,
         delivered_keep_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +233,11 @@ class Spool:
         self.max_queue_points = max_queue_points
         self.delivered_keep_s = delivered_keep_s
         self._clock = clock
+        self._mono = monotonic
         self._queue: deque[tuple[str, str | None]] = deque()
         self._queue_lock = threading.Lock()
         self._db_lock = threading.Lock()
-        self._db = _connect(self.path)
-        self._db.executescript(_SCHEMA)
+        self._db, self.salvage = open_store(self.path, _SCHEMA, what="spool", check_row=_row_ok)
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks"
         )
@@ -203,9 +248,21 @@ class Spool:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._counters.update(dict(self._db.execute("SELECT name, value FROM counters").fetchall()))
         self._pending_drops = dict.fromkeys(COUNTERS, 0)  # counted in memory, persisted at the next commit
+        if self.salvage is not None and self.salvage.skipped_rows:
+            self._pending_drops["damaged_rows"] += self.salvage.skipped_rows
+        # acknowledged by the server, not yet deleted (the disk refused): never handed out again
+        self._acks: list[tuple[Batch, int]] = []
+        self._acked_ids: set[int] = set()
+        self._acked_keys: set[str] = set()
+        self._acked_points = 0
+        self._damaged: set[int] = set()  # damaged rows found by peek, deleted at the next commit
         self._dropping_since: float | None = None
+        self._last_drop = 0.0
         self._episode_drops = 0
         self._last_summary = 0.0
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
+        self._write_failures = 0
         self._closed = False
         if self._points:
             log.info("spool %s holds %d points (%d bytes) from before", self.path, self._points, self._bytes)
@@ -234,7 +291,7 @@ class Spool:
     @property
     def pending_points(self) -> int:
         """Points stored and not yet acknowledged, as of the last finished commit (the queue not included)."""
-        return self._shown[0]
+        return self._shown[0] - self._acked_points
 
     @property
     def stored_bytes(self) -> int:
@@ -243,45 +300,148 @@ class Spool:
     # --- commit ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit the queue every ``commit_every_s`` until cancelled (then commit once more)."""
+        """Commit the queue every ``commit_every_s`` until cancelled (then commit once more).
+
+        A commit the disk refuses keeps its points queued (logged by :meth:`commit`) and is
+        tried again at the next tick: a full disk never ends this task.
+        """
         try:
             while True:
                 await asyncio.sleep(self.commit_every_s)
-                await asyncio.to_thread(self.commit)
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await asyncio.to_thread(self.commit)
         finally:
             if not self._closed:
-                await asyncio.to_thread(self.commit)
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await asyncio.to_thread(self.commit)
 
     def commit(self) -> int:
-        """Write the queue to SQLite in one transaction and enforce the bounds; return the points stored."""
+        """Write the queue to SQLite in one transaction and enforce the bounds; return the points stored.
+
+        Raises ``sqlite3.OperationalError`` when the disk refuses the write (full, an I/O error);
+        the points are queued again then (see the module docstring) and the failure is logged.
+        """
         with self._queue_lock:
             items = list(self._queue)
             self._queue.clear()
+            queued_drops = self._pending_drops
+            self._pending_drops = dict.fromkeys(COUNTERS, 0)
         now_ms = round(self._clock() * 1000)
         with self._db_lock:
-            drops = dict.fromkeys(COUNTERS, 0)
-            for k, v in self._pending_drops.items():
-                drops[k] += v
-            self._pending_drops = dict.fromkeys(COUNTERS, 0)
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            drops = dict(queued_drops)
+            saved = (self._points, self._bytes)
             try:
+                self._db.execute("BEGIN IMMEDIATE")
+                delivered = self._delete_acked(drops, now_ms)
                 stored = self._insert(items, now_ms)
                 self._enforce_bounds(now_ms, drops)
-                appended = {"appended": stored}
-                self._bump_counters(appended)
-                self._bump_counters(drops)
-                db.execute("COMMIT")
-                self._shown = (int(self._points), int(self._bytes))
-            except BaseException:
-                db.execute("ROLLBACK")
-                with self._queue_lock:  # keep the points for the next attempt
-                    self._queue.extendleft(reversed(items))
-                self._pending_drops = drops
-                self._reload_totals()
+                counted = {**delivered, "appended": stored}
+                for k, v in drops.items():
+                    counted[k] = counted.get(k, 0) + v
+                self._write_counters(counted)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                self._points, self._bytes = saved
+                self._requeue(items, queued_drops)
+                if isinstance(exc, sqlite3.OperationalError):
+                    self._write_failed(exc)
                 raise
+            self._acked_done()
+            self._count(counted)
+            self._shown = (int(self._points), int(self._bytes))
+        self._write_ok()
         self._log_drops(drops)
         return stored
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if SQLite has not done so itself (it does on SQLITE_FULL)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _requeue(self, items: list[tuple[str, str | None]], drops: dict[str, int]) -> None:
+        """A failed commit's points back to the front of the queue, within its bound (the oldest go)."""
+        with self._queue_lock:
+            self._queue.extendleft(reversed(items))
+            excess = len(self._queue) - self.max_queue_points
+            for _ in range(max(excess, 0)):
+                self._queue.popleft()
+            for k, v in drops.items():
+                self._pending_drops[k] += v
+            if excess > 0:
+                self._pending_drops["dropped_queue"] += excess
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        self._write_failures += 1
+        now = self._mono()
+        if self._failing_since is None:
+            self._failing_since = self._last_failure_log = now
+            log.error(
+                "spool %s cannot be written (%s): keeping %d points in memory (at most %d, then the "
+                "oldest are dropped and counted) until the disk takes them again",
+                self.path,
+                exc,
+                len(self._queue),
+                self.max_queue_points,
+            )
+        elif now - self._last_failure_log >= _SUMMARY_EVERY_S:
+            self._last_failure_log = now
+            log.error(
+                "spool %s still cannot be written after %.0f s (%s): %d points in memory, %d dropped so far",
+                self.path,
+                now - self._failing_since,
+                exc,
+                len(self._queue),
+                self.stats().dropped,
+            )
+
+    def _write_ok(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "spool %s written again after %.0f s: the points kept in memory are stored",
+                self.path,
+                self._mono() - self._failing_since,
+            )
+            self._failing_since = None
+
+    def _delete_acked(self, drops: dict[str, int], now_ms: int) -> dict[str, int]:
+        """Inside a transaction: delete the chunks acknowledged earlier and the damaged ones found."""
+        counted: dict[str, int] = {}
+        if self._damaged:
+            damaged = sorted(self._damaged)
+            self._delete_chunks(damaged)
+            drops["damaged_rows"] += len(damaged)
+        if self._acks:
+            self._delete_chunks(sorted(self._acked_ids))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO delivered (key, at_ms) VALUES (?, ?)",
+                [(k, now_ms) for k in sorted(self._acked_keys)],
+            )
+            counted["delivered"] = sum(len(b.lines) - rejected for b, rejected in self._acks)
+            counted["rejected"] = sum(rejected for _, rejected in self._acks)
+        return counted
+
+    def _delete_chunks(self, ids: list[int]) -> None:
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            row = self._db.execute(
+                "SELECT coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks "  # noqa: S608
+                f"WHERE id IN ({marks})",
+                part,
+            ).fetchone()
+            self._db.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)  # noqa: S608
+            self._points -= int(row[0])
+            self._bytes -= int(row[1])
+
+    def _acked_done(self) -> None:
+        """After a successful commit: the acknowledged and damaged chunks are gone from the file."""
+        self._acks.clear()
+        self._acked_ids.clear()
+        self._acked_keys.clear()
+        self._acked_points = 0
+        self._damaged.clear()
 
     def _insert(self, items: list[tuple[str, str | None]], now_ms: int) -> int:
         db = self._db
@@ -300,6 +460,8 @@ class Spool:
             stored += len(chunk)
         for line, key in items:
             if key is None:
+                continue
+            if key in self._acked_keys:
                 continue
             if db.execute("SELECT 1 FROM delivered WHERE key = ?", (key,)).fetchone():
                 continue
@@ -345,16 +507,17 @@ class Spool:
                 if not self._over_bounds():
                     break
                 gone.append(cid)
-                self._points -= pts
-                self._bytes -= size
-                drops["dropped_size"] += pts
+                self._points -= pts or 0
+                self._bytes -= size or 0
+                drops["dropped_size"] += pts or 0
             db.executemany("DELETE FROM chunks WHERE id = ?", [(c,) for c in gone])
 
     def _over_bounds(self) -> bool:
         b = self.bounds
         return self._bytes > b.max_bytes or (b.max_points is not None and self._points > b.max_points)
 
-    def _bump_counters(self, deltas: dict[str, int]) -> None:
+    def _write_counters(self, deltas: dict[str, int]) -> None:
+        """Inside a transaction: add the deltas to the counters in the file."""
         for name, delta in deltas.items():
             if delta:
                 self._db.execute(
@@ -362,26 +525,27 @@ class Spool:
                     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                     (name, delta),
                 )
+
+    def _count(self, deltas: dict[str, int]) -> None:
+        """After the commit: the same deltas to the counters in memory."""
+        for name, delta in deltas.items():
+            if delta:
                 self._counters[name] = self._counters.get(name, 0) + delta
 
-    def _reload_totals(self) -> None:
-        row = self._db.execute(
-            "SELECT coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks"
-        ).fetchone()
-        self._points, self._bytes = row
-        self._shown = (int(self._points), int(self._bytes))
-        self._counters.update(dict(self._db.execute("SELECT name, value FROM counters").fetchall()))
-
     def _log_drops(self, drops: dict[str, int]) -> None:
-        now = time.monotonic()
+        """Once when dropping starts, at most once a minute while it goes on, once after 60 s without."""
+        now = self._mono()
         dropped = sum(v for k, v in drops.items() if k.startswith("dropped_"))
         if dropped:
             self._episode_drops += dropped
+            self._last_drop = now
             if self._dropping_since is None:
                 self._dropping_since = now
                 self._last_summary = now
                 reasons = ", ".join(
-                    f"{v} by {k.removeprefix('dropped_')}" for k, v in drops.items() if v and k != "appended"
+                    f"{v} by {k.removeprefix('dropped_')}"
+                    for k, v in drops.items()
+                    if v and k.startswith("dropped_")
                 )
                 log.warning(
                     "spool %s dropping points (%s; bounds: %d bytes, %s points, %s s old, policy %s)",
@@ -399,10 +563,10 @@ class Spool:
                     self._episode_drops,
                     self.stats().dropped,
                 )
-        elif self._dropping_since is not None:
+        elif self._dropping_since is not None and now - self._last_drop >= _SUMMARY_EVERY_S:
             log.warning(
                 "spool no longer dropping after %.0f s; %d points dropped in that time",
-                now - self._dropping_since,
+                self._last_drop - self._dropping_since,
                 self._episode_drops,
             )
             self._dropping_since = None
@@ -411,51 +575,75 @@ class Spool:
     # --- forwarder side -------------------------------------------------------------------------------------
 
     def peek(self, max_points: int) -> Batch:
-        """The oldest stored chunks, whole, up to ``max_points`` lines (at least one chunk)."""
+        """The oldest stored chunks, whole, up to ``max_points`` lines (at least one chunk).
+
+        Skips chunks acknowledged already (their deletion waits for the disk) and damaged rows
+        (logged, deleted at the next commit and counted as ``damaged_rows``).
+        """
         ids: list[int] = []
         keys: list[str] = []
         lines: list[str] = []
         with self._db_lock:
             cur = self._db.execute("SELECT id, points, data, key FROM chunks ORDER BY id")
             for cid, pts, data, key in cur:
-                if lines and len(lines) + pts > max_points:
+                if cid in self._acked_ids or cid in self._damaged:
+                    continue
+                chunk = _chunk_lines(pts, data)
+                if chunk is None:
+                    self._damaged.add(cid)
+                    log.error(
+                        "spool %s: chunk %d is damaged (points %r, %s): skipped and deleted",
+                        self.path,
+                        cid,
+                        pts,
+                        "no data" if data is None else f"{len(data) if isinstance(data, bytes) else data!r}",
+                    )
+                    continue
+                if lines and len(lines) + len(chunk) > max_points:
                     break
                 ids.append(cid)
-                lines.extend(_unpack(data))
-                if key is not None:
+                lines.extend(chunk)
+                if isinstance(key, str):
                     keys.append(key)
             cur.close()
         return Batch(tuple(ids), tuple(keys), lines)
 
     def ack(self, batch: Batch, rejected: int = 0) -> None:
-        """The server accepted the batch (``rejected`` of its lines were refused and are gone too)."""
+        """The server accepted the batch (``rejected`` of its lines were refused and are gone too).
+
+        Never raises for a disk that refuses the deletion: the acknowledgement is then kept in
+        memory (the chunks are not handed out again) and written with the next commit.
+        """
         if not batch.ids:
             return
         now_ms = round(self._clock() * 1000)
         with self._db_lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            if self._acked_ids.intersection(batch.ids):  # a repeated acknowledgement
+                return
+            self._acks.append((batch, rejected))
+            self._acked_ids.update(batch.ids)
+            self._acked_keys.update(batch.keys)
+            self._acked_points += len(batch.lines)
+            saved = (self._points, self._bytes)
+            counted: dict[str, int] = {"damaged_rows": 0}
             try:
-                marks = ",".join("?" * len(batch.ids))
-                row = db.execute(
-                    "SELECT coalesce(sum(points), 0), coalesce(sum(size), 0) FROM chunks "  # noqa: S608
-                    f"WHERE id IN ({marks})",
-                    batch.ids,
-                ).fetchone()
-                db.execute(f"DELETE FROM chunks WHERE id IN ({marks})", batch.ids)  # noqa: S608
-                db.executemany(
-                    "INSERT OR REPLACE INTO delivered (key, at_ms) VALUES (?, ?)",
-                    [(k, now_ms) for k in batch.keys],
-                )
-                self._bump_counters({"delivered": len(batch.lines) - rejected, "rejected": rejected})
-                db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                counted.update(self._delete_acked(counted, now_ms))
+                self._write_counters(counted)
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                self._points, self._bytes = saved
+                self._write_failed(exc)
+                return
             except BaseException:
-                db.execute("ROLLBACK")
-                self._reload_totals()
+                self._rollback()
+                self._points, self._bytes = saved
                 raise
-            self._points -= row[0]
-            self._bytes -= row[1]
+            self._acked_done()
+            self._count(counted)
             self._shown = (int(self._points), int(self._bytes))
+        self._write_ok()
 
     # --- reading and closing --------------------------------------------------------------------------------
 
@@ -471,16 +659,34 @@ class Spool:
         for k, v in self._pending_drops.items():
             counters[k] = counters.get(k, 0) + v
         points, size = self._shown
-        return SpoolStats(points, size, len(self._queue), counters)
+        return SpoolStats(
+            points - self._acked_points,
+            size,
+            len(self._queue),
+            counters,
+            self._write_failures,
+            self._acked_points,
+        )
 
     def close(self) -> None:
-        """Commit what is queued and close the file. Idempotent."""
+        """Commit what is queued and close the file. Idempotent.
+
+        Raises ``sqlite3.OperationalError`` when the disk refuses the last commit: what was
+        queued is lost then (logged here with its count).
+        """
         if self._closed:
             return
-        self.commit()
-        self._closed = True
-        with self._db_lock:
-            self._db.close()
+        try:
+            self.commit()
+        except sqlite3.OperationalError:
+            log.error(  # noqa: TRY400
+                "spool %s closed with %d points the disk did not take: lost", self.path, len(self._queue)
+            )
+            raise
+        finally:
+            self._closed = True
+            with self._db_lock:
+                self._db.close()
 
 
 def _chunk_rows(db: sqlite3.Connection, from_ms: int | None, to_ms: int | None) -> list[tuple[bytes]]:
@@ -503,7 +709,7 @@ def export_lines(path: Path, from_ms: int | None = None, to_ms: int | None = Non
     """Lines of a spool file, read-only (safe while the gateway writes to it), ``from_ms <= ts < to_ms``."""
     if not path.is_file():
         raise FileNotFoundError(f"no spool at {path}")
-    db = _connect(path, readonly=True)
+    db = _connect_readonly(path)
     try:
         rows = _chunk_rows(db, from_ms, to_ms)
     finally:

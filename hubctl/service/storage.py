@@ -5,8 +5,14 @@ cycle's points to it, in memory; the spool's own task commits), `<state dir>/led
 ledger takes every cycle with all grid meters read and settles its intervals from the
 quarter-hour job) and, when an InfluxDB URL is set, a `Forwarder` that drains the spool to it.
 Without a state directory there is no storage (`hubctl run` refuses an InfluxDB URL then: exit
-78, `hubctl.config.resolve.gateway_problems`); a spool or ledger that cannot be opened is logged
-and the service runs without them.
+78, `hubctl.config.resolve.gateway_problems`).
+
+Each store opens on its own (issue #13): a damaged file is moved aside and started anew by the
+store itself, with what could be read copied over (`hubctl.data.sqlite_file`), so damage never
+keeps a store closed. A ledger that cannot be opened for another reason (an I/O error, a full
+disk at start) is logged and the service runs with the spool and the forwarder but without the
+ledger; a spool that cannot be opened leaves no storage at all (the cycle's points, the
+ledger's rows and the forwarder all go through it), logged the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ log = logging.getLogger("hubctl.service")  # the name the journal has always sho
 class Storage:
     """The open spool (with its sink), ledger and optional forwarder; see the module docstring."""
 
-    def __init__(self, spool: Spool, sink: SpoolSink, ledger: Ledger, forwarder: Forwarder | None) -> None:
+    def __init__(
+        self, spool: Spool, sink: SpoolSink, ledger: Ledger | None, forwarder: Forwarder | None
+    ) -> None:
         self.spool = spool
         self.sink = sink
         self.ledger = ledger
@@ -52,10 +60,20 @@ class Storage:
         try:
             # the service's wall clock: under --start-utc the points' age is judged in simulated time
             spool = Spool(directory / "spool.sqlite", bounds_from_config(cfg), clock=clock.utc)
-            ledger = Ledger.from_config(directory / "ledger.sqlite", cfg, spool=spool)
-        except (OSError, sqlite3.Error):
-            log.exception("cannot open the spool or the ledger in %s: running without them", directory)
+        except (OSError, sqlite3.Error) as exc:
+            log.error(  # noqa: TRY400 - the disk's state, not a bug of ours
+                "cannot open the spool in %s (%s): running without the spool, the ledger and the forwarder",
+                directory,
+                exc,
+            )
             return None
+        ledger: Ledger | None = None
+        try:
+            ledger = Ledger.from_config(directory / "ledger.sqlite", cfg, spool=spool)
+        except (OSError, sqlite3.Error) as exc:
+            log.error(  # noqa: TRY400
+                "cannot open the ledger in %s (%s): running without it (the spool records on)", directory, exc
+            )
         forwarder = None
         if influx:
             target = influx.target
@@ -76,8 +94,9 @@ class Storage:
         return jobs
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.ledger.close()
+        if self.ledger is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.ledger.close()
         try:
             self.spool.close()
         except sqlite3.Error:
