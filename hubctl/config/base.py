@@ -94,7 +94,7 @@ class _StrictLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise ConstructorError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
             return super().compose_node(parent, index)
         finally:
