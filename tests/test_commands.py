@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubctl.config.site import SiteConfig, parse_config
-from hubctl.core.commands import DEFAULT_MODE_TTL_S, OperatorState, apply_command, dump_state, load_state
+from hubctl.core.commands import (
+    DEFAULT_MODE_TTL_S,
+    DamagedStateError,
+    OperatorState,
+    apply_command,
+    dump_state,
+    json_depth,
+    load_state,
+)
 from hubctl.core.control import step
 from hubctl.core.limits import LocalTime, limits_in_force
 from hubctl.core.sharing import SharingKey
@@ -390,8 +398,32 @@ def test_state_round_trip_drops_expired_and_invalid() -> None:
     assert "company/bakery/import_limit_kw" not in other.settings
     assert "battery/cold-store/mode" not in other.settings
     assert len(dropped) == 2
-    assert load_state("{", CFG, NOW)[0] == OperatorState()
-    assert load_state('{"version": 99}', CFG, NOW)[0] == OperatorState()
+    # a file that is not a state file is damaged: the shell moves it aside (test_operator_faults.py)
+    for damaged, why in [
+        ("{", "not valid JSON"),
+        ('{"version": 99}', "not version 1"),
+        ('{"version": 1, "settings": {}}', "settings is not a list"),
+        ("[" * 5000 + "]" * 5000, "nested more than 16"),
+        ('{"version": 1, "settings": [Infinity]}', "NaN or Infinity"),
+    ]:
+        with pytest.raises(DamagedStateError, match=why):
+            load_state(damaged, CFG, NOW)
+
+
+def test_a_payload_nested_deep_is_refused_before_it_is_parsed() -> None:
+    """Nested about 1,000 deep, json.loads still parsed a value that json.dumps (the reply's
+    sentence) could not show: a RecursionError past every handler. The depth is now counted on the
+    text first, brackets inside strings not counted."""
+    for depth in range(17, 1000, 7):
+        for body in (
+            b"[" * depth + b"]" * depth,
+            b'{"value": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}",
+        ):
+            out = apply_command(CFG, OperatorState(), "import_limit_kw", body, NOW)
+            assert out.reply.error is not None
+            assert "nested too deeply" in out.reply.error
+    assert json_depth('{"value": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"[["}') == 1
+    assert send("import_limit_kw", {"value": 600, "id": "[[[[[[[[[[[[[[[[[[[[[[[[["}).reply.ok
 
 
 # --- properties ---------------------------------------------------------------------------------------------

@@ -1,6 +1,16 @@
 """Command line: `hubctl sim | check-config | schema`.
 
 Exit codes: 0 success, 1 a run failed, 2 usage, 78 (EX_CONFIG) bad configuration.
+
+`hubctl check-config FILE [--env-file FILE] [--mqtt-url URL] [--influx-url URL]` rejects all that
+`hubctl run` rejects (issue #13): the file as `hubctl run` reads it (`config.base.load_yaml`:
+duplicate keys, encoding, nesting, booleans for numbers), then for a site config every start
+check of the service (`hubctl.service.preflight.start_problems`: settings without effect, the
+broker URL and TLS files, every device entry built as the gateway builds it, the state directory)
+in this process's environment plus the variables of `--env-file` (the unit's EnvironmentFile,
+`KEY=VALUE` lines, where the broker URL and the secrets live). It creates nothing: a state
+directory that does not exist yet must be creatable. A scenario (SCENARIOS.md) is checked as a
+config only (it has no devices and is never run as a service).
 """
 
 from __future__ import annotations
@@ -8,43 +18,69 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import yaml
 
 from hubctl.cli import data as cli_data
 from hubctl.cli import devices as cli_devices
 from hubctl.cli import history as cli_history
 from hubctl.cli import service as cli_service
 from hubctl.cli import simulate as cli_simulate
-from hubctl.config.site import SiteConfig, load_config, report_problems
+from hubctl.config.base import load_yaml
+from hubctl.config.site import SiteConfig, parse_config, report_problems
 from hubctl.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def _looks_like_scenario(path: Path) -> bool:
+def _env_file(path: str) -> dict[str, str]:
+    """The variables of a systemd EnvironmentFile (`KEY=VALUE`, `#` comments, optional quotes)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "duration_s" in data and "start" in data
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(path, [f"(file): cannot read: {reason}"]) from exc
+    env: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(path, [f"line {number}: not KEY=VALUE"])
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        env[key] = value
+    return env
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        if _looks_like_scenario(path):  # a scenario (SCENARIOS.md) carries a site config too
+        data = load_yaml(path, ConfigError)
+        scenario = isinstance(data, dict) and "duration_s" in data and "start" in data
+        if scenario:  # a scenario (SCENARIOS.md) carries a site config too
             from hubctl.config.scenario import load_scenario
 
             cfg = load_scenario(path).config
         else:
-            cfg = load_config(path)
+            cfg = parse_config(data, str(path))
+        env = {**os.environ, **(_env_file(args.env_file) if args.env_file else {})}
     except ConfigError as exc:
         return report_problems(exc.source, exc.problems)
+    if not scenario:
+        from hubctl.service.options import Options
+        from hubctl.service.preflight import start_problems
+
+        options = Options(mqtt_url=args.mqtt_url, influx_url=args.influx_url, env=env)
+        problems = start_problems(cfg, options, create=False)
+        if problems:  # what `hubctl run` would refuse to start with, in the same words
+            return report_problems(args.file, problems)
     bats = sum(1 for c in cfg.companies if c.battery)
     pvs = sum(1 for c in cfg.companies if c.pv)
     print(f"{args.file}: ok: site {cfg.site.id}, {len(cfg.companies)} companies, {pvs} PV, {bats} batteries")
@@ -150,8 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the controller knowing nothing, even where the scenario has a history.csv",
     )
     p.set_defaults(func=_cmd_sim)
-    p = sub.add_parser("check-config", help="validate a site config; exit 78 listing every problem")
+    p = sub.add_parser(
+        "check-config", help="validate a site config as `hubctl run` would; exit 78 listing every problem"
+    )
     p.add_argument("file")
+    p.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="the unit's EnvironmentFile (e.g. /etc/hubctl/hubctl.env): its variables are checked too",
+    )
+    p.add_argument("--mqtt-url", metavar="URL", help="as `hubctl run --mqtt-url`")
+    p.add_argument("--influx-url", metavar="URL", help="as `hubctl run --influx-url`")
     p.set_defaults(func=_cmd_check_config)
     p = sub.add_parser("schema", help="print the site config JSON schema")
     p.set_defaults(func=_cmd_schema)

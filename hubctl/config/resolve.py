@@ -244,6 +244,13 @@ def gateway_problems(
             for name in _SPOOL_FIELDS
             if name in storage.model_fields_set
         )
+    # MQTT devices without a broker: nothing would ever read them
+    mqtt_devices = [d.id for d in cfg.devices if d.driver == "mqtt"]
+    if mqtt_devices and mqtt_broker(cfg, cli_mqtt_url, env) is None:
+        problems.append(
+            f"devices: {', '.join(mqtt_devices)} (driver mqtt) need a broker: set mqtt.url (or "
+            "service.mqtt_url, --mqtt-url, $HUBCTL_MQTT_URL)"
+        )
     # the operator API's section without a broker
     mq = cfg.mqtt
     if mq is not None:

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hubctl.config.base import load_yaml
 from hubctl.config.site import SiteConfig, parse_config
 from hubctl.errors import ConfigError
 
@@ -93,12 +93,7 @@ def scenario_to_config_data(data: dict[str, Any]) -> dict[str, Any]:
 
 def load_scenario(path: Path) -> Scenario:
     """Read scenario.yaml; raise ConfigError naming each bad field."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"(file): not valid YAML: {exc}"]) from exc
+    data = load_yaml(path, ConfigError)  # the site config's reading: duplicate keys, depth, encoding
     if not isinstance(data, dict):
         raise ConfigError(str(path), ["(top level): expected a mapping"])
     try:

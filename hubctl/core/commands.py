@@ -19,6 +19,16 @@ Payload: a JSON object `{"value": ..., "id": "...", "ttl_s": ..., "ts": ...}`
   would be applied again after every reconnect).
 - `value: null` clears an operator setting (back to the configuration).
 
+Bounded parse (issue #13): a payload is at most `MAX_PAYLOAD_BYTES` (16 KiB) and nested at most
+`MAX_JSON_DEPTH` (16) deep, checked on the text before `json.loads` ever recurses (a payload
+nested 1,000 deep once raised a RecursionError past every handler and restarted the API). Every
+payload ends in a reply: `apply_command` refuses it with a sentence, never an exception.
+
+The state file (`<state dir>/operator.json`) is read by `load_state`: a file that is not UTF-8,
+not JSON, nested too deep, not version `STATE_VERSION` or not shaped like one raises
+`DamagedStateError` (the shell moves it aside, logs and publishes it and starts with the
+configured defaults); single entries the config no longer allows are dropped and listed.
+
 Rules: an operator limit may lower a contracted cap, never raise it (a value
 above the contracted cap is refused; `hubctl.core.limits.with_operator` then only
 ever lowers the limit in force). A day's operator schedule replaces the
@@ -53,6 +63,7 @@ MAX_TTL_S: Final = 7 * 86400.0
 MAX_MODE_TTL_S: Final = 86400.0
 MAX_COMMAND_AGE_S: Final = 60.0  # a command with `ts` older (or further ahead) than this is refused
 MAX_PAYLOAD_BYTES: Final = 16384
+MAX_JSON_DEPTH: Final = 16  # a command needs 4 (a schedule's windows); the state file 4
 MAX_LIMIT_KW: Final = 1e6  # sanity bound where no contracted cap bounds an operator limit
 MAX_SCHEDULE_DAYS_AHEAD: Final = 7
 MAX_WINDOWS: Final = 96
@@ -63,6 +74,10 @@ _FIELDS = frozenset({"value", "id", "ttl_s", "ts"})
 _LIMIT_NAMES = ("import_limit_kw", "export_limit_kw")
 
 Value = float | BatteryOverride | DaySchedule | SharingRule
+
+
+class DamagedStateError(ValueError):
+    """The operator state file cannot be read as one (the sentence says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +245,30 @@ class _Message:
     ts: float | None
 
 
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON `text` nest (brackets inside strings not counted).
+
+    A loop over the text, so that the depth is known before a recursive parser sees it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _decode(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CommandError(f"the payload is {len(payload)} bytes, more than {MAX_PAYLOAD_BYTES}")
@@ -239,6 +278,8 @@ def _decode(payload: bytes) -> Any:
         raise CommandError("the payload is not UTF-8 text") from None
     if not text.strip():
         raise CommandError('the payload is empty: send a JSON object {"value": ...}')
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise CommandError(f"the payload is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -276,8 +317,8 @@ def _message(data: Any, numeric: bool) -> _Message:
 def _id_of(payload: bytes) -> str | None:
     """The command id, if one can be read at all (for the reply of a rejected command)."""
     try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        data = _decode(payload)
+    except CommandError:
         return None
     cid = data.get("id") if isinstance(data, dict) else None
     return cid if isinstance(cid, str) and _ID.match(cid) else None
@@ -531,12 +572,15 @@ def apply_command(
     or "get/state" for a request to republish the state (always accepted).
     """
     state = state.without_expired(now)
-    if key == "get/state":
+    if key == "get/state" and not retained:
         return Outcome(Reply(_id_of(payload), key, ok=True), state, changed=False)
     try:
         msg, (store_key, value, expires) = _checked(cfg, key, payload, now, retained=retained)
     except CommandError as exc:
         return Outcome(Reply(_id_of(payload), key, ok=False, error=str(exc)), state, changed=False)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:  # a case no check foresaw
+        error = f"not applied: the command could not be checked ({type(exc).__name__})"
+        return Outcome(Reply(_id_of(payload), key, ok=False, error=error), state, changed=False)
     settings = dict(state.settings)
     if value is None:
         settings.pop(store_key, None)
@@ -569,41 +613,70 @@ def dump_state(state: OperatorState) -> str:
     return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
 
+def _state_data(text: str) -> list[Any]:
+    """The `settings` list of a state file's text; DamagedStateError when it is not one."""
+    if len(text) > 64 * MAX_PAYLOAD_BYTES:
+        raise DamagedStateError(f"{len(text)} characters, more than any operator state")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise DamagedStateError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except CommandError:
+        raise DamagedStateError("not valid JSON (NaN or Infinity)") from None
+    except json.JSONDecodeError as exc:
+        raise DamagedStateError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DamagedStateError(f"not usable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DamagedStateError(f"not a JSON object with version {STATE_VERSION}")
+    if data.get("version") != STATE_VERSION:
+        raise DamagedStateError(f"not version {STATE_VERSION} (version {_show(data.get('version'))})")
+    settings = data.get("settings", [])
+    if not isinstance(settings, list):
+        raise DamagedStateError(f"settings is not a list, got {_show(settings)}")
+    return settings
+
+
+def _entry(entry: Any, cfg: SiteConfig, now: float) -> tuple[str, Setting | None, str]:
+    """One saved setting, validated again: (key, the setting, "") or (key, None, why it is dropped)."""
+    if not isinstance(entry, dict):
+        return "", None, f"entry {_show(entry)} is not an object: dropped"
+    key = str(entry.get("key"))[:200]
+    expires = entry.get("expires_at")
+    if expires is not None and (not _is_number(expires) or now >= float(expires)):
+        return key, None, f"{key}: expired"
+    set_at = entry.get("set_at")
+    cid = entry.get("id")
+    cmd_key = "schedule" if key.startswith("schedule/") else key
+    try:
+        store_key, value, _ = _validate(cfg, cmd_key, entry.get("value"), None, now)
+    except CommandError as exc:
+        return key, None, f"{key}: {exc}: dropped"
+    if value is None or store_key != key:
+        return key, None, f"{key}: no value: dropped"
+    setting = Setting(
+        value,
+        float(set_at) if _is_number(set_at) else now,
+        float(expires) if _is_number(expires) else None,
+        cid if isinstance(cid, str) and _ID.match(cid) else None,
+    )
+    return key, setting, ""
+
+
 def load_state(text: str, cfg: SiteConfig, now: float) -> tuple[OperatorState, list[str]]:
     """Restore saved settings: every entry is validated again against the current config; expired
-    ones and ones the config no longer allows are dropped (listed, one sentence each)."""
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return OperatorState(), ["the state file is not valid JSON: starting without operator settings"]
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        return OperatorState(), [f"the state file is not version {STATE_VERSION}: ignored"]
+    ones and ones the config no longer allows are dropped (listed, one sentence each). A text that
+    is not a state file raises DamagedStateError (module docstring)."""
     settings: dict[str, Setting] = {}
     dropped: list[str] = []
-    for entry in data.get("settings", []):
-        if not isinstance(entry, dict):
-            dropped.append(f"entry {_show(entry)} is not an object: dropped")
-            continue
-        key = str(entry.get("key"))
-        expires = entry.get("expires_at")
-        if expires is not None and (not _is_number(expires) or now >= float(expires)):
-            dropped.append(f"{key}: expired")
-            continue
-        set_at = entry.get("set_at")
-        cid = entry.get("id")
-        cmd_key = "schedule" if key.startswith("schedule/") else key
+    for entry in _state_data(text):
         try:
-            store_key, value, _ = _validate(cfg, cmd_key, entry.get("value"), None, now)
-        except CommandError as exc:
-            dropped.append(f"{key}: {exc}: dropped")
+            key, setting, why = _entry(entry, cfg, now)
+        except (ValueError, TypeError, ArithmeticError) as exc:  # a case no check foresaw
+            dropped.append(f"entry {_show(entry)}: not usable ({type(exc).__name__}): dropped")
             continue
-        if value is None or store_key != key:
-            dropped.append(f"{key}: no value: dropped")
-            continue
-        settings[key] = Setting(
-            value,
-            float(set_at) if _is_number(set_at) else now,
-            float(expires) if _is_number(expires) else None,
-            cid if isinstance(cid, str) else None,
-        )
+        if setting is None:
+            dropped.append(why)
+        else:
+            settings[key] = setting
     return OperatorState(settings), dropped

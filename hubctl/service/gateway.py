@@ -78,7 +78,7 @@ and stopped only after the fail-safe setpoints are written:
 Which broker, InfluxDB target and state directory are used is decided in
 `hubctl.config.resolve`. The operator API and the MQTT device hub share one broker configuration
 (`mqtt_broker`: URL, TLS, credentials); a TLS file that cannot be used is refused at start
-(exit 78, `broker_problems`), a broker that refuses the connection (its certificate not signed
+(exit 78, `preflight.broker_problems`), a broker that refuses the connection (its certificate not signed
 by the CA, say) is logged and retried with backoff while control goes on.
 """
 
@@ -90,16 +90,13 @@ import logging
 import os
 import signal
 import sqlite3
-import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
 from hubctl.config.resolve import (
-    gateway_problems,
     influx_settings,
     mqtt_broker,
     resolve_state_dir,
-    state_dir_source,
 )
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Params, State
@@ -122,6 +119,7 @@ from hubctl.service.history import HistoryKeeper
 from hubctl.service.jobs import Jobs
 from hubctl.service.notify import Notifier
 from hubctl.service.pollers import poll, poll_groups
+from hubctl.service.preflight import start_problems
 from hubctl.service.sinks import JsonLinesSink
 from hubctl.service.status import Status
 from hubctl.service.storage import Storage
@@ -131,7 +129,7 @@ from hubctl.service.writer import SetpointWriter
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Mapping
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
     from hubctl.config.site import SiteConfig
@@ -479,32 +477,10 @@ class Gateway:
                 log.warning("%s did not stop in time", ", ".join(t.get_name() for t in pending))
 
 
-def broker_problems(cfg: SiteConfig, cli_url: str | None, env: Mapping[str, str]) -> list[str]:
-    """The broker's TLS files that cannot be used (missing, unreadable, not PEM), one line each
-    naming the field; empty without a broker or TLS files. `hubctl run` and `hubctl read` refuse
-    to start on any (exit 78): without them every connection would fail."""
-    from hubctl.transport.mqtt import tls_file_problems  # noqa: PLC0415 - only with a broker
-
-    broker = mqtt_broker(cfg, cli_url, env)
-    if broker is None:
-        return []
-    problems = tls_file_problems(broker.ca_file, broker.cert_file, broker.key_file)
-    return [f"mqtt.{field}: {reason}" for field, reason in problems]
-
-
 def run_service(cfg: SiteConfig, options: Options) -> int:
     """Entry point used by `hubctl run`: the exit code (0, 1, or 78 for a config the devices cannot use)."""
-    problems = gateway_problems(cfg, options.mqtt_url, options.influx_url, options.env)
-    problems += broker_problems(cfg, options.mqtt_url, options.env)
-    directory = resolve_state_dir(cfg, options.env)
-    if directory is not None and not problems:
-        try:  # an unusable state directory is bad input, not a service that runs without storage
-            directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=directory):
-                pass
-        except OSError as exc:
-            source = state_dir_source(cfg, options.env)
-            problems.append(f"{source}: {directory} is not writable ({exc.strerror})")
+    # every refusal is `preflight.start_problems`, the checks `hubctl check-config` runs too
+    problems = start_problems(cfg, options, create=True)
     for problem in problems:  # one journal line each, naming the setting and what to set
         log.error("site config: %s", problem)
     if problems:

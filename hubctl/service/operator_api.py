@@ -32,6 +32,18 @@ Decisions:
   their content changed since the last connect). Retained `company/`,
   `device/` and discovery topics of ids that left the config are cleared
   (an empty retained message) when the broker hands them over on subscribe.
+- **Hostile payloads** (issue #13): the parse is bounded in `hubctl.core.commands` (size,
+  depth); whatever still goes wrong while one command is handled is logged with its traceback
+  and answered with an error reply, so the message loop, `status` and the other commands go on.
+  A retained `set/` or `get/` message is refused and then cleared (an empty retained message on
+  its topic), so it is not refused again at every reconnect; the command subscriptions are
+  no-local, so the clearing does not come back as a command.
+- **A damaged state file** (not UTF-8, not JSON, not a version-1 state: `DamagedStateError`)
+  never keeps the service from starting: the API starts with the configured defaults (no
+  operator settings), moves the file aside to `operator.json.damaged-<UTC time>`, logs it at
+  ERROR and publishes it in the retained `state` document as `operator_file` (`damaged`: why,
+  `moved_to`, `at`) until the next restart. A file that cannot be read at all (permissions) is
+  logged and left where it is.
 - **Audit**: every command, accepted or not, is logged on "hubctl.audit" and
   passed to the optional `audit_sink` (the time-series store), with the
   sender's client id when it gave one (MQTT v5 user property `client_id`:
@@ -53,7 +65,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hubctl.config.resolve import mqtt_broker
-from hubctl.core.commands import OperatorState, Reply, apply_command, dump_state, load_state
+from hubctl.core.commands import (
+    DamagedStateError,
+    OperatorState,
+    Outcome,
+    Reply,
+    apply_command,
+    dump_state,
+    load_state,
+)
 from hubctl.service.operator_document import (
     audit_record,
     compact_json,
@@ -154,6 +174,7 @@ class OperatorApi(SessionUser):
         self._last_publish = -1e9
         self.revision = 0  # +1 per accepted change: the service rebuilds its LimitClock when it moves
         self._state = OperatorState()
+        self.file_problem: dict[str, Any] | None = None  # a damaged state file, for `state`
         if state_file is not None:
             self._state = self._load(state_file)
         self._known = known_ids(cfg)
@@ -237,7 +258,8 @@ class OperatorApi(SessionUser):
     def _subscriptions(self) -> list[Subscription]:
         # renewed after every connect; with the retain flag as published, so that a retained command
         # is recognised (and refused) also when it arrives live
-        commands = SubscribeOptions(qos=1, retainAsPublished=True)
+        # no-local: the empty retained message that clears a refused retained command is our own
+        commands = SubscribeOptions(qos=1, retainAsPublished=True, noLocal=True)
         own = SubscribeOptions(qos=1, noLocal=True)  # retained leftovers only, not our own publishes
         out: list[Subscription] = [(f"{self.base}/set/#", commands), (f"{self.base}/get/#", commands)]
         out += [(f"{self.base}/company/+", own), (f"{self.base}/device/+", own)]
@@ -288,6 +310,8 @@ class OperatorApi(SessionUser):
             return
         doc.setdefault("ts", now)
         doc["operator"] = self._state.describe(now)
+        if self.file_problem is not None:
+            doc["operator_file"] = self.file_problem
         await client.publish(f"{self.base}/state", compact_json(doc), qos=1, retain=True)
         for topic, body in section_messages(doc, self.base, self._known):
             if self._published.get(topic) != body:
@@ -317,7 +341,12 @@ class OperatorApi(SessionUser):
         self, client: aiomqtt.Client, message: aiomqtt.Message, key: str, payload: bytes
     ) -> None:
         now = self.clock()
-        outcome = apply_command(self.cfg, self._state, key, payload, now, retained=message.retain)
+        try:
+            outcome = apply_command(self.cfg, self._state, key, payload, now, retained=message.retain)
+        except Exception as exc:  # whatever a check did not foresee: an error reply, never a dead API
+            log.exception("command %s: not handled", key)
+            error = f"not applied: the command could not be handled ({type(exc).__name__})"
+            outcome = Outcome(Reply(None, key, ok=False, error=error), self._state, changed=False)
         reply = outcome.reply
         if outcome.changed:
             try:
@@ -342,7 +371,10 @@ class OperatorApi(SessionUser):
             if corr is not None:
                 out.CorrelationData = corr
             await client.publish(str(response_topic), body, qos=1, properties=out)
-        if outcome.changed or key == "get/state":
+        if message.retain:  # refused; cleared so that it is not refused again at every reconnect
+            log.info("clearing retained command %s", message.topic.value)
+            await client.publish(message.topic.value, b"", qos=1, retain=True)
+        if outcome.changed or (key == "get/state" and reply.ok):
             self._dirty.set()
             if key == "get/state":
                 self._published.clear()
@@ -372,18 +404,50 @@ class OperatorApi(SessionUser):
 
     def _load(self, path: Path) -> OperatorState:
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return OperatorState()
         except OSError as exc:
             log.error("cannot read %s: %s; starting without operator settings", path, exc)  # noqa: TRY400
             return OperatorState()
-        state, dropped = load_state(text, self.cfg, self.clock())
+        try:
+            state, dropped = load_state(raw.decode("utf-8"), self.cfg, self.clock())
+        except UnicodeDecodeError as exc:
+            return self._damaged(path, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")
+        except DamagedStateError as exc:
+            return self._damaged(path, str(exc))
         for line in dropped:
             log.info("operator setting not restored: %s", line)
         if state.settings:
             log.info("restored %d operator setting(s) from %s", len(state.settings), path)
         return state
+
+    def _damaged(self, path: Path, why: str) -> OperatorState:
+        """A damaged state file: moved aside, logged, published; the configured defaults hold."""
+        now = self.clock()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        try:
+            path.replace(aside)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - the reason is the message
+                "%s is damaged (%s) and cannot be moved aside (%s); starting without operator settings",
+                path,
+                why,
+                exc.strerror,
+            )
+            moved: str | None = None
+        else:
+            log.error(
+                "%s is damaged (%s): moved aside to %s; starting without operator settings "
+                "(the configured caps and modes hold)",
+                path,
+                why,
+                aside.name,
+            )
+            moved = str(aside)
+        self.file_problem = {"file": str(path), "damaged": why, "moved_to": moved, "at": now}
+        return OperatorState()
 
     def _save(self, state: OperatorState) -> None:
         if self.state_file is not None:

@@ -249,9 +249,19 @@ class MqttSession:
                 failures = 0
 
     def _hint(self, exc: aiomqtt.MqttError) -> str:
-        """What a TLS failure means for the installer ("" for any other error)."""
+        """What a TLS failure means for the installer ("" for any other error).
+
+        A TLS file that went missing or bad after the start (checked then: `tls_file_problems`)
+        fails every connect with the bare OS or SSL error ("[Errno 2] No such file or
+        directory"): the hint names the setting and the file."""
         text = str(exc)
-        if self.options.tls is None or "CERTIFICATE_VERIFY_FAILED" not in text:
+        tls = self.options.tls
+        if tls is None:
+            return ""
+        files = tls_file_problems(tls.ca_certs, tls.certfile, tls.keyfile)
+        if files:
+            return " (TLS: " + "; ".join(f"mqtt.{field}: {reason}" for field, reason in files) + ")"
+        if "CERTIFICATE_VERIFY_FAILED" not in text:
             return ""
         if "mismatch" in text:  # "Hostname mismatch", "IP address mismatch"
             return " (TLS: the broker's certificate does not name the host of the broker URL)"
