@@ -74,4 +74,4 @@ def test_a_silent_meter_s_last_value_is_not_counted_as_measured(tmp_path: Path) 
     assert covered >= 900.0 - gap - 90.0
     assert {c for c, _ in rows} == {"alpha", "beta", "gamma"}
     assert all(s <= 900.0 - uncovered_at_least for _, s in rows), rows
-    assert quarter["covered_s"] <= 900.0 - uncovered_at_least  # the journal's evidence agrees
+    assert quarter["coverage"] * 900.0 <= 900.0 - uncovered_at_least  # the journal's evidence agrees
