@@ -100,7 +100,7 @@ def test_an_inverter_held_at_its_limit_is_estimated_from_the_clear_sky() -> None
     solar = out.available_kw[0]
     assert solar is not None
     assert 200.0 < solar <= 600.0
-    assert out.curtailed_kw == (pytest.approx(solar - 200.0), 0.0)
+    assert out.curtailed_kw == pytest.approx((solar - 200.0, 0.0))
     assert out.park_available_kw == pytest.approx(solar + 50.0)
     assert out.park_curtailed_kw == pytest.approx(solar - 200.0)
     assert out.any_estimated
