@@ -845,7 +845,7 @@ def test_step_is_the_stages_in_order() -> None:
         total = park_total(pref, pred, room, caps.import_kw, caps.export_kw)
         shares = split_park(p.companies, total, pred, room, caps.export_kw)
         held = own_caps(p, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw)
-        available = pv_available(obs, [r.pv_kw for r in snap.companies], state.pv_limit_kw, p)
+        available = pv_available(obs, [r.pv_kw for r in snap.companies], state, p)
         by_hand = outcome(
             snap, p, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim), available
         )

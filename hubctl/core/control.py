@@ -107,7 +107,7 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     total = park_total(pref, pred, room, caps.import_kw, caps.export_kw)
     shares = split_park(params.companies, total, pred, room, caps.export_kw)
     held = own_caps(params, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw)
-    available = pv_available(obs, [r.pv_kw for r in snap.companies], state.pv_limit_kw, params)
+    available = pv_available(obs, [r.pv_kw for r in snap.companies], state, params)
     return outcome(
         snap, params, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim), available
     )
@@ -387,5 +387,6 @@ def outcome(
         pred.slope,
         room.short_ch,
         room.short_dis,
+        obs.curtailed,
     )
     return decision, new_state

@@ -91,26 +91,29 @@ def curtailed_pv_kw(available_kw: float | None, pv_kw: float | None, *, limited:
 
 
 def pv_available(
-    obs: Observation, pv_read: Sequence[float | None], limits_kw: Sequence[float | None], params: Params
+    obs: Observation, pv_read: Sequence[float | None], state: State, params: Params
 ) -> PvAvailable:
     """The available PV as the decision reports it (`PvAvailable`), from this cycle's observation.
 
-    `pv_read`: the inverters' readings as the snapshot has them; `limits_kw`: the PV limits in
-    force while they were read (the last decision's, `State.pv_limit_kw`). An inverter is
-    *limited* when a limit is in force and holds it back: it gives its limit (`obs.curtailed`),
-    or the limit is below what the learned clear sky says it could give (it is still ramping
-    towards a limit just raised, or down to one just lowered: held back all the same). Limited,
-    its available PV is the controller's estimate, the clear-sky model kept between the reading
-    and the peak (without the step above the reading that `_available_pv` adds: that step makes
-    the dispatch try for more sun each cycle, it is not a belief about the sky). Free: its
-    reading. Not read: available and curtailed PV unknown (None; the observation takes a missing
-    reading as 0 kW, which says nothing about a limit). Pure.
+    `pv_read`: the inverters' readings as the snapshot has them. An inverter is *held back* while
+    a limit is in force (the last decision's, `State.pv_limit_kw`) and it gives that limit
+    (`obs.curtailed`), or it gave its limit the cycle before (`State.pv_at_limit`) and is now below
+    a limit that is below what the learned clear sky says it could give: it is climbing out of a
+    limit just raised (an inverter ramps; a cycle is a second). Only one cycle counts so: an
+    inverter that stays below a raised limit is taken as giving what the sky gives (a dull sky
+    must not read as curtailment for as long as the controller raises the limit step by step).
+    Held back, its available PV is the controller's estimate, the clear-sky model kept between
+    the reading and the peak (without the step above the reading that `_available_pv` adds:
+    that step makes the dispatch try for more sun each cycle, it is not a belief about the
+    sky). Free: its reading. Not read: available and curtailed PV unknown (None; the
+    observation takes a missing reading as 0 kW, which says nothing about a limit). Pure.
     """
     avail: list[float | None] = []
     limited: list[bool] = []
     curtailed: list[float | None] = []
+    was_at_limit = state.pv_at_limit or (False,) * len(params.companies)
     for i, c in enumerate(params.companies):
-        read, lim = pv_read[i], limits_kw[i]
+        read, lim = pv_read[i], state.pv_limit_kw[i]
         a: float | None
         held_back = False
         if c.pv_peak_kw <= 0:
@@ -119,8 +122,8 @@ def pv_available(
             a = None
         else:
             model = min(c.pv_peak_kw, _clear_sky_kw(obs, params, i))
-            tol = CURTAILED_TOL_FRAC * c.pv_peak_kw
-            held_back = lim is not None and (obs.curtailed[i] or lim < model - tol)
+            climbing = was_at_limit[i] and lim is not None and lim < model - CURTAILED_TOL_FRAC * c.pv_peak_kw
+            held_back = lim is not None and (obs.curtailed[i] or climbing)
             a = max(read, model) if held_back else read
         avail.append(a)
         limited.append(held_back)

@@ -265,6 +265,9 @@ class State:
     # limit (a BMS SoC window, a derating) that the configuration does not know
     short_charge: tuple[int, ...] = ()
     short_discharge: tuple[int, ...] = ()
+    # inverters that gave their limit last cycle (`Observation.curtailed`): one below its limit now is
+    # climbing out of it (`hubctl.core.park.pv_available`)
+    pv_at_limit: tuple[bool, ...] = ()
 
     @classmethod
     def initial(cls, params: Params, history: History | None = None) -> State:
