@@ -117,10 +117,10 @@ def _clock_offset(service: Service, park: Park) -> float:
     `--start-utc` only once it has started up, a second or so of real time after the park was asked
     the time. Taken as the least difference between a fresh cycle's time and the park's time read
     right after it (the cycle is written a few ms of real time after its snapshot)."""
-    offsets = []
+    offsets: list[float] = []
     for _ in range(10):
         cycle = service.wait_for("a cycle", _cycle, 5)
-        offsets.append(park.now_utc() - cycle["ts_utc"])
+        offsets.append(park.now_utc() - float(cycle["ts_utc"]))
     return min(offsets)
 
 
