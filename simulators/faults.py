@@ -30,7 +30,10 @@ Decisions:
   always there. Requests: `{"op": "status"}`, `{"op": "inject", "device": ID,
   "fault": NAME, "delay_s": 2.0}`, `{"op": "clear", "device": ID, "fault":
   NAME}` (no fault: clear all of that device's faults). Answers carry
-  `"ok": true` or `"ok": false, "error": "..."`.
+  `"ok": true` or `"ok": false, "error": "..."`. The park's `status` adds its
+  clock (`t_s`), where everything listens and, per company, the energy up to
+  `t_s` (`energy_kwh`: `pv` given and `pv_available`, what the sun offered):
+  the truth a test holds a gateway's curtailment estimate against.
 - Unknown devices or faults, and faults a device does not support, are errors
   answered on the channel (`FaultError` in process), never ignored.
 """

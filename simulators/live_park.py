@@ -80,6 +80,9 @@ class Counters:
     pv_kwh: float
     charge_kwh: float
     discharge_kwh: float
+    # what the sun offered (from 0): no device reports it, the control port does (`status`), so a
+    # test can hold a gateway's estimate of curtailed PV against the truth
+    pv_available_kwh: float = 0.0
 
 
 @dataclass(slots=True)
@@ -337,12 +340,18 @@ class Park:
 
     def _count(self, r: StepRecord) -> None:
         h = self._step_s / 3600.0
-        for c, grid, pv, bat in zip(
-            self.counters, r.grid_kw.tolist(), r.pv_kw.tolist(), r.battery_kw.tolist(), strict=True
+        for c, grid, pv, avail, bat in zip(
+            self.counters,
+            r.grid_kw.tolist(),
+            r.pv_kw.tolist(),
+            r.pv_available_kw.tolist(),
+            r.battery_kw.tolist(),
+            strict=True,
         ):
             c.import_kwh += max(grid, 0.0) * h
             c.export_kwh += max(-grid, 0.0) * h
             c.pv_kwh += pv * h
+            c.pv_available_kwh += avail * h
             c.charge_kwh += max(-bat, 0.0) * h
             c.discharge_kwh += max(bat, 0.0) * h
         for units in self._pv_units:

@@ -385,6 +385,11 @@ class SimulatedPark:
         return {
             "t_s": self.park.t_s,
             "speed": self.clock.speed,
+            # energy up to t_s per company: PV given and PV the sun offered (the truth of curtailment)
+            "energy_kwh": {
+                c.id: {"pv": k.pv_kwh, "pv_available": k.pv_available_kwh}
+                for c, k in zip(self.park.companies, self.park.counters, strict=True)
+            },
             "control": {"host": control_host, "port": control_port},
             "endpoints": {
                 name: {

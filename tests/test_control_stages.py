@@ -47,6 +47,7 @@ from hubctl.core.park import (
     battery_room,
     park_total,
     predict_net,
+    pv_available,
 )
 from hubctl.core.types import (
     NO_OVERRIDES,
@@ -844,7 +845,10 @@ def test_step_is_the_stages_in_order() -> None:
         total = park_total(pref, pred, room, caps.import_kw, caps.export_kw)
         shares = split_park(p.companies, total, pred, room, caps.export_kw)
         held = own_caps(p, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw)
-        by_hand = outcome(snap, p, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim))
+        available = pv_available(obs, [r.pv_kw for r in snap.companies], state, p)
+        by_hand = outcome(
+            snap, p, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim), available
+        )
         assert by_hand[0] == decision
         assert by_hand[1].battery_kw == new_state.battery_kw
         assert by_hand[1].pv_limit_kw == new_state.pv_limit_kw == decision.pv_limit_kw

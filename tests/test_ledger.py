@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import sqlite3
 import tempfile
@@ -14,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubctl.core.quarters import ParkStep, quarter_index_of_day
+from hubctl.core.quarters import CURTAILED_ESTIMATED, CURTAILED_MEASURED, ParkStep, quarter_index_of_day
 from hubctl.core.sharing import IntervalMeter, SharingKey, SharingRule, allocate_surplus
-from hubctl.data.ledger import IntervalRow, Ledger
+from hubctl.data.ledger import IntervalRow, Ledger, open_readonly, read_quarters
 from hubctl.data.spool import Spool, SpoolBounds
 
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -273,3 +274,103 @@ def test_allocations_follow_the_contract(case: tuple[list[str], SharingRule, lis
         if pool > 0:
             for r, s in zip(got, supply, strict=True):
                 assert r.shared_out_kwh == pytest.approx(s * s_in / pool, abs=1e-9)
+
+
+# --- curtailed energy and its basis; a ledger file of an older hubctl (before curtailed_basis) -------------
+
+# the quarters table as hubctl wrote it before curtailed_basis (git dbb9c9c, hubctl/data/ledger.py)
+OLD_SCHEMA = """
+CREATE TABLE allocations (
+    start_utc REAL NOT NULL, company TEXT NOT NULL, import_kwh REAL NOT NULL, export_kwh REAL NOT NULL,
+    shared_in_kwh REAL NOT NULL, shared_out_kwh REAL NOT NULL, covered_s REAL NOT NULL,
+    interval_s REAL NOT NULL, spooled INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (start_utc, company)
+);
+CREATE TABLE quarters (
+    start_utc REAL PRIMARY KEY, import_kwh REAL NOT NULL, export_kwh REAL NOT NULL, grid_kw REAL,
+    import_limit_kw REAL, export_limit_kw REAL, import_source TEXT NOT NULL, export_source TEXT NOT NULL,
+    pv_kwh REAL, load_kwh REAL, curtailed_kwh REAL, covered_s REAL NOT NULL, over_cap INTEGER NOT NULL,
+    spooled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE open_state (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _old_ledger(path: Path) -> None:
+    """A ledger an older hubctl left: two settled quarters (one with a curtailed figure) and an open one."""
+    quarter = {  # the open quarter's accumulator as ParkQuarter.to_json wrote it then
+        "start": T0 + 1800, "covered_s": 60.0, "import_kwh": 0.0, "export_kwh": 0.5, "grid_kws": -1800.0,
+        "imp_lim_kws": 0.0, "imp_lim_s": 0.0, "exp_lim_kws": 0.0, "exp_lim_s": 0.0, "imp_src_s": {},
+        "exp_src_s": {}, "pv_kwh": 1.0, "load_kwh": 0.5, "curtailed_kwh": None,
+    }  # fmt: skip
+    state = {
+        "ids": list(IDS), "interval_s": 900.0, "last_end": T0 + 1860, "alloc_start": T0 + 1800,
+        "alloc_covered": 60.0, "import_kwh": [0.0, 0.0, 0.0], "export_kwh": [0.5, 0.0, 0.0],
+        "quarter": quarter,
+    }  # fmt: skip
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+        db.executemany(
+            "INSERT INTO quarters VALUES "
+            "(?, 1.0, 0.0, 4.0, NULL, NULL, 'none', 'none', 2.0, 3.0, ?, 900.0, 0, 1)",
+            [(T0, 2.5), (T0 + 900, None)],
+        )
+        db.execute("INSERT INTO open_state VALUES (1, ?)", (json.dumps(state),))
+    db.close()
+
+
+def test_an_old_ledger_opens_gains_the_basis_and_records_estimates(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _old_ledger(path)
+    led = Ledger(path, IDS, PRO_RATA)  # migrates: the column is added, older figures are measured
+    old_measured, old_none = led.quarters()
+    assert (old_measured.curtailed_kwh, old_measured.curtailed_basis) == (2.5, CURTAILED_MEASURED)
+    assert (old_none.curtailed_kwh, old_none.curtailed_basis) == (None, None)
+    # the open quarter resumes; the gateway's steps carry the controller's estimate
+    for k in range(60, 900):
+        led.add_step(
+            T0 + 1800 + k,
+            [-30.0, 0.0, 0.0],
+            1.0,
+            ParkStep(pv_kw=70.0, curtailed_kw=36.0, curtailed_estimated=True),
+        )
+    led.close_due(T0 + 2700)
+    led.close()
+    led = Ledger(path, IDS, PRO_RATA)  # a second open: nothing to migrate
+    *_, new = led.quarters()
+    led.close()
+    assert new.covered_s == pytest.approx(900.0)
+    assert new.curtailed_kwh == pytest.approx(36.0 * 840 / 3600)
+    assert new.curtailed_basis == CURTAILED_ESTIMATED
+    assert new.pv_kwh == pytest.approx(1.0 + 70.0 * 840 / 3600)
+
+
+def test_a_report_reads_an_old_ledger_without_changing_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _old_ledger(path)
+    db = open_readonly(path)
+    try:
+        rows = read_quarters(db)
+    finally:
+        db.close()
+    assert [(q.curtailed_kwh, q.curtailed_basis) for q in rows] == [(2.5, CURTAILED_MEASURED), (None, None)]
+    with sqlite3.connect(path) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(quarters)")]
+    db.close()
+    assert "curtailed_basis" not in columns  # read-only: the gateway's file is not touched
+
+
+def test_the_quarter_point_says_whether_curtailment_is_an_estimate(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", SpoolBounds(max_age_s=None))
+    led = Ledger(tmp_path / "ledger.sqlite", IDS, PRO_RATA, site="p", spool=spool)
+    for k in range(1800):
+        estimated = k < 900
+        step_info = ParkStep(pv_kw=70.0, curtailed_kw=10.0, curtailed_estimated=True) if estimated else None
+        led.add_step(T0 + k, [-10.0, 0.0, 0.0], 1.0, step_info)
+    led.close_due(T0 + 1800)
+    led.close()
+    lines = [line for line in spool.peek(1000).lines if line.startswith("quarter,")]
+    assert len(lines) == 2
+    assert "curtailed_estimated=1.0" in lines[0]
+    assert "curtailed_kwh=2.49999" in lines[0]  # 10 kW for 900 s
+    assert "curtailed" not in lines[1]  # no figure: neither field

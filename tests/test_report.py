@@ -6,6 +6,7 @@ import csv
 import json
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ import yaml
 from hubctl.cli.main import main as cli_main
 from hubctl.config.scenario import load_scenario
 from hubctl.core.limits import LimitClock
-from hubctl.core.quarters import ParkStep
+from hubctl.core.quarters import CURTAILED_ESTIMATED, CURTAILED_MEASURED, ParkStep, QuarterRow
 from hubctl.data.ledger import Ledger
+from hubctl.data.report import Prices, ReportInput, build
 from hubctl.data.report_load import _read_timeseries
+from hubctl.data.report_render import write
 
 SHARED = Path(os.environ.get("HUBCTL_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 SCENARIO = SHARED / "scenarios" / "summer-small" / "scenario.yaml"
@@ -83,6 +86,8 @@ def test_report_on_a_sim_run_matches_its_allocations(sim_out: Path, tmp_path: Pa
     assert float(kpi["completeness"]) == pytest.approx(1.0)
     for k in ("self_consumption", "self_sufficiency", "curtailed_kwh", "pv_kwh", "load_kwh"):
         assert float(kpi[k]) == pytest.approx(summary[k], rel=1e-6, abs=1e-6), k
+    # the simulator knows its available PV: the figure is measured, in the summary and the report
+    assert summary["curtailed_basis"] == kpi["curtailed_basis"] == "measured"
     assert float(kpi["import_kwh"]) == pytest.approx(summary["park_import_kwh"], rel=1e-6)
     assert float(kpi["co2_avoided_kg"]) == pytest.approx(
         (summary["pv_kwh"] - summary["park_export_kwh"]) * 0.374, rel=1e-6
@@ -101,6 +106,8 @@ def test_report_on_a_sim_run_matches_its_allocations(sim_out: Path, tmp_path: Pa
         assert f"| {company} |" in text
     assert "kWmax" in text
     assert "data completeness | 100.0% |" in text
+    assert "| PV curtailed | " in text  # measured: no "(est.)"
+    assert "(est.)" not in text
 
 
 def test_html_report_embeds_the_plots(sim_out: Path, tmp_path: Path) -> None:
@@ -180,4 +187,42 @@ def test_the_ledger_fed_the_sim_run_gives_the_same_allocations_and_report(
     summary = json.loads((sim_out / "summary.json").read_text())
     assert float(kpi["completeness"]) == pytest.approx(1.0)
     assert float(kpi["curtailed_kwh"]) == pytest.approx(summary["curtailed_kwh"], abs=1e-2)
+    assert kpi["curtailed_basis"] == "measured"  # the ledger was given the available PV
     assert float(kpi["self_consumption"]) == pytest.approx(summary["self_consumption"], abs=1e-5)
+
+
+def test_an_estimated_curtailment_is_marked_in_every_format(tmp_path: Path) -> None:
+    """A month with one quarter from the gateway's estimate: "PV curtailed (est.)", ``curtailed_basis``."""
+    cfg = load_scenario(SCENARIO).config
+    t0 = load_scenario(SCENARIO).start_utc
+
+    def quarter(k: int, curtailed: float | None, basis: str | None) -> QuarterRow:
+        return QuarterRow(
+            t0 + 900 * k, 1.0, 0.5, 2.0, None, None, "none", "none", 3.0, 4.0, curtailed, 900.0,
+            over_cap=False, curtailed_basis=basis,
+        )  # fmt: skip
+
+    quarters = [
+        quarter(0, 1.25, CURTAILED_MEASURED),
+        quarter(1, 2.0, CURTAILED_ESTIMATED),
+        quarter(2, None, None),
+    ]
+    inp = ReportInput(
+        cfg.site.id, cfg.site.id, cfg.tz, tuple(c.id for c in cfg.companies), [], quarters, None, None,
+        Prices(), "test", (t0, t0 + 2700),
+    )  # fmt: skip
+    (month,) = build(inp)
+    assert month.kpis.curtailed_kwh == pytest.approx(3.25)
+    assert month.kpis.curtailed_basis == CURTAILED_ESTIMATED
+    write(inp, [month], tmp_path, "md", plots=False)
+    assert "| PV curtailed (est.) | 3.2 kWh |" in (tmp_path / "report.md").read_text()
+    write(inp, [month], tmp_path, "html", plots=False)
+    assert "PV curtailed (est.)" in (tmp_path / "report.html").read_text()
+    write(inp, [month], tmp_path, "csv", plots=False)
+    with (tmp_path / "kpis.csv").open() as f:
+        (kpi,) = list(csv.DictReader(f))
+    assert (kpi["curtailed_kwh"], kpi["curtailed_basis"]) == ("3.25", "estimated")
+    (measured,) = build(replace(inp, quarters=quarters[:1]))
+    assert measured.kpis.curtailed_basis == CURTAILED_MEASURED
+    (none,) = build(replace(inp, quarters=quarters[2:]))
+    assert (none.kpis.curtailed_kwh, none.kpis.curtailed_basis) == (None, None)

@@ -1,12 +1,13 @@
 """The service's bookkeeping without I/O: the reading store (ages, frozen meters, the residual company),
-debounced health, the quarter-hour meter, the devices' fallbacks (`FallbackKeeper`, fake devices)."""
+debounced health, the quarter-hour meter, the devices' fallbacks (`FallbackKeeper`, fake devices), and
+the cycle's points as the spool sink writes them (into a real spool file)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from hubctl.core.failsafe import fallback_pv_limits
 from hubctl.core.limits import NO_LIMITS, LimitClock
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Decision, Overrides, Params, State
+from hubctl.data.spool import Spool, SpoolBounds
 from hubctl.devices.base import Device, FallbackResult, Reading, SetpointResult
 from hubctl.devices.health import Health
 from hubctl.devices.health import State as H
@@ -25,8 +27,12 @@ from hubctl.errors import DeviceError, DeviceProtocolError, DeviceUnavailableErr
 from hubctl.service.clock import Clock
 from hubctl.service.cycle import Controller, OperatorSync
 from hubctl.service.fallbacks import FallbackKeeper, FallbackTargets
+from hubctl.service.sinks import CycleRecord, SpoolSink
 from hubctl.service.store import Layout, ReadingStore
 from hubctl.service.writer import SetpointWriter
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONFIG = {
     "park": {"import_limit_kw": 100, "export_limit_kw": 50},
@@ -320,3 +326,37 @@ def test_a_lost_inverter_counts_at_its_full_share_against_its_companys_limit() -
     asyncio.run(writer.apply(decide(30.0)))
     assert devices["a-pv"].limits[-1] == pytest.approx(0.0)  # never below 0
     assert devices["a-pv2"].limits == [pytest.approx(25.0)]  # nothing written to the lost one
+
+
+# --- the cycle's points: the controller's available PV and its flag -----------------------------------------
+
+
+def test_the_cycle_points_carry_the_available_pv_and_whether_it_is_an_estimate(tmp_path: Path) -> None:
+    cfg = parse_config(CONFIG)
+    spool = Spool(tmp_path / "spool.sqlite", SpoolBounds(max_age_s=None))
+    sink = SpoolSink(spool, cfg)
+
+    def record(available: tuple[float | None, ...], estimated: tuple[bool, ...]) -> CycleRecord:
+        return CycleRecord(
+            ts_utc=NOON, mode="normal", reason="test", park_grid_kw=-40.0, import_cap_kw=100.0,
+            export_cap_kw=50.0, cap_source="", grid_kw=(-50.0, 10.0), pv_kw=(60.0, None),
+            battery_kw=(0.0, None), soc_pct=(50.0, None), setpoint_kw=(0.0, None), pv_limit_kw=(60.0, None),
+            latency_ms=1.0, writes=0, failed_writes=0, down=(), pv_available_kw=available,
+            pv_available_estimated=estimated,
+        )  # fmt: skip
+
+    sink.cycle(record((75.0, 0.0), (True, False)))  # a's inverter held back: the clear-sky estimate
+    sink.cycle(record((60.0, 0.0), (False, False)))  # free: the reading
+    sink.cycle(record((), ()))  # a fail-safe cycle: no estimate at all
+    spool.commit()
+    lines = spool.peek(1000).lines
+    park = [line for line in lines if line.startswith("park,")]
+    company_a = [line for line in lines if line.startswith("company,company=a,")]
+    assert len(park) == len(company_a) == 3
+    assert "pv_available_estimated=1.0,pv_available_kw=75.0" in park[0]
+    assert "pv_available_estimated=1.0,pv_available_kw=75.0" in company_a[0]
+    assert "pv_available_estimated=0.0,pv_available_kw=60.0" in park[1]
+    assert "pv_available" not in park[2]
+    assert "pv_available" not in company_a[2]
+    company_b = [line for line in lines if line.startswith("company,company=b,")]
+    assert "pv_available_estimated=0.0,pv_available_kw=0.0" in company_b[0]  # no PV: 0 kW, never estimated

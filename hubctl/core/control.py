@@ -53,7 +53,10 @@ a small frozen value:
 9. **Outcome** (`outcome`): the absolute PV limits, the decision and the next
    state. A limit is set as an absolute power, so it is right even when the
    available PV is unknown (a curtailed inverter does not show what it could
-   give).
+   give). The decision also reports the available PV as the controller sees it
+   (`hubctl.core.park.pv_available`: the readings, the learned clear-sky model
+   where a limit holds an inverter) and the PV curtailed by that estimate, which
+   the gateway's ledger records as an estimate (docs/reports.md).
 """
 
 from __future__ import annotations
@@ -66,7 +69,14 @@ from hubctl.core.dispatch import curtail_reach, own_caps, pv_limits_of, split_pa
 from hubctl.core.failsafe import failsafe_decision
 from hubctl.core.forecast import forecast, with_common_load
 from hubctl.core.limits import NO_LIMITS, LimitsInForce, with_operator
-from hubctl.core.park import CURTAILED_TOL_FRAC, band_preference, battery_room, park_total, predict_net
+from hubctl.core.park import (
+    CURTAILED_TOL_FRAC,
+    band_preference,
+    battery_room,
+    park_total,
+    predict_net,
+    pv_available,
+)
 from hubctl.core.plan import BatteryPool, Plan, make_plan
 from hubctl.core.quarters import QUARTER_S
 from hubctl.core.solar import clear_sky_shape_minute
@@ -77,7 +87,7 @@ if TYPE_CHECKING:
     from hubctl.core.forecast import Forecast, PvIndex, RecentLoad
     from hubctl.core.history import History
     from hubctl.core.park import BatteryRoom, NetPrediction, Preference
-    from hubctl.core.types import CompanyParams, CompanyReading, Overrides, Params, Snapshot
+    from hubctl.core.types import CompanyParams, CompanyReading, Overrides, Params, PvAvailable, Snapshot
 
 
 def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]:
@@ -101,7 +111,10 @@ def step(snap: Snapshot, state: State, params: Params) -> tuple[Decision, State]
     held = own_caps(
         params, snap.overrides, comp_lim, pred, room, shares, caps.import_kw, caps.export_kw, ramps
     )
-    return outcome(snap, params, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim))
+    available = pv_available(obs, [r.pv_kw for r in snap.companies], state, params)
+    return outcome(
+        snap, params, obs, pred, room, pref, held, caps.budget, plan, (park_lim, comp_lim), available
+    )
 
 
 def limits_now(params: Params, ts: float, ov: Overrides) -> tuple[LimitsInForce, dict[str, LimitsInForce]]:
@@ -140,7 +153,7 @@ class Observation:
 
     dt_s: float  # since the last cycle, within [1 ms, 60 s]; 1 s on the first
     grid: tuple[float, ...]
-    pv: tuple[float, ...]  # as read (0 where missing or no PV): for learning the sky
+    pv: tuple[float, ...]  # as read (0 where missing or no PV); the sky is learned from the readings only
     bat_meas: tuple[float, ...]
     load: tuple[float, ...]
     pv_net: tuple[float, ...]  # the least PV that explains the export the grid meter shows
@@ -191,7 +204,10 @@ def observe(snap: Snapshot, state: State, params: Params) -> Observation:
         curtailed,
         shape,
         max([r.grid_age_s for r in snap.companies] + ([snap.park_meter.age_s] if snap.park_meter else [])),
-        state.pv_index.update(shape, tuple(pv), params.pv_peaks_kw, curtailed, dt_s),
+        # the sky is learned from the readings there are: a missing one is no reading of a dark sky
+        state.pv_index.update(
+            shape, tuple(r.pv_kw for r in snap.companies), params.pv_peaks_kw, curtailed, dt_s
+        ),
         state.history.observe(ts, tuple(load), tuple(pv), dt_s),
         state.recent.add(ts, sum(load)),
         snap.common_kw() or 0.0,  # not None here: a stale park meter is fail-safe before this
@@ -353,15 +369,25 @@ def outcome(
     budget: QuarterBudget,
     plan: PlanNow,
     limits: tuple[LimitsInForce, dict[str, LimitsInForce]],
+    available: PvAvailable,
 ) -> tuple[Decision, State]:
-    """The absolute PV limits, the decision and the state the next cycle starts from."""
+    """The absolute PV limits, the decision (with the available PV as the controller sees it,
+    `hubctl.core.park.pv_available`) and the state the next cycle starts from."""
     comps = params.companies
     bat = held.battery_kw
     park_lim, comp_lim = limits
     pv_limits = tuple(pv_limits_of(comps, pred.avail, held.curtail_kw, obs.curtailed))
     setpoints = tuple(bat[i] if comps[i].battery else None for i in range(len(comps)))
     decision = Decision(
-        setpoints, pv_limits, "normal", park_lim, comp_lim, plan.floor_kwh, plan.ceiling_kwh, held.reason
+        setpoints,
+        pv_limits,
+        "normal",
+        park_lim,
+        comp_lim,
+        plan.floor_kwh,
+        plan.ceiling_kwh,
+        held.reason,
+        available,
     )
     new_state = State(
         bat,
@@ -377,5 +403,6 @@ def outcome(
         pred.slope,
         room.short_ch,
         room.short_dis,
+        obs.curtailed,
     )
     return decision, new_state

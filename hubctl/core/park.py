@@ -3,6 +3,9 @@
 What it is, in the order `step` runs it:
 - `predict_net`: the uncontrolled net `N = load - available PV` per company and for the park,
   predicted for the next step, and where it is heading (the trend over the meters' age);
+- `pv_available` and `curtailed_pv_kw`: the available PV as the decision reports it (the
+  inverters' readings, the learned clear-sky model where a limit holds them) and the PV that
+  was curtailed by that estimate, for the ledger and the time series (docs/reports.md);
 - `battery_room`: what each battery can give and take this step (energy-limited near the SoC
   limits, held to what it gives when it does not follow its setpoint, above operators' reserves);
 - `band_preference`: what the plan's energy band prefers (charge towards the floor, drain towards
@@ -19,9 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hubctl.core.dispatch import FOLLOW_CYCLES, FOLLOW_TOL_FRAC, follow_check
-from hubctl.core.types import BandMode, cap_less_margin
+from hubctl.core.types import BandMode, PvAvailable, cap_less_margin
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from hubctl.core.control import Observation
     from hubctl.core.limits import LimitsInForce
     from hubctl.core.types import Params, Snapshot, State
@@ -54,6 +59,11 @@ class NetPrediction:
         return self.park_net - self.common_kw
 
 
+def _clear_sky_kw(obs: Observation, params: Params, i: int) -> float:
+    """What company `i`'s PV gives under the learned clear sky now: `peak * shape * k_clear`."""
+    return params.companies[i].pv_peak_kw * obs.shape * obs.pv_index.k_clear[i]
+
+
 def _available_pv(obs: Observation, params: Params) -> list[float]:
     """Available PV per company: as read, or for an inverter held by its limit the clear-sky model
     (at least a step above what it gives, at most its peak); never less than the meter shows."""
@@ -62,7 +72,7 @@ def _available_pv(obs: Observation, params: Params) -> list[float]:
         if c.pv_peak_kw <= 0:
             avail.append(0.0)
         elif obs.curtailed[i]:
-            model = c.pv_peak_kw * obs.shape * obs.pv_index.k_clear[i]
+            model = _clear_sky_kw(obs, params, i)
             avail.append(min(c.pv_peak_kw, max(obs.pv[i] + CURTAILED_TOL_FRAC * c.pv_peak_kw, model)))
         else:
             avail.append(obs.pv[i])
@@ -70,6 +80,61 @@ def _available_pv(obs: Observation, params: Params) -> list[float]:
         max(a, p) if c.pv_peak_kw > 0 else a
         for a, p, c in zip(avail, obs.pv_net, params.companies, strict=True)
     ]
+
+
+def curtailed_pv_kw(available_kw: float | None, pv_kw: float | None, *, limited: bool) -> float | None:
+    """The PV an inverter did not give (kW): `max(available - reading, 0)` while a limit holds it back.
+
+    An inverter no limit holds back gives what it can, so it curtailed nothing, whatever an
+    estimate says (0, by definition: an estimate must not invent curtailment). Limited, with its
+    reading or the estimate unknown: None (not known, never a guess).
+    """
+    if not limited:
+        return 0.0
+    if available_kw is None or pv_kw is None:
+        return None
+    return max(available_kw - pv_kw, 0.0)
+
+
+def pv_available(
+    obs: Observation, pv_read: Sequence[float | None], state: State, params: Params
+) -> PvAvailable:
+    """The available PV as the decision reports it (`PvAvailable`), from this cycle's observation.
+
+    `pv_read`: the inverters' readings as the snapshot has them. An inverter is *held back* while
+    a limit is in force (the last decision's, `State.pv_limit_kw`) and it gives that limit
+    (`obs.curtailed`), or it gave its limit the cycle before (`State.pv_at_limit`) and is now below
+    a limit that is below what the learned clear sky says it could give: it is climbing out of a
+    limit just raised (an inverter ramps; a cycle is a second). Only one cycle counts so: an
+    inverter that stays below a raised limit is taken as giving what the sky gives (a dull sky
+    must not read as curtailment for as long as the controller raises the limit step by step).
+    Held back, its available PV is the controller's estimate, the clear-sky model kept between
+    the reading and the peak (without the step above the reading that `_available_pv` adds:
+    that step makes the dispatch try for more sun each cycle, it is not a belief about the
+    sky). Free: its reading. Not read: available and curtailed PV unknown (None; the
+    observation takes a missing reading as 0 kW, which says nothing about a limit). Pure.
+    """
+    avail: list[float | None] = []
+    limited: list[bool] = []
+    curtailed: list[float | None] = []
+    was_at_limit = state.pv_at_limit or (False,) * len(params.companies)
+    for i, c in enumerate(params.companies):
+        read, lim = pv_read[i], state.pv_limit_kw[i]
+        a: float | None
+        held_back = False
+        if c.pv_peak_kw <= 0:
+            a = 0.0
+        elif read is None:
+            a = None
+        else:
+            model = min(c.pv_peak_kw, _clear_sky_kw(obs, params, i))
+            climbing = was_at_limit[i] and lim is not None and lim < model - CURTAILED_TOL_FRAC * c.pv_peak_kw
+            held_back = lim is not None and (obs.curtailed[i] or climbing)
+            a = max(read, model) if held_back else read
+        avail.append(a)
+        limited.append(held_back)
+        curtailed.append(None if a is None else curtailed_pv_kw(a, read, limited=held_back))
+    return PvAvailable(tuple(avail), tuple(limited), tuple(curtailed))
 
 
 def predict_net(obs: Observation, state: State, params: Params) -> NetPrediction:

@@ -50,6 +50,14 @@ cap drops from 500 to 400 kW at minute 10 (a window starting mid-quarter)::
     mean 450.0 kW vs mean cap 466.7 kW (contract + window 16:10-20:00) -> inside
     mean 470.0 kW vs mean cap 466.7 kW (contract + window 16:10-20:00) -> over
 
+**Curtailed PV** of a quarter is ``Σ curtailed_kw · dt`` over its measured seconds. A step
+says what it curtailed (``ParkStep.curtailed_kw``; on the gateway the controller's estimate,
+``hubctl.core.park.curtailed_pv_kw``: available minus measured PV while a limit holds an
+inverter, 0 while none does) or gives the available PV itself (``pv_available_kw``, known in
+``hubctl sim``: ``max(available − pv, 0)``). The quarter's figure is an estimate
+(``curtailed_basis`` ``"estimated"``) when any of its steps was, else ``"measured"``; None
+when no step said anything about it (docs/reports.md).
+
 The control core's quarter budget (``hubctl.core.control.quarter_caps``) steers the
 same quantity: it integrates ``grid − cap in force`` over the quarter, which at the
 quarter's end is ``(mean power − mean cap) · 900 s``.
@@ -68,12 +76,15 @@ if TYPE_CHECKING:
     from hubctl.core.types import Decision
 
 __all__ = [
+    "CURTAILED_ESTIMATED",
+    "CURTAILED_MEASURED",
     "EPS_OVER_KW",
     "ParkQuarter",
     "ParkStep",
     "QuarterMeter",
     "QuarterRecord",
     "QuarterRow",
+    "curtailed_basis",
     "local_label",
     "local_seconds_of_day",
     "mean_cap",
@@ -89,6 +100,8 @@ __all__ = [
 QUARTER_S = 900
 DAY_S = 86400
 EPS_OVER_KW = 1e-3  # "over" a cap means beyond it by more than 1 W (SCENARIOS.md, "Physics")
+CURTAILED_MEASURED = "measured"  # the available PV was known (the simulator's own)
+CURTAILED_ESTIMATED = "estimated"  # the controller's estimate of the available PV (the gateway)
 
 
 def _check_finite(ts_utc: float) -> None:
@@ -221,6 +234,13 @@ def sources_in_force(seconds_by_source: dict[str, float]) -> str:
     return " + ".join(seconds_by_source) if seconds_by_source else "none"
 
 
+def curtailed_basis(curtailed_kwh: float | None, *, estimated: bool) -> str | None:
+    """How a curtailed figure was got: ``"estimated"``, ``"measured"``, or None without a figure."""
+    if curtailed_kwh is None:
+        return None
+    return CURTAILED_ESTIMATED if estimated else CURTAILED_MEASURED
+
+
 def step_pieces(
     start: float, end: float, last_end: float | None, grid_s: float = QUARTER_S
 ) -> list[tuple[float, float]]:
@@ -242,11 +262,18 @@ def step_pieces(
 
 @dataclass(frozen=True, slots=True)
 class ParkStep:
-    """What the park did during a step besides the companies' grid power (``None``: not measured)."""
+    """What the park did during a step besides the companies' grid power (``None``: not measured).
+
+    ``curtailed_kw``: the PV the step curtailed, when the caller knows it (the gateway: the
+    controller's estimate, ``curtailed_estimated``); else it follows from ``pv_available_kw``
+    and ``pv_kw`` when both are known (measured). See the module docstring.
+    """
 
     load_kw: float | None = None
     pv_kw: float | None = None
     pv_available_kw: float | None = None
+    curtailed_kw: float | None = None
+    curtailed_estimated: bool = False
     import_limit_kw: float | None = None
     import_source: str = "none"
     export_limit_kw: float | None = None
@@ -268,6 +295,7 @@ class QuarterRow:
     curtailed_kwh: float | None
     covered_s: float
     over_cap: bool
+    curtailed_basis: str | None = None  # CURTAILED_MEASURED or CURTAILED_ESTIMATED; None: no figure
 
 
 @dataclass(slots=True)
@@ -289,6 +317,7 @@ class ParkQuarter:
     pv_kwh: float | None = None
     load_kwh: float | None = None
     curtailed_kwh: float | None = None
+    curtailed_estimated: bool = False  # some of curtailed_kwh is the controller's estimate
 
     def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
         """A measured piece of the quarter (``park``: the caps in force; None: unknown, so no mean cap)."""
@@ -311,8 +340,14 @@ class ParkQuarter:
             self.pv_kwh = (self.pv_kwh or 0.0) + park.pv_kw * h
         if park.load_kw is not None:
             self.load_kwh = (self.load_kwh or 0.0) + park.load_kw * h
-        if park.pv_available_kw is not None and park.pv_kw is not None:
-            self.curtailed_kwh = (self.curtailed_kwh or 0.0) + max(park.pv_available_kw - park.pv_kw, 0.0) * h
+        curtailed = park.curtailed_kw
+        if curtailed is None and park.pv_available_kw is not None and park.pv_kw is not None:
+            curtailed = max(park.pv_available_kw - park.pv_kw, 0.0)
+        if curtailed is not None:
+            self.curtailed_kwh = (self.curtailed_kwh or 0.0) + max(curtailed, 0.0) * h
+            self.curtailed_estimated = self.curtailed_estimated or (
+                park.curtailed_kw is not None and park.curtailed_estimated
+            )
 
     def row(self) -> QuarterRow:
         grid = self.grid_kws / self.covered_s if self.covered_s > 0 else None
@@ -332,6 +367,7 @@ class ParkQuarter:
             curtailed_kwh=self.curtailed_kwh,
             covered_s=self.covered_s,
             over_cap=quarter_over_cap(grid, imp, exp),
+            curtailed_basis=curtailed_basis(self.curtailed_kwh, estimated=self.curtailed_estimated),
         )
 
     def to_json(self) -> dict[str, Any]:

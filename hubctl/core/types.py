@@ -2,9 +2,9 @@
 
 What it is: `Params` (and its `BatteryParams`, `CompanyParams`, built from a `SiteConfig`), what
 operators set (`Overrides`, `BatteryOverride`, `BatteryMode`), what the gateway measured
-(`Snapshot`, `CompanyReading`), what `hubctl.core.control.step` decides (`Decision`) and carries
-to the next cycle (`State`, `QuarterBudget`, `BandMode`), and `cap_less_margin`, a cap less its
-safety margin.
+(`Snapshot`, `CompanyReading`), what `hubctl.core.control.step` decides (`Decision`, with the
+controller's view of the available PV, `PvAvailable`) and carries to the next cycle (`State`,
+`QuarterBudget`, `BandMode`), and `cap_less_margin`, a cap less its safety margin.
 Frozen dataclasses, no I/O (the rules of `hubctl.core`).
 """
 
@@ -227,6 +227,43 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class PvAvailable:
+    """The controller's view of the available PV of one cycle, per company in config order (kW).
+
+    An inverter that no limit holds back gives what it can: its available PV is its reading
+    (``estimated`` False). One a limit holds back (``hubctl.core.park.pv_available``) does not
+    show what it could give: its available PV is the controller's estimate, the learned
+    clear-sky model ``peak * clear-sky shape * k_clear`` (``hubctl.core.forecast.PvIndex``) kept
+    between the reading and the peak (``estimated`` True). ``curtailed_kw`` is the rule of
+    ``hubctl.core.park.curtailed_pv_kw``: ``max(available - reading, 0)`` while held back, 0
+    otherwise. ``None``: not known (the inverter was not read). A company without PV: 0 kW.
+    """
+
+    available_kw: tuple[float | None, ...]
+    estimated: tuple[bool, ...]
+    curtailed_kw: tuple[float | None, ...]
+
+    @property
+    def park_available_kw(self) -> float | None:
+        """The park's available PV; None when any company's is unknown."""
+        return _sum_known(self.available_kw)
+
+    @property
+    def park_curtailed_kw(self) -> float | None:
+        """The park's curtailed PV; None when any company's is unknown."""
+        return _sum_known(self.curtailed_kw)
+
+    @property
+    def any_estimated(self) -> bool:
+        """Some inverter was held by its limit: the park's available PV is (partly) an estimate."""
+        return any(self.estimated)
+
+
+def _sum_known(values: tuple[float | None, ...]) -> float | None:
+    return None if any(v is None for v in values) else math.fsum(v for v in values if v is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     battery_setpoint_kw: tuple[float | None, ...]  # None: company has no battery
     pv_limit_kw: tuple[float | None, ...]  # None: no limit
@@ -236,6 +273,8 @@ class Decision:
     floor_kwh: float
     ceiling_kwh: float
     reason: str  # why the batteries/PV do what they do, for operators
+    # the available PV as the controller sees it (None: not observed, the fail-safe decides blind)
+    pv_available: PvAvailable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +301,9 @@ class State:
     # limit (a BMS SoC window, a derating) that the configuration does not know
     short_charge: tuple[int, ...] = ()
     short_discharge: tuple[int, ...] = ()
+    # inverters that gave their limit last cycle (`Observation.curtailed`): one below its limit now is
+    # climbing out of it (`hubctl.core.park.pv_available`)
+    pv_at_limit: tuple[bool, ...] = ()
 
     @classmethod
     def initial(cls, params: Params, history: History | None = None) -> State:

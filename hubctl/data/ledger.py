@@ -30,6 +30,15 @@ Decisions:
   :mod:`hubctl.core.quarters` (:class:`~hubctl.core.quarters.ParkQuarter`), which
   the journal's quarter lines (``QuarterMeter``), ``hubctl report`` and the sim's
   metrics use as well; steps are cut the same way (``step_pieces``).
+- **Curtailed energy says how it was got** (``curtailed_basis``): ``estimated`` on the gateway,
+  where no device reports the available PV and the controller's estimate stands in for it (the
+  learned clear-sky model of the inverters a limit holds, ``hubctl.core.park.pv_available``:
+  ``Σ max(estimate − measured PV, 0)·dt`` while a limit holds an inverter, 0 while none does);
+  ``measured`` where the available PV was known (the simulator's, fed to the ledger in tests).
+  The column came after the first ledgers: opening an older file adds it (``ALTER TABLE``, in one
+  transaction) and marks its existing figures ``measured`` (an older gateway recorded curtailed
+  energy only when it was given the available PV); reading an older file read-only (a report
+  while an older gateway runs) takes it the same way without changing the file.
 - **Idempotent across restarts** (SQLite, WAL): the open interval's
   accumulators and the end of the last step taken are saved with every step
   (one small UPDATE). After a restart the open interval resumes where it
@@ -65,7 +74,16 @@ from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubctl.core.quarters import QUARTER_S, ParkQuarter, ParkStep, QuarterRow, local_label, step_pieces
+from hubctl.core.quarters import (
+    CURTAILED_ESTIMATED,
+    CURTAILED_MEASURED,
+    QUARTER_S,
+    ParkQuarter,
+    ParkStep,
+    QuarterRow,
+    local_label,
+    step_pieces,
+)
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from hubctl.data.points import allocation_point, quarter_point
 from hubctl.data.sqlite_file import open_store
@@ -109,11 +127,34 @@ CREATE TABLE IF NOT EXISTS quarters (
     curtailed_kwh REAL,
     covered_s REAL NOT NULL,
     over_cap INTEGER NOT NULL,
-    spooled INTEGER NOT NULL DEFAULT 0
+    spooled INTEGER NOT NULL DEFAULT 0,
+    curtailed_basis TEXT
 );
 CREATE TABLE IF NOT EXISTS open_state (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# what a quarter row written before ``curtailed_basis`` existed reads as (the module docstring)
+_OLD_BASIS = f"CASE WHEN curtailed_kwh IS NULL THEN NULL ELSE '{CURTAILED_MEASURED}' END"
+
+
+def _has_basis(db: sqlite3.Connection) -> bool:
+    return any(r[1] == "curtailed_basis" for r in db.execute("PRAGMA table_info(quarters)"))
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a ledger file written by an older hubctl to this schema (the module docstring)."""
+    if _has_basis(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _has_basis(db):  # another process may have migrated it meanwhile
+            db.execute("ALTER TABLE quarters ADD COLUMN curtailed_basis TEXT")
+            db.execute(f"UPDATE quarters SET curtailed_basis = {_OLD_BASIS}")  # noqa: S608 - a constant
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("ledger %s: added the column curtailed_basis (older quarters: measured)", path)
 
 
 def rule_from_config(cfg: SiteConfig) -> SharingRule:
@@ -161,6 +202,7 @@ class Ledger:
         self.late_steps = 0
         self._grid_s = min(self.interval_s, float(QUARTER_S))  # every boundary of either grid is on this grid
         self._db, self.salvage = open_store(self.path, _SCHEMA, what="ledger")
+        _migrate(self._db, self.path)
         self._meter = IntervalMeter(self.ids)
         self._alloc_start: float | None = None
         self._alloc_covered = 0.0
@@ -409,8 +451,8 @@ class Ledger:
             db.execute(
                 "INSERT OR IGNORE INTO quarters (start_utc, import_kwh, export_kwh, grid_kw, "
                 "import_limit_kw, export_limit_kw, import_source, export_source, pv_kwh, load_kwh, "
-                "curtailed_kwh, covered_s, over_cap) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "curtailed_kwh, covered_s, over_cap, curtailed_basis) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     q.start_utc,
                     q.import_kwh,
@@ -425,6 +467,7 @@ class Ledger:
                     q.curtailed_kwh,
                     q.covered_s,
                     int(q.over_cap),
+                    q.curtailed_basis,
                 ),
             )
             self._save()
@@ -537,16 +580,31 @@ def read_quarters(
     *,
     spooled: bool | None = None,
 ) -> list[QuarterRow]:
+    """Settled park quarters with ``from_utc <= start < to_utc``; a file of an older hubctl reads too."""
     where, args = _where(from_utc, to_utc, spooled)
+    basis = "curtailed_basis" if _has_basis(db) else _OLD_BASIS
     cur = db.execute(
         "SELECT start_utc, import_kwh, export_kwh, grid_kw, import_limit_kw, export_limit_kw, "  # noqa: S608
-        "import_source, export_source, pv_kwh, load_kwh, curtailed_kwh, covered_s, over_cap "
+        f"import_source, export_source, pv_kwh, load_kwh, curtailed_kwh, covered_s, over_cap, {basis} "
         f"FROM quarters{where} ORDER BY start_utc",
         args,
     )
     return [
         QuarterRow(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], over_cap=bool(r[12])
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            r[11],
+            over_cap=bool(r[12]),
+            curtailed_basis=r[13],
         )
         for r in cur.fetchall()
     ]
@@ -591,6 +649,9 @@ def _quarter_points(site: str, rows: Sequence[QuarterRow]) -> list[Point]:
             pv_kwh=q.pv_kwh,
             load_kwh=q.load_kwh,
             curtailed_kwh=q.curtailed_kwh,
+            curtailed_estimated=None
+            if q.curtailed_basis is None
+            else float(q.curtailed_basis == CURTAILED_ESTIMATED),
             covered_s=q.covered_s,
         )
         for q in rows

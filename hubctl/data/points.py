@@ -18,6 +18,11 @@ Decisions:
 - **Line protocol is written here**, not by ``influxdb_client.Point``: the
   spool stores the lines, so the encoder must be cheap and its output stable;
   :func:`parse_line` reads them back for ``hubctl export --format csv``.
+- **An estimate says so in a 0/1 field beside it**, not in a tag: ``pv_available_kw`` of ``park``
+  and ``company`` comes with ``pv_available_estimated`` (1: the controller's clear-sky estimate for
+  an inverter held by its limit, 0: the inverters' readings), ``curtailed_kwh`` of ``quarter`` with
+  ``curtailed_estimated``. A tag would be a label of every field of the point, so ``park_grid_kw``
+  would change series each time a limit starts or ends.
 - **Every line carries its timestamp in milliseconds** (the writer sends with
   that precision; a 1 s control cycle needs no more).
 """
@@ -54,11 +59,31 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SCHEMA: dict[str, tuple[frozenset[str], frozenset[str] | None]] = {
     "park": (
         frozenset({"site"}),
-        frozenset({"grid_kw", "load_kw", "pv_kw", "pv_available_kw", "battery_kw", "common_kw"}),
+        frozenset(
+            {
+                "grid_kw",
+                "load_kw",
+                "pv_kw",
+                "pv_available_kw",
+                "pv_available_estimated",
+                "battery_kw",
+                "common_kw",
+            }
+        ),
     ),
     "company": (
         frozenset({"site", "company"}),
-        frozenset({"grid_kw", "load_kw", "pv_kw", "pv_available_kw", "battery_kw", "soc_pct"}),
+        frozenset(
+            {
+                "grid_kw",
+                "load_kw",
+                "pv_kw",
+                "pv_available_kw",
+                "pv_available_estimated",
+                "battery_kw",
+                "soc_pct",
+            }
+        ),
     ),
     "device": (frozenset({"site", "company", "device"}), None),  # any snake_case numeric field with a unit
     "limit": (
@@ -86,6 +111,7 @@ SCHEMA: dict[str, tuple[frozenset[str], frozenset[str] | None]] = {
                 "pv_kwh",
                 "load_kwh",
                 "curtailed_kwh",
+                "curtailed_estimated",
                 "covered_s",
             }
         ),
@@ -246,8 +272,9 @@ def _point_if_any(
 
 
 def park_point(site: str, ts_utc: float, **fields: float | None) -> Point:
-    """Park reading: ``grid_kw`` (+ import), ``load_kw``, ``pv_kw``, ``pv_available_kw``, ``battery_kw``;
-    on a shared connection ``common_kw``, the park meter less the companies' meters."""
+    """Park reading: ``grid_kw`` (+ import), ``load_kw``, ``pv_kw``, ``pv_available_kw`` (with
+    ``pv_available_estimated`` 0/1), ``battery_kw``; on a shared connection ``common_kw``, the park
+    meter less the companies' meters."""
     return _point("park", ts_utc, {"site": site}, _numeric(fields))
 
 

@@ -35,7 +35,10 @@ Decisions:
   ``1 − export / PV``; self-sufficiency ``1 − import / load``; CO₂ avoided is
   the PV energy used inside the park (``PV − export``) times the grid factor
   (the exported part is the buyer's to claim); data completeness is the
-  measured share of the period's seconds.
+  measured share of the period's seconds. Curtailed PV is the quarters' sum with
+  how it was got (``curtailed_basis``): ``estimated`` when any quarter's figure is the
+  gateway controller's estimate (the report then says "PV curtailed (est.)"),
+  ``measured`` when every one knew the available PV (``hubctl sim``).
 - **Plots** (matplotlib, Agg backend, imported only when plotting): one PNG
   per day with the quarter-hour mean park power against the import and
   export caps, and one per month with each company's shared kWh.
@@ -49,7 +52,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hubctl.core.quarters import local_label, over_direction
+from hubctl.core.quarters import CURTAILED_ESTIMATED, CURTAILED_MEASURED, local_label, over_direction
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -133,6 +136,7 @@ class MonthKpis:
     pv_kwh: float | None = None
     load_kwh: float | None = None
     curtailed_kwh: float | None = None
+    curtailed_basis: str | None = None  # "estimated" if any quarter's figure is, else "measured"
     self_consumption: float | None = None
     self_sufficiency: float | None = None
     co2_avoided_kg: float | None = None
@@ -174,6 +178,14 @@ def _ratio_left(part: float, whole: float | None) -> float | None:
 def _sum_or_none(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return math.fsum(vals) if vals else None
+
+
+def _basis(bases: Iterable[str | None]) -> str | None:
+    """How a sum of curtailed figures was got: one estimated part makes it an estimate."""
+    seen = set(bases)
+    if not seen:
+        return None
+    return CURTAILED_ESTIMATED if CURTAILED_ESTIMATED in seen else CURTAILED_MEASURED
 
 
 def statements(inp: ReportInput, month: str, rows: Sequence[IntervalRow]) -> list[Statement]:
@@ -231,6 +243,7 @@ def kpis(
     k.pv_kwh = _sum_or_none(q.pv_kwh for q in quarters)
     k.load_kwh = _sum_or_none(q.load_kwh for q in quarters)
     k.curtailed_kwh = _sum_or_none(q.curtailed_kwh for q in quarters)
+    k.curtailed_basis = _basis(q.curtailed_basis for q in quarters if q.curtailed_kwh is not None)
     k.self_consumption = _ratio_left(k.export_kwh, k.pv_kwh)
     k.self_sufficiency = _ratio_left(k.import_kwh, k.load_kwh)
     if k.pv_kwh is not None:

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hubctl.core.quarters import QUARTER_S, QuarterRow, mean_cap, quarter_over_cap, sources_in_force
+from hubctl.core.quarters import (
+    CURTAILED_MEASURED,
+    QUARTER_S,
+    QuarterRow,
+    mean_cap,
+    quarter_over_cap,
+    sources_in_force,
+)
 from hubctl.data.ledger import IntervalRow, open_readonly, read_allocations
 from hubctl.data.ledger import read_quarters as _read_quarters
 from hubctl.data.report import ReportInput
@@ -175,6 +182,7 @@ def _sim_quarters(
                 curtailed_kwh=float((pav[seg] - pv[seg]).sum() * h),
                 covered_s=covered,
                 over_cap=quarter_over_cap(mean_grid, mean_imp, mean_exp),
+                curtailed_basis=CURTAILED_MEASURED,  # the simulator's own available PV
             )
         )
     return quarters

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubctl.core.quarters import QUARTER_S
+from hubctl.core.quarters import CURTAILED_ESTIMATED, QUARTER_S
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -126,6 +126,13 @@ def _shown_cap(o: OverQuarter) -> float | None:
     return o.import_limit_kw if o.direction == "import" else -(o.export_limit_kw or 0.0)
 
 
+def _curtailed_label(k: MonthKpis) -> str:
+    """The curtailed row's label: an estimate says so (docs/reports.md)."""
+    if k.curtailed_basis == CURTAILED_ESTIMATED:
+        return "PV curtailed (est.)"
+    return "PV curtailed"
+
+
 def _kpi_rows(k: MonthKpis, prices: Prices) -> list[tuple[str, str]]:
     cap = k.contracted_import_kw
     return [
@@ -138,7 +145,7 @@ def _kpi_rows(k: MonthKpis, prices: Prices) -> list[tuple[str, str]]:
         ("park import", _fmt(k.import_kwh, ".1f", " kWh")),
         ("park export", _fmt(k.export_kwh, ".1f", " kWh")),
         ("PV produced", _fmt(k.pv_kwh, ".1f", " kWh")),
-        ("PV curtailed", _fmt(k.curtailed_kwh, ".1f", " kWh")),
+        (_curtailed_label(k), _fmt(k.curtailed_kwh, ".1f", " kWh")),
         ("load", _fmt(k.load_kwh, ".1f", " kWh")),
         ("self-consumption (1 - export/PV)", _pct(k.self_consumption)),
         ("self-sufficiency (1 - import/load)", _pct(k.self_sufficiency)),
@@ -276,6 +283,7 @@ def _write_csv(out: Path, inp: ReportInput, months: Sequence[MonthReport]) -> li
         "pv_kwh",
         "load_kwh",
         "curtailed_kwh",
+        "curtailed_basis",
         "self_consumption",
         "self_sufficiency",
         "co2_avoided_kg",

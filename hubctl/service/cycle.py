@@ -309,7 +309,11 @@ class LedgerFeed:
     """The ledger step: the step just measured (only with every grid meter fresh: uncovered otherwise;
     a silent or frozen meter's last value is not a measurement).
 
-    In accelerated mode it also settles the intervals that ended (the quarter-hour job's part).
+    Curtailed PV is the controller's estimate the decision carries (`Decision.pv_available`, the
+    rule of `hubctl.core.park.curtailed_pv_kw`), marked as an estimate: no device tells the
+    gateway its available PV. A fail-safe decision carries none (it decides without observing),
+    so its seconds add no curtailed energy. In accelerated mode it also settles the intervals
+    that ended (the quarter-hour job's part).
     """
 
     def __init__(self, ledger: Ledger, *, accelerated: bool) -> None:
@@ -323,9 +327,12 @@ class LedgerFeed:
             pv = total([r.pv_kw for r in companies])
             bat = total([r.battery_kw for r in companies])
             lim = facts.decision.park_limits
+            available = facts.decision.pv_available
             step_info = ParkStep(
                 load_kw=None if pv is None or bat is None else park_kw + pv + bat,
                 pv_kw=pv,
+                curtailed_kw=None if available is None else available.park_curtailed_kw,
+                curtailed_estimated=True,
                 import_limit_kw=lim.import_kw,
                 import_source=lim.import_source,
                 export_limit_kw=lim.export_kw,
@@ -368,6 +375,7 @@ class CycleRecords:
             return
         snap, decision = facts.snap, facts.decision
         lim = decision.park_limits
+        available = decision.pv_available
         record = CycleRecord(
             ts_utc=facts.ts,
             mode=decision.mode,
@@ -390,6 +398,8 @@ class CycleRecords:
             down=tuple(self.health.down()),
             import_source=lim.import_source,
             export_source=lim.export_source,
+            pv_available_kw=() if available is None else available.available_kw,
+            pv_available_estimated=() if available is None else available.estimated,
         )
         for sink in self.sinks:
             sink.cycle(record)

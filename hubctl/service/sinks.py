@@ -65,6 +65,10 @@ class CycleRecord:
     export_source: str = "none"
     common_kw: float | None = None  # a shared connection: park meter less the companies' meters
     meters_disagree: bool = False  # ... beyond the tolerance (`hubctl.service.cycle.MeterCheck`)
+    # the controller's available PV per company (`Decision.pv_available`; empty: none this cycle)
+    # and whether it is the clear-sky estimate of an inverter held by its limit
+    pv_available_kw: tuple[float | None, ...] = ()
+    pv_available_estimated: tuple[bool, ...] = ()
 
 
 class TelemetrySink(Protocol):
@@ -108,6 +112,11 @@ def total(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else math.fsum(v for v in values if v is not None)
 
 
+def _flag(value: float | None, flag: bool) -> float | None:
+    """A 0/1 field that says something about `value`: absent when `value` is."""
+    return None if value is None else float(flag)
+
+
 def _known(**fields: float | None) -> bool:
     return any(v is not None and math.isfinite(v) for v in fields.values())
 
@@ -136,9 +145,13 @@ class SpoolSink:
     def cycle(self, record: CycleRecord) -> None:
         site, ts = self.site, record.ts_utc
         points: list[Point | None] = []
+        available = record.pv_available_kw
+        park_available = total(available) if available else None
         park = {
             "grid_kw": record.park_grid_kw,
             "pv_kw": total(record.pv_kw),
+            "pv_available_kw": park_available,
+            "pv_available_estimated": _flag(park_available, any(record.pv_available_estimated)),
             "battery_kw": total(record.battery_kw),
             "common_kw": record.common_kw,
         }
@@ -156,9 +169,14 @@ class SpoolSink:
             )
         )
         for i, company in enumerate(self.companies):
+            company_available = available[i] if available else None
             fields = {
                 "grid_kw": record.grid_kw[i],
                 "pv_kw": record.pv_kw[i],
+                "pv_available_kw": company_available,
+                "pv_available_estimated": _flag(
+                    company_available, bool(available) and record.pv_available_estimated[i]
+                ),
                 "battery_kw": record.battery_kw[i],
                 "soc_pct": record.soc_pct[i],
             }

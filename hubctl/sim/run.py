@@ -8,7 +8,10 @@ devices' ramps. Before t = 0 the park is at rest: batteries at 0 kW, PV
 unlimited, loads at the profile's first row.
 
 Writes `timeseries.csv`, `allocations.csv` and `summary.json` exactly as
-SCENARIOS.md specifies.
+SCENARIOS.md specifies. The simulator knows the available PV, so `curtailed_kwh` is the true
+figure, `Σ (pv_available_kw − pv_kw)·dt`, and `summary.json` says so: `curtailed_basis`
+`"measured"` (a gateway's ledger has only the controller's estimate: `"estimated"`,
+docs/reports.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from hubctl.core.control import step
 from hubctl.core.metrics import CapSeries, summarize
+from hubctl.core.quarters import CURTAILED_MEASURED
 from hubctl.core.sharing import Allocation, IntervalMeter, SharingKey, SharingRule, allocate_surplus
 from hubctl.core.types import CompanyReading, Params, Snapshot, State
 from hubctl.data.history_contract import parse_contract
@@ -186,6 +190,7 @@ def run(
     )
     _write_allocations(out_dir / "allocations.csv", allocations)
     summary.update(
+        curtailed_basis=CURTAILED_MEASURED,  # the simulator's own available PV, not an estimate
         scenario=scenario.name,
         steps=steps,
         companies=n,
