@@ -461,9 +461,15 @@ class Gateway:
         """The forwarder after its batch in flight (at most 1 s), the spool's last commit, `offline`."""
         forwarder = aux.pop("forwarder", None)
         if forwarder is not None and self.storage is not None and self.storage.forwarder is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):
                     await self.storage.forwarder.stop()
+            except TimeoutError:  # a database that never answers must not hold up the exit
+                log.warning("the database did not answer within 1 s of the stop; its batch stays spooled")
+                self.storage.abandon_forwarding()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self.storage.forwarder.stop()
         api = aux.pop("operator-api", None)
         tasks = [t for t in (forwarder, *aux.values(), api) if t is not None]
         for task in tasks:
