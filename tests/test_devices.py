@@ -138,7 +138,9 @@ def test_installer_static_limit_stays_the_ceiling(servers: ServerThread) -> None
     assert result.confirmed_kw == pytest.approx(20.0)
     assert result.limited_by == "installer limit 40 %"
     assert result.refresh_every_s is None  # written without a revert time: see devices.py
-    assert register_history(unit, WMAXLIMPCT + 2) == [0, 0]  # WMaxLimPct_RvrtTms: no revert
+    # WMaxLimPct_RvrtTms: no revert, with both limits and with the release (the installer's static
+    # limit written back whole: limit, no revert time, enabled)
+    assert register_history(unit, WMAXLIMPCT + 2) == [0, 0, 0]
     assert register_history(unit, WMAXLIMPCT) == [400, 200, 400]  # release restores the installer's 40 %
 
 

@@ -35,6 +35,19 @@ Decisions shared by every driver:
   (`hubctl read`), from a reading, without I/O.
 - **Failures are logged as transitions**: once when a device starts failing,
   once when it recovers; the errors themselves are raised to the caller.
+- **hubctl's own limit is never taken for the installer's** (#13 item 4). A limit the device
+  keeps without a revert timer (Huawei's derating 40125, a SunSpec 123 limit written without a
+  revert time under an installer's static limit) survives hubctl: at the next start it would look
+  like an installer's limit and become the ceiling for good (56 kW of 219 kW from one routine
+  stop on). With a `LimitRecord` (the service's, in the state directory) a driver records what
+  the installer's limit was when it first saw the device (`RecordedLimit.installer`; None: no
+  limit) and every value hubctl writes to such a limit, before it writes it (`written`: the
+  last confirmed and the one in flight). At start (`_recall_limit`) a value hubctl wrote is
+  hubctl's own: the installer's limit is the recorded one, and releasing the limit restores it;
+  any other value is someone else's (the installer's, set since) and is recorded as the
+  installer's. A value an installer sets equal to hubctl's last one cannot be told apart (it is
+  taken for hubctl's). Without a record (no state directory) a limit found at start is the
+  installer's, as before.
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from hubctl.config.devices import DeviceRole
 from hubctl.errors import (
@@ -65,8 +78,10 @@ __all__ = [
     "ROLE_UNITS",
     "Device",
     "FallbackResult",
+    "LimitRecord",
     "Quantity",
     "Reading",
+    "RecordedLimit",
     "SetpointResult",
     "confirmed",
     "kw_bounds_text",
@@ -146,6 +161,24 @@ class FallbackResult:
     confirmed_kw: float | None = None  # read back
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedLimit:
+    """What a device's kept limit was before hubctl and what hubctl wrote to it (see the docstring)."""
+
+    point: str  # the limit point (a map's point name, "123.WMaxLimPct"): a record of another is not used
+    unit: str
+    installer: float | None  # the installer's limit in the point's unit; None: none (no limit)
+    written: tuple[float, ...] = ()  # what hubctl wrote: the last confirmed value and the one in flight
+
+
+class LimitRecord(Protocol):
+    """Where the drivers keep `RecordedLimit`s across restarts (the service's file in the state dir)."""
+
+    def get(self, device_id: str) -> RecordedLimit | None: ...
+
+    def put(self, device_id: str, entry: RecordedLimit) -> None: ...
+
+
 @dataclass(slots=True)
 class _Held:
     requested_kw: float
@@ -170,6 +203,8 @@ class Device(abc.ABC):
         self._failing: str | None = None
         self._no_fallback_logged = False
         self._bounds: dict[str, tuple[float, float]] = {}  # kind -> (low, high) kW, see setpoint_bounds_kw
+        self.limit_record: LimitRecord | None = None  # set by the service before start(): see the docstring
+        self._recorded: RecordedLimit | None = None  # this device's entry, once start() recalled it
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Check identity and read what setpoints must respect (installer limits, the device's own
@@ -291,6 +326,49 @@ class Device(abc.ABC):
             raise SetpointOutOfBoundsError(
                 f"{self.id}: {kw:g} kW is outside {kw_bounds_text(low, high)}{where}", low, high
             )
+
+    def _recall_limit(
+        self, point: str, unit: str, found: float | None, step: float, installer: float | None
+    ) -> tuple[float | None, bool]:
+        """The installer's limit for a kept limit point that reads `found` at start (`installer`: what
+        that reading means as an installer's limit, None: none), and whether `found` is hubctl's own
+        (a value hubctl wrote, per the record: see the module docstring). Without a record (no state
+        directory) `installer` is taken as it reads."""
+        record = self.limit_record
+        entry = None if record is None else record.get(self.id)
+        if entry is not None and entry.point != point:
+            entry = None  # the device changed (another map or model): what was recorded does not apply
+        if entry is not None and found is not None and any(confirmed(w, found, step) for w in entry.written):
+            self._recorded = entry
+            return entry.installer, True
+        self._recorded = RecordedLimit(point, unit, installer)
+        if record is not None and self._recorded != entry:
+            record.put(self.id, self._recorded)
+        return installer, False
+
+    def _note_limit_writing(self, value: float) -> None:
+        """Record `value` before hubctl writes it to the kept limit (with the last confirmed one)."""
+        entry, record = self._recorded, self.limit_record
+        if entry is None or record is None or value in entry.written:
+            return
+        self._recorded = RecordedLimit(entry.point, entry.unit, entry.installer, (*entry.written[-1:], value))
+        record.put(self.id, self._recorded)
+
+    def _note_limit_written(self, value: float) -> None:
+        """`value` is confirmed in the kept limit: the only one hubctl's own from now on."""
+        entry, record = self._recorded, self.limit_record
+        if entry is None or record is None or entry.written == (value,):
+            return
+        self._recorded = RecordedLimit(entry.point, entry.unit, entry.installer, (value,))
+        record.put(self.id, self._recorded)
+
+    def _note_limit_released(self) -> None:
+        """The installer's value (or no limit) is back in the kept limit: nothing in it is hubctl's."""
+        entry, record = self._recorded, self.limit_record
+        if entry is None or record is None or not entry.written:
+            return
+        self._recorded = RecordedLimit(entry.point, entry.unit, entry.installer)
+        record.put(self.id, self._recorded)
 
     def _require(self, kind: str) -> None:
         if self.role is not self.kinds[kind]:

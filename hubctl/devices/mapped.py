@@ -20,7 +20,11 @@ Decisions:
   setpoint) reads the device's limit point. A limit found then is the ceiling
   for every later PV limit when it is static (a point without a revert timer).
   A larger request is applied as the ceiling and the result says so
-  (`limited_by`).
+  (`limited_by`). A value hubctl wrote itself (a fail-safe derating before a
+  stop) is not an installer's: with the service's `LimitRecord` every value
+  written to a persistent limit is recorded before it is written, and at start
+  such a value gives the installer's limit recorded when hubctl first saw the
+  device (`hubctl.devices.base`, #13 item 4).
 - **Revert timers**: a point's `revert_s` or `revert_point`: hubctl writes the
   timer (`revert_s`, default 60 s) with the setpoint and re-writes it at the
   map's `refresh_s`, else half its `revert_s`, else a third of the timer
@@ -38,8 +42,11 @@ Decisions:
   and its forcible mode ends by itself): their blocks say so in a `note`.
   `fallback_summary` says the same from a reading, for `hubctl read`.
 - **Persistent setpoints** (a point without revert, e.g. Huawei's derating):
-  written once, not refreshed (flash wear); `release()` writes back the value
-  read at start.
+  written once, not refreshed (flash wear); `release()` writes back the
+  installer's value (the value read at start, or the recorded installer's when
+  the device held hubctl's own), or the point's `write_max` (no limit), whether
+  or not hubctl holds a limit: the service releases every inverter whose first
+  decision is "no limit", so a limit a previous run left is lifted (#13 item 5).
 """
 
 from __future__ import annotations
@@ -160,13 +167,8 @@ class ModbusMapDevice(Device):
                 point = self.map.point(self._keys[key][0])
                 self._original[point.name] = await self._read_point(point)
         limit = self._limit_point()
-        if limit is not None and self._is_persistent(limit):
-            value = self._original.get(limit.name)
-            if value is not None and limit.write_max is not None and value < limit.write_max:
-                self._ceiling = value
-                log.info(
-                    "%s: installer limit %g %s found; hubctl will not exceed it", self.id, value, limit.unit
-                )
+        if limit is not None and self._is_persistent(limit) and self.setpoint_kind == "pv_limit":
+            await self._recall_installer_limit(limit)
         kind = self.setpoint_kind
         if kind is not None:
             try:
@@ -176,6 +178,31 @@ class ModbusMapDevice(Device):
             else:
                 self._bounds[kind] = (low / per_kw, high / per_kw)
         self._started = True
+
+    async def _recall_installer_limit(self, limit: Point) -> None:
+        """The installer's limit of a persistent limit point, from what it reads and the record."""
+        value = self._original.get(limit.name)
+        high = limit.write_max
+        limited = value if value is not None and high is not None and value < high else None
+        exponents = await self._exponents(limit)
+        step = abs(limit.scale) * 10.0 ** (exponents.get(limit.scale_factor or "", 0) or 0)
+        installer, own = self._recall_limit(limit.name, limit.unit, value, step, limited)
+        if own:
+            self._original[limit.name] = high if installer is None else installer
+            log.info(
+                "%s: %s %g %s is hubctl's own (written before the restart), not an installer's; the"
+                " installer's: %s",
+                self.id,
+                limit.name,
+                value,
+                limit.unit,
+                "none" if installer is None else f"{installer:g} {limit.unit}",
+            )
+        if installer is not None:
+            self._ceiling = installer
+            log.info(
+                "%s: installer limit %g %s found; hubctl will not exceed it", self.id, installer, limit.unit
+            )
 
     def _setpoint_point(self, kind: str) -> tuple[Point, float, float, float]:
         """The point a setpoint of `kind` is written to, its units per kW and its write bounds (in its
@@ -252,6 +279,9 @@ class ModbusMapDevice(Device):
             raise SetpointOutOfBoundsError(f"{self.id}: {exc}", low / per_kw, high / per_kw) from None
         if point.revert_point is not None:
             await self._write_timer(self.map.point(point.revert_point))
+        kept = kind == "pv_limit" and self._is_persistent(point)
+        if kept:  # recorded first: a value found at the next start is then known to be hubctl's
+            self._note_limit_writing(applied)
         await self.connection.write(point.address, words, self.unit_id, timeout_s=self.timeout_s)
         read_back = await self._read_point(point)
         exponent = exponents.get(point.scale_factor or "", 0) or 0
@@ -262,6 +292,8 @@ class ModbusMapDevice(Device):
             raise CommandNotConfirmedError(
                 f"{self.id}: wrote {applied:g} {point.unit} to {point.name}, reads back {read_back}"
             )
+        if kept:
+            self._note_limit_written(applied)
         return SetpointResult(
             device_id=self.id,
             kind=kind,
@@ -450,12 +482,16 @@ class ModbusMapDevice(Device):
             raise DeviceProtocolError(f"{self.id}: {exc}") from None
 
     async def release(self) -> None:
-        held = set(self._held)
+        """Stop holding setpoints; a persistent PV limit gets the installer's value back (or no limit),
+        held or not: a previous run's limit is lifted too (module docstring)."""
         await super().release()
         limit = self._limit_point()
-        if "pv_limit" in held and limit is not None and self._is_persistent(limit):
-            original = self._original.get(limit.name)
-            restore = limit.write_max if original is None else original
-            if restore is not None:
-                words = encode(limit, restore, await self._exponents(limit))
-                await self.connection.write(limit.address, words, self.unit_id, timeout_s=self.timeout_s)
+        if self.setpoint_kind != "pv_limit" or limit is None or not self._is_persistent(limit):
+            return
+        await self.start()
+        original = self._original.get(limit.name)
+        restore = limit.write_max if original is None else original
+        if restore is not None:
+            words = encode(limit, restore, await self._exponents(limit))
+            await self.connection.write(limit.address, words, self.unit_id, timeout_s=self.timeout_s)
+            self._note_limit_released()

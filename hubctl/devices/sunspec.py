@@ -15,7 +15,12 @@ Decisions:
   later PV limit (hubctl always writes a revert time, so a limit with one may
   be hubctl's own from before a restart and is not taken as a ceiling). A
   larger request is applied as the ceiling and the result says so
-  (`limited_by`).
+  (`limited_by`). Under such a ceiling hubctl's own limits are static too
+  (123) or lapse into the reversion limit (704), so with the service's
+  `LimitRecord` each value hubctl writes then is recorded before it is
+  written; at start a value hubctl wrote gives the installer's limit
+  recorded when hubctl first saw the device (`hubctl.devices.base`, #13
+  item 4), never itself.
 - **Revert timers**: hubctl writes `*_RvrtTms` (`revert_s`, default 60 s) with
   the setpoint and re-writes it after a third of it. Exception: 123 with an
   installer's static limit. Its revert would fall back to "no limit", looser
@@ -23,6 +28,12 @@ Decisions:
   controller leaves hubctl's limit, which is at most the installer's) and
   `release()` restores the installer's value. With 704 the revert value
   itself is at most the installer's limit instead.
+- **`release()` lifts any PV limit, held or not** (#13 item 5): 123/704 get
+  the installer's static limit back (limit, no revert time, enabled) or the
+  limit switched off (`WMaxLim_Ena` / `WMaxLimPctEna` = 0, which also ends a
+  704's fallback to its reversion limit). The service releases every
+  inverter whose first decision is "no limit", so a limit or a fallback a
+  previous run left is lifted within the first cycle.
 - **Fallback values**: 704 battery: `WSetRvrt` = 0 W (and `WSetPctRvrt` = 0
   where implemented), `WSetEnaRvrt` = 1: always 0 kW, the fail-safe's rule.
   704 PV (no 123): `WMaxLimPctRvrt` = the given limit in % of the rating,
@@ -178,12 +189,25 @@ class SunSpecDevice(Device):
                     continue
                 pct = model.values.get("WMaxLimPct")
                 static = not model.values.get(timer)
-                if model.values.get(enable) == 1 and pct is not None and pct < 100 and static:
-                    self._ceiling_pct = pct
+                limited = model.values.get(enable) == 1 and pct is not None and pct < 100 and static
+                step = 10.0 ** (model.exponent(model.points["WMaxLimPct"]) or 0)
+                point = f"{model_id}.WMaxLimPct"
+                installer, own = self._recall_limit(point, "%", pct, step, pct if limited else None)
+                if own:
+                    log.info(
+                        "%s: %s %g %% is hubctl's own (written before the restart), not an installer's;"
+                        " the installer's: %s",
+                        self.id,
+                        point,
+                        pct,
+                        "none" if installer is None else f"{installer:g} %",
+                    )
+                if installer is not None:
+                    self._ceiling_pct = installer
                     log.info(
                         "%s: installer limit %g %% (model %d) found; hubctl will not exceed it",
                         self.id,
-                        pct,
+                        installer,
                         model_id,
                     )
                 break
@@ -247,6 +271,9 @@ class SunSpecDevice(Device):
             raise SetpointUnsupportedError(
                 f"{self.id}: no SunSpec control model (123 or 704) for a power limit"
             )
+        recorded = self._ceiling_pct is not None  # hubctl's limit could pass for the installer's
+        if recorded:
+            self._note_limit_writing(applied)
         await self._write_points(control, writes, unless_set=_SETTINGS)
         check = await self.models([control.header.model_id])
         read_back = sunspec.pv_limit_pct(check)
@@ -255,6 +282,8 @@ class SunSpecDevice(Device):
             raise CommandNotConfirmedError(
                 f"{self.id}: wrote WMaxLimPct {applied:g} %, reads back {read_back}"
             )
+        if recorded:
+            self._note_limit_written(applied)
         return SetpointResult(
             device_id=self.id,
             kind="pv_limit",
@@ -529,20 +558,32 @@ class SunSpecDevice(Device):
         return await self.models(ids)
 
     async def release(self) -> None:
+        """Stop holding setpoints: a held battery setpoint disabled; a PV limit lifted, held or not
+        (the installer's static limit back, or none: the module docstring)."""
         held = set(self._held)
         await super().release()
         if "battery" in held:
             await self._release_battery()
-        if "pv_limit" not in held:
+        if self.role is not DeviceRole.PV:
             return
+        await self.start()
         models = await self.models([123, 704])
+        ceiling = self._ceiling_pct
         if 123 in models:
-            if self._ceiling_pct is not None:
-                await self._write_points(models[123], [("WMaxLimPct", self._ceiling_pct)])
+            if ceiling is not None:
+                writes = [("WMaxLimPct", ceiling), ("WMaxLimPct_RvrtTms", 0.0), ("WMaxLim_Ena", 1)]
+                await self._write_points(models[123], writes)
             else:
                 await self._write_points(models[123], [("WMaxLim_Ena", 0)])
-        elif 704 in models and self._ceiling_pct is None:
-            await self._write_points(models[704], [("WMaxLimPctEna", 0)])
+        elif 704 in models:
+            if ceiling is not None:
+                writes = [("WMaxLimPctEna", 1), ("WMaxLimPct", ceiling), ("WMaxLimPctRvrtTms", 0.0)]
+                await self._write_points(models[704], writes)
+            else:
+                await self._write_points(models[704], [("WMaxLimPctEna", 0)])
+        else:
+            return
+        self._note_limit_released()
 
     async def _release_battery(self) -> None:
         models = await self.models([124, 704])

@@ -67,6 +67,10 @@ and stopped only after the fail-safe setpoints are written:
   `Ledger` (`<state dir>/ledger.sqlite`) takes every cycle with all grid
   meters read (`add_step`) and settles its intervals from the quarter-hour
   job (from the control loop in accelerated mode).
+- **Device limits** (`limit_record.py`, `<state dir>/device-limits.json`): what hubctl wrote to
+  the limits a device keeps (Huawei's derating, a SunSpec 123 limit under an installer's static
+  one) and the installer's value, so that a restart never takes hubctl's own fail-safe for the
+  installer's limit (#13 item 4).
 - **Load history** (`history.py`, `<state dir>/history.sqlite`): loaded at
   start into the controller's first state (`State.initial(params, history)`;
   the log says how many days of which type), saved whenever the history's
@@ -93,6 +97,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from hubctl.config.devices import DeviceRole
 from hubctl.config.resolve import (
     influx_settings,
     mqtt_broker,
@@ -117,6 +122,8 @@ from hubctl.service.cycle import (
 from hubctl.service.fallbacks import FallbackKeeper, FallbackTargets
 from hubctl.service.history import HistoryKeeper
 from hubctl.service.jobs import Jobs
+from hubctl.service.limit_record import FILE_NAME as LIMITS_FILE
+from hubctl.service.limit_record import LimitFile
 from hubctl.service.notify import Notifier
 from hubctl.service.pollers import poll, poll_groups
 from hubctl.service.preflight import start_problems
@@ -309,6 +316,23 @@ class Gateway:
             raise ConfigError("site config", problems)
         return devices
 
+    def _record_limits(self, devices: Mapping[str, Device]) -> None:
+        """Give the drivers the record of what hubctl wrote to the limits a device keeps (limit_record.py)."""
+        inverters = [d for d in devices.values() if d.role is DeviceRole.PV]
+        if not inverters:
+            return
+        directory = self.state_dir()
+        if directory is None:
+            log.info(
+                "no state directory: a PV limit a device keeps is taken as the installer's at start"
+                " (hubctl cannot tell one it wrote itself before a restart)"
+            )
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        record = LimitFile(directory / LIMITS_FILE)
+        for device in inverters:
+            device.limit_record = record
+
     def _control_loop(self, writer: SetpointWriter, fallbacks: FallbackTargets, jobs: Jobs) -> ControlLoop:
         """The control loop with its after-cycle steps, in their order."""
         ctl, ledger = self.controller, None if self.storage is None else self.storage.ledger
@@ -359,6 +383,7 @@ class Gateway:
             hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
+                self._record_limits(devices)
                 writer = SetpointWriter(self.cfg, devices, self.health, self.clock, self.store)
                 keeper = FallbackKeeper(self.cfg, devices, self.health, self.clock)
                 fallbacks = FallbackTargets(keeper, self.controller, self.cfg.tz)
@@ -463,9 +488,15 @@ class Gateway:
         """The forwarder after its batch in flight (at most 1 s), the spool's last commit, `offline`."""
         forwarder = aux.pop("forwarder", None)
         if forwarder is not None and self.storage is not None and self.storage.forwarder is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):
                     await self.storage.forwarder.stop()
+            except TimeoutError:  # a database that never answers must not hold up the exit
+                log.warning("the database did not answer within 1 s of the stop; its batch stays spooled")
+                self.storage.abandon_forwarding()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self.storage.forwarder.stop()
         api = aux.pop("operator-api", None)
         tasks = [t for t in (forwarder, *aux.values(), api) if t is not None]
         for task in tasks:

@@ -15,6 +15,14 @@ never stops dispatching. Only a device that takes no such setpoint at all
 (`SetpointUnsupportedError`: no setpoint point, no control model) is reported once and no longer
 dispatched for that kind; the writer tells its `UnsupportedSetpoints` (the reading store, which
 then hides that battery's state of charge from the core).
+
+A restart releases what the previous run left (#13 item 5): until a device has taken its first
+setpoint from this run (`_Target.settled`), a decision of "no limit" is written to it as a
+release (`Device.release`: a kept limit back to the installer's value, a SunSpec limit switched
+off, which ends a 704's fallback to its reversion limit), not skipped as "nothing held". A
+battery always gets a number (no setpoint is 0 kW), so its first decision is written anyway. A
+device that goes down is unsettled again: after an outage longer than its revert timer it sits
+on its fallback, and the first decision after it answers again lifts that too.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class _Target:
     unsupported: str | None = None  # why the device takes no such setpoint: no longer dispatched
     clamped: bool = False  # the last value was clamped to the device's bounds (logged on the change)
     refused: bool = False  # the last value was refused (logged on the change)
+    settled: bool = False  # took a setpoint or a release from this run since it last answered
 
 
 class SetpointWriter:
@@ -137,7 +146,8 @@ class SetpointWriter:
                     if running is not None and not running.done():
                         continue
                     if not force and self.health.state(device_id) is HealthState.DOWN:
-                        target.written_kw, target.held = None, False  # re-written when it answers again
+                        # re-written (or released) when it answers again
+                        target.written_kw, target.held, target.settled = None, False, False
                         continue
                     job = self._job(target, share, now, force=force)
                     if job is None and not target.started:  # nothing to write yet: read its bounds
@@ -194,7 +204,7 @@ class SetpointWriter:
         if kw is None:
             if target.kind == "battery":
                 kw = 0.0
-            elif target.held or force:
+            elif target.held or force or not target.settled:  # unsettled: lift what was left
                 return self._release(target)
             else:
                 return None
@@ -282,6 +292,7 @@ class SetpointWriter:
             if target.refused:
                 log.info("%s: takes its setpoints again (%g kW)", device.id, kw)
             target.written_kw, target.held, target.refused = result.requested_kw, True, False
+            target.settled = True
             return True
         return False
 
@@ -313,12 +324,17 @@ class SetpointWriter:
         return True
 
     async def _release(self, target: _Target) -> bool:
+        if not target.started and not await self._start(target):
+            return False
         try:
             await target.device.release()
+        except CommandRejectedError as exc:
+            self._refused(target, exc)
+            return False
         except DeviceError as exc:
             self.health.failed(target.device.id, exc, self.clock.mono())
             return False
-        target.written_kw, target.held = None, False
+        target.written_kw, target.held, target.settled = None, False, True
         return True
 
 
