@@ -136,7 +136,7 @@ from hubctl.service.writer import SetpointWriter
 from hubctl.transport.modbus import ConnectionPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
     from hubctl.config.site import SiteConfig
