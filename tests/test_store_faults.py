@@ -27,6 +27,7 @@ import pytest
 from test_influx import _assert_exactly_once, _load_points, _Services, needs_vm
 
 from hubctl.config.site import SiteConfig, parse_config
+from hubctl.core.quarters import ParkStep
 from hubctl.data.influx import InfluxWriter
 from hubctl.data.ledger import Ledger
 from hubctl.data.points import Point, parse_line
@@ -475,3 +476,43 @@ def test_drop_warnings_once_then_once_a_minute_then_once_when_it_stops(
     assert "no longer dropping after 149 s; 1500 points dropped" in messages[3]
     assert s.stats().counters["dropped_size"] == 1500
     s.close()
+
+
+# --- the ledger on a full disk ------------------------------------------------------------------------------
+
+
+def test_a_full_disk_at_a_settlement_loses_no_quarter_of_the_ledger(
+    disk: SmallDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills during the quarter 1: its settlement is refused (the COMMIT fails, and SQLite
+    rolled back by itself), so it is kept in memory while the next quarter goes on being measured,
+    and written, once, when the disk takes it again; nothing is counted twice."""
+    caplog.set_level(logging.INFO)
+    cfg = parse_config({"park": {"import_limit_kw": 100}, "companies": [{"id": "a"}, {"id": "b"}]})
+    ledger = Ledger.from_config(disk.path / "ledger.sqlite", cfg)
+    q0 = T0 - T0 % 900
+    step = ParkStep(import_limit_kw=100.0, import_source="contract")
+    for k in range(900):
+        ledger.add_step(q0 + k, [30.0, 20.0], 1.0, step)
+    disk.fill()
+    for k in range(900, 1200):  # the quarter 0 settles here: refused, kept
+        with contextlib.suppress(sqlite3.OperationalError):  # the open state's save is refused too
+            ledger.add_step(q0 + k, [30.0, 20.0], 1.0, step)
+    assert ledger.unwritten >= 2  # the quarter and the allocation interval
+    disk.free()
+    for k in range(1200, 1801):
+        ledger.add_step(q0 + k, [30.0, 20.0], 1.0, step)
+    assert ledger.unwritten == 0
+    quarters = {q.start_utc: q for q in ledger.quarters()}
+    assert sorted(quarters) == [q0, q0 + 900]
+    for start in (q0, q0 + 900):
+        assert quarters[start].covered_s == pytest.approx(900.0)  # nothing lost, nothing twice
+        assert quarters[start].import_kwh == pytest.approx(50.0 / 4)
+    rows = ledger.rows()
+    assert sorted((r.start_utc, r.company) for r in rows) == [
+        (q0, "a"), (q0, "b"), (q0 + 900, "a"), (q0 + 900, "b")
+    ]  # fmt: skip
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("hubctl")]
+    assert sum("the disk refused a settlement" in m for m in messages) == 1
+    assert any("takes the settlements again" in m for m in messages)
+    ledger.close()

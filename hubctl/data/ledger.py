@@ -207,6 +207,11 @@ class Ledger:
         self._alloc_start: float | None = None
         self._alloc_covered = 0.0
         self._quarter: ParkQuarter | None = None
+        # settled in memory, not yet written: the disk refused them (full, an I/O error); written in
+        # order, before anything newer, as soon as it takes them (`_flush`). Lost on a restart before
+        # that, as the open interval's seconds since the last save are.
+        self._unwritten: list[tuple[float, list[tuple[str, float, float]], float, float] | QuarterRow] = []
+        self._refused = False  # the disk's refusal was logged (once per episode)
         self._last_end: float | None = None
         self._restore()
         self._respool()
@@ -373,9 +378,9 @@ class Ledger:
 
     def close_due(self, now_utc: float) -> list[IntervalRow]:
         """Settle the open interval (and park quarter) if it ended at or before ``now_utc``."""
-        settled: list[IntervalRow] = []
+        settled: list[IntervalRow] = self._flush()
         if self._alloc_start is not None and self._alloc_start + self.interval_s <= now_utc:
-            settled = self._settle_alloc()
+            settled += self._settle_alloc()
         if self._quarter is not None and self._quarter.start + QUARTER_S <= now_utc:
             self._settle_quarter()
         if settled:
@@ -390,7 +395,42 @@ class Ledger:
         self._meter.reset()
         self._alloc_start = None
         self._alloc_covered = 0.0
-        return self._write_alloc(start, energy, covered, self.interval_s)
+        self._unwritten.append((start, energy, covered, self.interval_s))
+        return self._flush()
+
+    @property
+    def unwritten(self) -> int:
+        """Settled intervals and quarters kept in memory because the disk refused them."""
+        return len(self._unwritten)
+
+    def _flush(self) -> list[IntervalRow]:
+        """Write what was settled and not yet written, oldest first; stop at the first refusal (the
+        disk full, an I/O error: logged once per episode, kept for the next try)."""
+        written: list[IntervalRow] = []
+        while self._unwritten:
+            item = self._unwritten[0]
+            try:
+                if isinstance(item, QuarterRow):
+                    self._write_quarter(item)
+                else:
+                    written += self._write_alloc(*item)
+            except sqlite3.OperationalError as exc:
+                if not self._refused:
+                    log.error(  # noqa: TRY400 - the disk, not a bug: the line says what is kept
+                        "ledger %s: the disk refused a settlement (%s); %d kept in memory and written "
+                        "as soon as it takes them",
+                        self.path,
+                        exc,
+                        len(self._unwritten),
+                    )
+                self._refused = True
+                break
+            self._unwritten.pop(0)
+        else:
+            if self._refused:
+                log.info("ledger %s: the disk takes the settlements again; all written", self.path)
+            self._refused = False
+        return written
 
     def _write_alloc(
         self, start: float, energy: list[tuple[str, float, float]], covered_s: float, interval_s: float
@@ -436,15 +476,19 @@ class Ledger:
             self._save()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT on a full disk has rolled back already
+                db.execute("ROLLBACK")
             raise
         self._spool_allocations(rows)
         return rows
 
     def _settle_quarter(self) -> None:
         assert self._quarter is not None
-        q = self._quarter.row()
+        self._unwritten.append(self._quarter.row())
         self._quarter = None
+        self._flush()
+
+    def _write_quarter(self, q: QuarterRow) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -473,7 +517,8 @@ class Ledger:
             self._save()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         if q.over_cap:
             log.warning(
