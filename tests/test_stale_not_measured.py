@@ -3,9 +3,12 @@ for 60 s of the quarter-hour 12:15-12:30, the ledger and the journal's quarter l
 
 Before: the store handed the silent meter's last value on with a growing age, and the ledger and
 the quarter meter counted every cycle as measured (81 s "covered" of 90 s with the meter silent 60
-s). Now a step with any meter older than `control.stale_after_s` is not covered: the ledger's
-quarter row and every company's allocation row, and the journal's coverage, show the gap.
-Accelerated, as test_service_e2e.py, whose helpers this reuses.
+s, at the meter's last power). Now a step with any meter older than `control.stale_after_s` is
+not measured; once the meter answers again the gap is filled from its energy counters (the
+simulated Janitza UMG 96RM has import and export kWh registers) and marked as filled: the
+ledger's quarter row (`filled_s`) and the journal's line say how much. The rules without
+counters are tested on `CounterFill` itself (test_counter_fill.py). Accelerated, as
+test_service_e2e.py, whose helpers this reuses.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import sqlite3
 from typing import TYPE_CHECKING
 
+import pytest
 import yaml
 from test_service_e2e import (  # pytest puts tests/ on sys.path
     STEP_PROFILES,
@@ -30,7 +34,7 @@ QUARTER = 1782123300.0  # 12:15 CEST
 SILENT_S = 60.0
 
 
-def test_a_silent_meter_s_last_value_is_not_counted_as_measured(tmp_path: Path) -> None:
+def test_a_silent_meter_s_gap_is_filled_from_its_counters_not_its_last_value(tmp_path: Path) -> None:
     park = Park(tmp_path, STEP_PROFILES, (100, 40))
     state_dir = tmp_path / "state"
     data = yaml.safe_load(park.config_path.read_text(encoding="utf-8"))
@@ -59,19 +63,24 @@ def test_a_silent_meter_s_last_value_is_not_counted_as_measured(tmp_path: Path) 
         park.stop()
     gap = back - silent_from
     stale_after = park.config.control.stale_after_s
-    uncovered_at_least = gap - stale_after - 3.0  # stale after 5 s; a few seconds of read timing
+    filled_at_least = gap - stale_after - 3.0  # stale after 5 s; a few seconds of read timing
     db = sqlite3.connect(state_dir / "ledger.sqlite")
     try:
-        covered = db.execute("SELECT covered_s FROM quarters WHERE start_utc = ?", (QUARTER,)).fetchone()[0]
+        covered, filled = db.execute(
+            "SELECT covered_s, filled_s FROM quarters WHERE start_utc = ?", (QUARTER,)
+        ).fetchone()
         rows = db.execute(
             "SELECT company, covered_s FROM allocations WHERE start_utc = ?", (QUARTER,)
         ).fetchall()
     finally:
         db.close()
-    assert covered <= 900.0 - uncovered_at_least, (covered, gap)
-    # the rest of the quarter was measured (the meter answers again after its reconnect, whose
-    # backoff in real seconds is 20 times as long in the park's accelerated time)
-    assert covered >= 900.0 - gap - 90.0
+    assert filled >= filled_at_least, (filled, gap)  # the gap, from the counters
+    assert filled <= gap + 90.0  # ... and its reconnect (its backoff in real s is 20x longer in park time)
+    assert (
+        covered >= 880.0
+    )  # the rest measured, the gap filled (unfilled: 775 s; the start of the run takes a few)
     assert {c for c, _ in rows} == {"alpha", "beta", "gamma"}
-    assert all(s <= 900.0 - uncovered_at_least for _, s in rows), rows
-    assert quarter["coverage"] * 900.0 <= 900.0 - uncovered_at_least  # the journal's evidence agrees
+    assert all(s >= 880.0 for _, s in rows), rows
+    assert quarter["coverage"] >= 880.0 / 900.0  # the journal's evidence agrees
+    assert quarter["filled_s"] == pytest.approx(filled, abs=1.0)
+    assert "s filled from energy counters)" in err.decode()

@@ -278,6 +278,9 @@ class ParkStep:
     import_source: str = "none"
     export_limit_kw: float | None = None
     export_source: str = "none"
+    # the step is a gap in the readings filled from the meters' energy counters (its mean power),
+    # not measured cycle by cycle: counted as covered, and as filled (`QuarterRow.filled_s`)
+    filled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +299,7 @@ class QuarterRow:
     covered_s: float
     over_cap: bool
     curtailed_basis: str | None = None  # CURTAILED_MEASURED or CURTAILED_ESTIMATED; None: no figure
+    filled_s: float = 0.0  # of covered_s, filled from energy counters over a gap in the readings
 
 
 @dataclass(slots=True)
@@ -318,6 +322,7 @@ class ParkQuarter:
     load_kwh: float | None = None
     curtailed_kwh: float | None = None
     curtailed_estimated: bool = False  # some of curtailed_kwh is the controller's estimate
+    filled_s: float = 0.0  # of covered_s, from energy counters (`ParkStep.filled`)
 
     def add(self, park_grid_kw: float, dt_s: float, park: ParkStep | None) -> None:
         """A measured piece of the quarter (``park``: the caps in force; None: unknown, so no mean cap)."""
@@ -328,6 +333,8 @@ class ParkQuarter:
         self.grid_kws += park_grid_kw * dt_s
         if park is None:
             return
+        if park.filled:
+            self.filled_s += dt_s
         if park.import_limit_kw is not None:
             self.imp_lim_kws += park.import_limit_kw * dt_s
             self.imp_lim_s += dt_s
@@ -368,6 +375,7 @@ class ParkQuarter:
             covered_s=self.covered_s,
             over_cap=quarter_over_cap(grid, imp, exp),
             curtailed_basis=curtailed_basis(self.curtailed_kwh, estimated=self.curtailed_estimated),
+            filled_s=self.filled_s,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -393,6 +401,7 @@ class QuarterRecord:
     export_source: str
     coverage: float  # share of the quarter with a park reading
     over: bool
+    filled_s: float = 0.0  # of the covered seconds, filled from energy counters over a gap
 
 
 class QuarterMeter:
@@ -402,13 +411,17 @@ class QuarterMeter:
     def __init__(self) -> None:
         self._open: dict[int, ParkQuarter] = {}
         self._last_end: float | None = None
+        self._closed_before = -1  # quarters below this index are closed: a late piece is not taken
         self.closed: list[QuarterRecord] = []
 
-    def add(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
-        """The cycle at ``ts_utc``: the step ``[ts, ts + dt)`` with the caps the decision had in force."""
+    def add(
+        self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision, *, filled: bool = False
+    ) -> None:
+        """The cycle at ``ts_utc``: the step ``[ts, ts + dt)`` with the caps the decision had in force
+        (``filled``: a gap filled from energy counters, `ParkStep.filled`)."""
         index = int(ts_utc // QUARTER_S)
-        if index not in self._open:  # a quarter without a reading still closes (coverage 0)
-            self._open[index] = ParkQuarter(index * float(QUARTER_S))
+        if index not in self._open and index >= self._closed_before:
+            self._open[index] = ParkQuarter(index * float(QUARTER_S))  # closes even without a reading
         if park_kw is None or not math.isfinite(park_kw):
             return
         lim = decision.park_limits
@@ -417,10 +430,13 @@ class QuarterMeter:
             import_source=lim.import_source,
             export_limit_kw=lim.export_kw,
             export_source=lim.export_source,
+            filled=filled,
         )
         end = ts_utc + dt_s
         for start, dt in step_pieces(ts_utc, end, self._last_end):
             i = int(start // QUARTER_S)
+            if i < self._closed_before:
+                continue  # closed: its evidence was given (a gap filled later counts from then on)
             q = self._open.get(i)
             if q is None:
                 q = self._open[i] = ParkQuarter(i * float(QUARTER_S))
@@ -430,6 +446,7 @@ class QuarterMeter:
     def close_before(self, ts_utc: float) -> list[QuarterRecord]:
         """Close every quarter that ended before `ts_utc`."""
         current = int(ts_utc // QUARTER_S)
+        self._closed_before = max(self._closed_before, current)
         out = []
         for index in sorted(i for i in self._open if i < current):
             row = self._open.pop(index).row()
@@ -443,6 +460,7 @@ class QuarterMeter:
                     row.export_source,
                     min(1.0, row.covered_s / QUARTER_S),
                     row.over_cap,
+                    row.filled_s,
                 )
             )
         self.closed.extend(out)

@@ -128,7 +128,8 @@ CREATE TABLE IF NOT EXISTS quarters (
     covered_s REAL NOT NULL,
     over_cap INTEGER NOT NULL,
     spooled INTEGER NOT NULL DEFAULT 0,
-    curtailed_basis TEXT
+    curtailed_basis TEXT,
+    filled_s REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS open_state (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -137,24 +138,46 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 _OLD_BASIS = f"CASE WHEN curtailed_kwh IS NULL THEN NULL ELSE '{CURTAILED_MEASURED}' END"
 
 
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in db.execute("PRAGMA table_info(quarters)")}
+
+
 def _has_basis(db: sqlite3.Connection) -> bool:
-    return any(r[1] == "curtailed_basis" for r in db.execute("PRAGMA table_info(quarters)"))
+    return "curtailed_basis" in _columns(db)
+
+
+# columns a ledger file of an older hubctl lacks: how each is added, and what its old rows read as
+_ADDED = (
+    (
+        "curtailed_basis",
+        "TEXT",
+        f"UPDATE quarters SET curtailed_basis = {_OLD_BASIS}",  # noqa: S608 - constants only
+        "older quarters: measured",
+    ),
+    ("filled_s", "REAL NOT NULL DEFAULT 0", None, "older quarters: nothing filled"),
+)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring a ledger file written by an older hubctl to this schema (the module docstring)."""
-    if _has_basis(db):
+    if {name for name, *_ in _ADDED} <= _columns(db):
         return
+    added = []
     db.execute("BEGIN IMMEDIATE")
     try:
-        if not _has_basis(db):  # another process may have migrated it meanwhile
-            db.execute("ALTER TABLE quarters ADD COLUMN curtailed_basis TEXT")
-            db.execute(f"UPDATE quarters SET curtailed_basis = {_OLD_BASIS}")  # noqa: S608 - a constant
+        have = _columns(db)  # another process may have migrated it meanwhile
+        for name, decl, fill, note in _ADDED:
+            if name not in have:
+                db.execute(f"ALTER TABLE quarters ADD COLUMN {name} {decl}")
+                if fill is not None:
+                    db.execute(fill)
+                added.append(f"{name} ({note})")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    log.info("ledger %s: added the column curtailed_basis (older quarters: measured)", path)
+    log.info("ledger %s: added the column(s) %s", path, ", ".join(added))
 
 
 def rule_from_config(cfg: SiteConfig) -> SharingRule:
@@ -495,8 +518,8 @@ class Ledger:
             db.execute(
                 "INSERT OR IGNORE INTO quarters (start_utc, import_kwh, export_kwh, grid_kw, "
                 "import_limit_kw, export_limit_kw, import_source, export_source, pv_kwh, load_kwh, "
-                "curtailed_kwh, covered_s, over_cap, curtailed_basis) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "curtailed_kwh, covered_s, over_cap, curtailed_basis, filled_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     q.start_utc,
                     q.import_kwh,
@@ -512,6 +535,7 @@ class Ledger:
                     q.covered_s,
                     int(q.over_cap),
                     q.curtailed_basis,
+                    q.filled_s,
                 ),
             )
             self._save()
@@ -627,11 +651,13 @@ def read_quarters(
 ) -> list[QuarterRow]:
     """Settled park quarters with ``from_utc <= start < to_utc``; a file of an older hubctl reads too."""
     where, args = _where(from_utc, to_utc, spooled)
-    basis = "curtailed_basis" if _has_basis(db) else _OLD_BASIS
+    columns = _columns(db)
+    basis = "curtailed_basis" if "curtailed_basis" in columns else _OLD_BASIS
+    filled = "filled_s" if "filled_s" in columns else "0"
     cur = db.execute(
         "SELECT start_utc, import_kwh, export_kwh, grid_kw, import_limit_kw, export_limit_kw, "  # noqa: S608
-        f"import_source, export_source, pv_kwh, load_kwh, curtailed_kwh, covered_s, over_cap, {basis} "
-        f"FROM quarters{where} ORDER BY start_utc",
+        f"import_source, export_source, pv_kwh, load_kwh, curtailed_kwh, covered_s, over_cap, {basis}, "
+        f"{filled} FROM quarters{where} ORDER BY start_utc",
         args,
     )
     return [
@@ -650,6 +676,7 @@ def read_quarters(
             r[11],
             over_cap=bool(r[12]),
             curtailed_basis=r[13],
+            filled_s=r[14],
         )
         for r in cur.fetchall()
     ]

@@ -182,6 +182,122 @@ class MeterCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class FillStep:
+    """A gap in the readings filled from the meters' energy counters: the step ``[ts, ts + dt_s)`` at
+    each company's mean grid power over it (and the park meter's, on a shared connection)."""
+
+    ts: float
+    dt_s: float
+    grid_kw: tuple[float, ...]
+    park_kw: float | None  # None: the companies' sum (a group contract)
+
+
+Counters = tuple[tuple[tuple[float, float] | None, ...], tuple[float, float] | None]
+
+
+class CounterFill:
+    """Fills the steps a stale meter left uncovered from the meters' energy counters (#13 item 7).
+
+    While any meter is stale the steps are not measured (`CycleFacts.measured`). When every meter is
+    fresh again, the gap since the last measured step is filled, per company, from its meters' energy
+    counters (import and export kWh before and after: the mean power over the gap), or, for a company
+    whose meters have none but stayed fresh through the gap, from its power as read each cycle. A
+    company with neither (or a counter that went backwards: a meter replaced or reset) leaves the
+    gap unfilled. The step is marked filled (`ParkStep.filled`: the ledger's `filled_s`, the journal's
+    quarter line). Within the gap import and export are netted to the mean; a quarter or a
+    settlement interval that closed during the gap is not reopened.
+    """
+
+    def __init__(self, counters: Callable[[], Counters], stale_after_s: float) -> None:
+        self.counters = counters
+        self.stale_after_s = stale_after_s
+        self._last: tuple[float, Counters] | None = None  # the last measured step's end, its counters
+        self._gap: list[float | None] | None = None  # kWh read per company while fresh; None: stale once
+        self._park_gap: float | None = None
+        self._unfilled_logged = False
+
+    def step(self, facts: CycleFacts) -> FillStep | None:
+        """The fill due with this cycle (before its own step), if any."""
+        if not facts.measured:
+            self._in_gap(facts)
+            return None
+        counters = self.counters()
+        fill = None
+        if self._gap is not None and self._last is not None:
+            fill = self._fill(facts.ts, counters, shared=facts.snap.park_meter is not None)
+        self._last = (facts.ts + facts.dt_s, counters)
+        self._gap = None
+        return fill
+
+    def _in_gap(self, facts: CycleFacts) -> None:
+        """An unmeasured cycle: what the fresh meters read is kept for the companies without counters."""
+        if self._last is None:
+            return  # nothing measured yet: no gap to fill
+        snap = facts.snap
+        if self._gap is None:
+            self._gap = [0.0] * len(snap.companies)
+            self._park_gap = 0.0
+        h = facts.dt_s / 3600.0
+        for i, r in enumerate(snap.companies):
+            done = self._gap[i]
+            fresh = r.grid_kw is not None and r.grid_age_s <= self.stale_after_s
+            self._gap[i] = None if done is None or not fresh else done + (r.grid_kw or 0.0) * h
+        pm = snap.park_meter
+        if (
+            self._park_gap is not None
+            and pm is not None
+            and pm.grid_kw is not None
+            and pm.age_s <= self.stale_after_s
+        ):
+            self._park_gap += pm.grid_kw * h
+        else:
+            self._park_gap = None
+
+    def _fill(self, now: float, after: Counters, *, shared: bool) -> FillStep | None:
+        assert self._last is not None
+        assert self._gap is not None
+        start, before = self._last
+        dt = now - start
+        if dt <= 0:
+            return None
+        h = dt / 3600.0
+        means: list[float] = []
+        for i, (b, a) in enumerate(zip(before[0], after[0], strict=True)):
+            kwh = _delta(b, a)
+            if kwh is None:
+                kwh = self._gap[i]
+            if kwh is None:
+                self._say_unfilled(f"company {i + 1} has no energy counters and its meter was stale")
+                return None
+            means.append(kwh / h)
+        park_kw = None
+        if shared:  # the park meter's own figure: it shows the common loads too
+            park_kwh = _delta(before[1], after[1])
+            if park_kwh is None:
+                park_kwh = self._park_gap
+            if park_kwh is None:
+                self._say_unfilled("the park meter's counters are not usable and it was stale")
+                return None
+            park_kw = park_kwh / h
+        return FillStep(start, dt, tuple(means), park_kw)
+
+    def _say_unfilled(self, why: str) -> None:
+        if not self._unfilled_logged:
+            log.info("a gap in the readings is left uncovered (logged once): %s", why)
+        self._unfilled_logged = True
+
+
+def _delta(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Net import (kWh) between two counter readings; None without both, or if one went backwards."""
+    if before is None or after is None:
+        return None
+    d_imp, d_exp = after[0] - before[0], after[1] - before[1]
+    if d_imp < 0 or d_exp < 0:
+        return None
+    return d_imp - d_exp
+
+
+@dataclass(frozen=True, slots=True)
 class CycleFacts:
     """What one cycle saw and did, as every after-cycle step gets it."""
 
@@ -198,6 +314,7 @@ class CycleFacts:
     # every grid meter (and park meter) fresh (`hubctl.core.control.stale_meters`): only then is the
     # step measured, for the ledger and the quarter-hour evidence; a stale meter's last value is not
     measured: bool = True
+    fill: FillStep | None = None  # a gap before this step, filled from energy counters (`CounterFill`)
 
     @property
     def measured_park_kw(self) -> float | None:
@@ -231,6 +348,7 @@ class ControlLoop:
     ) -> None:
         self.cfg = cfg
         self.meter_check = meter_check
+        self.filler = CounterFill(store.counters, cfg.control.stale_after_s)
         self.clock = clock
         self.store = store
         self.controller = controller
@@ -281,7 +399,8 @@ class ControlLoop:
                 meter,
                 measured,
             )
-            self.after_cycle(facts)
+            fill = self.filler.step(facts)
+            self.after_cycle(replace(facts, fill=fill) if fill is not None else facts)
             last_ts = ts
             next_t += cycle_s
             now = self.clock.mono()
@@ -322,6 +441,17 @@ class LedgerFeed:
 
     def __call__(self, facts: CycleFacts) -> None:
         companies = facts.snap.companies
+        fill = facts.fill
+        if fill is not None:
+            lim = facts.decision.park_limits
+            step_info = ParkStep(
+                import_limit_kw=lim.import_kw,
+                import_source=lim.import_source,
+                export_limit_kw=lim.export_kw,
+                export_source=lim.export_source,
+                filled=True,
+            )
+            self.ledger.add_step(fill.ts, fill.grid_kw, fill.dt_s, step_info, park_kw=fill.park_kw)
         park_kw = facts.measured_park_kw
         if park_kw is not None:
             pv = total([r.pv_kw for r in companies])

@@ -91,6 +91,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -113,6 +114,7 @@ from hubctl.service.cycle import (
     AfterStep,
     Controller,
     ControlLoop,
+    CycleFacts,
     CycleRecords,
     LedgerFeed,
     MeterCheck,
@@ -333,14 +335,18 @@ class Gateway:
         for device in inverters:
             device.limit_record = record
 
+    def _quarter_step(self, f: CycleFacts) -> None:
+        """The journal's quarter meter takes the step as the ledger does: a gap filled from energy
+        counters first, then the step if it was measured."""
+        if f.fill is not None:
+            park_kw = f.fill.park_kw if f.fill.park_kw is not None else math.fsum(f.fill.grid_kw)
+            self.quarters.add(f.fill.ts, park_kw, f.fill.dt_s, f.decision, filled=True)
+        self.quarters.add(f.ts, f.measured_park_kw, f.dt_s, f.decision)
+
     def _control_loop(self, writer: SetpointWriter, fallbacks: FallbackTargets, jobs: Jobs) -> ControlLoop:
         """The control loop with its after-cycle steps, in their order."""
         ctl, ledger = self.controller, None if self.storage is None else self.storage.ledger
-        steps = [
-            AfterStep(
-                "quarter meter", lambda f: self.quarters.add(f.ts, f.measured_park_kw, f.dt_s, f.decision)
-            )
-        ]
+        steps = [AfterStep("quarter meter", self._quarter_step)]
         if ledger is not None:
             feed = LedgerFeed(ledger, accelerated=self.clock.accelerated)
             failure = "the ledger could not take a step (logged once)"

@@ -124,7 +124,7 @@ class Jobs:
             log.log(
                 level,
                 "quarter %s: mean %.1f kW, mean import cap %s (%s), mean export cap %s (%s), "
-                "coverage %.0f %%%s",
+                "coverage %.0f %%%s%s",
                 local_label(q.start_utc, self.cfg.tz),
                 q.mean_kw,
                 "-" if q.import_cap_kw is None else f"{q.import_cap_kw:g} kW",
@@ -132,6 +132,7 @@ class Jobs:
                 "-" if q.export_cap_kw is None else f"{q.export_cap_kw:g} kW",
                 q.export_source,
                 q.coverage * 100,
+                f" ({q.filled_s:.0f} s filled from energy counters)" if q.filled_s > 0 else "",
                 ": OVER THE CAP" if q.over else "",
             )
             for sink in self.sinks:

@@ -214,6 +214,29 @@ class ReadingStore:
             return None
         return park - summed - siblings - self._common_kw
 
+    def _counters_of(self, ids: tuple[str, ...]) -> tuple[float, float] | None:
+        """The meters' energy counters summed (import kWh, export kWh) as last taken; None when one
+        has none (or no meter at all)."""
+        if not ids:
+            return None
+        imp = exp = 0.0
+        for device_id in ids:
+            reading = self.latest.get(device_id)
+            if reading is None:
+                return None
+            i, e = reading.values.get("energy_import_kwh"), reading.values.get("energy_export_kwh")
+            if i is None or e is None or not (math.isfinite(i) and math.isfinite(e)):
+                return None
+            imp, exp = imp + i, exp + e
+        return imp, exp
+
+    def counters(self) -> tuple[tuple[tuple[float, float] | None, ...], tuple[float, float] | None]:
+        """Every company's grid meters' energy counters (import, export kWh; None: not all have them)
+        and the park meter's, from the readings taken (`CounterFill` fills gaps with them)."""
+        lay = self.layout
+        park = self._counters_of((lay.park_meter,)) if lay.park_meter is not None else None
+        return tuple(self._counters_of(ids) for ids in lay.grid), park
+
     def setpoint_unsupported(self, device_id: str, kind: str) -> None:
         """The setpoint writer's report that `device_id` takes no `kind` setpoint at all: a battery's
         state of charge is then hidden from the core (its power still counts as load)."""
