@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
+    from hubctl.core.limits import LimitsInForce
     from hubctl.core.types import Decision
 
 __all__ = [
@@ -282,6 +283,17 @@ class ParkStep:
     # not measured cycle by cycle: counted as covered, and as filled (`QuarterRow.filled_s`)
     filled: bool = False
 
+    @classmethod
+    def under(cls, lim: LimitsInForce, **fields: Any) -> ParkStep:
+        """A step under the park limits in force `lim`, with the other `fields` given."""
+        return cls(
+            import_limit_kw=lim.import_kw,
+            import_source=lim.import_source,
+            export_limit_kw=lim.export_kw,
+            export_source=lim.export_source,
+            **fields,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class QuarterRow:
@@ -424,14 +436,7 @@ class QuarterMeter:
             self._open[index] = ParkQuarter(index * float(QUARTER_S))  # closes even without a reading
         if park_kw is None or not math.isfinite(park_kw):
             return
-        lim = decision.park_limits
-        step = ParkStep(
-            import_limit_kw=lim.import_kw,
-            import_source=lim.import_source,
-            export_limit_kw=lim.export_kw,
-            export_source=lim.export_source,
-            filled=filled,
-        )
+        step = ParkStep.under(decision.park_limits, filled=filled)
         end = ts_utc + dt_s
         for start, dt in step_pieces(ts_utc, end, self._last_end):
             i = int(start // QUARTER_S)

@@ -55,36 +55,15 @@ __all__ = [
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+# the fields of a reading, the park's and a company's
+_READING = frozenset(
+    {"grid_kw", "load_kw", "pv_kw", "pv_available_kw", "pv_available_estimated", "battery_kw"}
+)
+
 # measurement -> (tags it may carry, fields it may carry); docs/influxdb.md is generated from the same table
 SCHEMA: dict[str, tuple[frozenset[str], frozenset[str] | None]] = {
-    "park": (
-        frozenset({"site"}),
-        frozenset(
-            {
-                "grid_kw",
-                "load_kw",
-                "pv_kw",
-                "pv_available_kw",
-                "pv_available_estimated",
-                "battery_kw",
-                "common_kw",
-            }
-        ),
-    ),
-    "company": (
-        frozenset({"site", "company"}),
-        frozenset(
-            {
-                "grid_kw",
-                "load_kw",
-                "pv_kw",
-                "pv_available_kw",
-                "pv_available_estimated",
-                "battery_kw",
-                "soc_pct",
-            }
-        ),
-    ),
+    "park": (frozenset({"site"}), _READING | {"common_kw"}),
+    "company": (frozenset({"site", "company"}), _READING | {"soc_pct"}),
     "device": (frozenset({"site", "company", "device"}), None),  # any snake_case numeric field with a unit
     "limit": (
         frozenset({"site", "company", "import_source", "export_source"}),

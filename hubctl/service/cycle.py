@@ -443,30 +443,19 @@ class LedgerFeed:
         companies = facts.snap.companies
         fill = facts.fill
         if fill is not None:
-            lim = facts.decision.park_limits
-            step_info = ParkStep(
-                import_limit_kw=lim.import_kw,
-                import_source=lim.import_source,
-                export_limit_kw=lim.export_kw,
-                export_source=lim.export_source,
-                filled=True,
-            )
+            step_info = ParkStep.under(facts.decision.park_limits, filled=True)
             self.ledger.add_step(fill.ts, fill.grid_kw, fill.dt_s, step_info, park_kw=fill.park_kw)
         park_kw = facts.measured_park_kw
         if park_kw is not None:
             pv = total([r.pv_kw for r in companies])
             bat = total([r.battery_kw for r in companies])
-            lim = facts.decision.park_limits
             available = facts.decision.pv_available
-            step_info = ParkStep(
+            step_info = ParkStep.under(
+                facts.decision.park_limits,
                 load_kw=None if pv is None or bat is None else park_kw + pv + bat,
                 pv_kw=pv,
                 curtailed_kw=None if available is None else available.park_curtailed_kw,
                 curtailed_estimated=True,
-                import_limit_kw=lim.import_kw,
-                import_source=lim.import_source,
-                export_limit_kw=lim.export_kw,
-                export_source=lim.export_source,
             )
             grids = [r.grid_kw for r in companies]
             if all(g is not None for g in grids):  # else not covered: a company's share is unknown
