@@ -97,6 +97,7 @@ from hubctl.config.resolve import (
     influx_settings,
     mqtt_broker,
     resolve_state_dir,
+    web_settings,
 )
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Params, State
@@ -136,9 +137,12 @@ if TYPE_CHECKING:
     from hubctl.data.history_store import HistoryStore
     from hubctl.devices.base import Device
     from hubctl.devices.mqtt import MqttHub
+    from hubctl.service.cycle import CycleFacts
     from hubctl.service.operator_api import OperatorApi
     from hubctl.service.options import Options
     from hubctl.service.sinks import TelemetrySink
+    from hubctl.web.live import Live
+    from hubctl.web.server import WebPage
 
 log = logging.getLogger("hubctl.service")  # the name the journal has always shown
 
@@ -173,6 +177,9 @@ class Gateway:
         self.api: OperatorApi | None = None
         self.view: OperatorView | None = None
         self.storage: Storage | None = None
+        self.live: Live | None = None
+        self.web: WebPage | None = None
+        self._last_cycle: tuple[float, Any, Any, Any] | None = None  # for the page without the API
 
     @property
     def state(self) -> State:
@@ -248,16 +255,53 @@ class Gateway:
             raise ConfigError("site config", [f"mqtt: {exc}"]) from exc
 
     def _state_doc(self) -> dict[str, Any] | None:
-        """The operator API's `state_source`: the state of the last cycle."""
+        """The operator API's `state_source` and the park page's: the state of the last cycle."""
         from hubctl.service.operator_document import state_document  # noqa: PLC0415 - loaded with the API
 
-        if self.view is None or self.view.last is None:
+        last = self.view.last if self.view is not None else self._last_cycle
+        if last is None:
             return None
-        ts, decision, readings, meter = self.view.last
+        ts, decision, readings, meter = last
         devices = {d: {"health": h} for d, h in self.health.summary().items()}
         doc = state_document(self.cfg, ts, decision, readings, devices, meter)
         doc["history"] = self._history_summary()
         return doc
+
+    def _make_web(self) -> WebPage | None:
+        """The park page (`hubctl.web`) when `web:` is configured or `--web` given; None: off."""
+        settings = web_settings(self.cfg, self.options.web, self.options.env)
+        if settings is None:
+            return None
+        from hubctl.web.live import Live  # noqa: PLC0415 - aiohttp and prometheus_client only with the page
+        from hubctl.web.server import Sources, WebPage  # noqa: PLC0415
+
+        self.live = Live([c.id for c in self.cfg.companies])
+        storage, directory = self.storage, self.state_dir()
+        kept = storage is not None and directory is not None
+        sources = Sources(
+            state=self._state_doc,
+            devices=self.health.summary,
+            spool_stats=lambda: None if storage is None else storage.spool.stats(),
+            now_utc=self.clock.utc,
+            ledger_path=directory / "ledger.sqlite" if kept and directory is not None else None,
+            spool_path=directory / "spool.sqlite" if kept and directory is not None else None,
+        )
+        return WebPage(self.cfg, settings, self.live, sources)
+
+    def _web_step(self, facts: CycleFacts) -> None:
+        """The park page's after-cycle step: only stores (the page's task does the rest)."""
+        if self.view is None:
+            self._last_cycle = (facts.ts, facts.decision, facts.snap.companies, facts.meter)
+        if self.live is not None:
+            self.live.cycle(
+                facts.ts,
+                facts.park_kw,
+                facts.measured_park_kw,
+                facts.dt_s,
+                facts.decision,
+                [r.grid_kw for r in facts.snap.companies],
+                facts.latency_ms,
+            )
 
     def _make_hub(self) -> MqttHub | None:
         broker = mqtt_broker(self.cfg, self.options.mqtt_url, self.options.env)
@@ -329,6 +373,9 @@ class Gateway:
             self.view = OperatorView(self.api)
             steps.append(AfterStep("operator state", self.view))
             operator = OperatorSync(self.cfg, self.api, ctl, ledger, fallbacks)
+        if self.web is not None:
+            failure = "the park page's after-cycle step failed (logged once); control goes on"
+            steps.append(AfterStep("web page", self._web_step, (Exception,), failure))
         steps += [
             AfterStep("mode", self.status.mode_step),
             AfterStep("ready", self.status.ready_step),
@@ -356,6 +403,7 @@ class Gateway:
             self._open_storage()
             self._open_history()
             self.api = self.controller.api = self._make_api()
+            self.web = self._make_web()
             hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
@@ -397,6 +445,8 @@ class Gateway:
             jobs.update(self.storage.jobs())
         if self.api is not None:
             jobs["operator-api"] = self.api.run
+        if self.web is not None:
+            jobs["web"] = self.web.run
         loop = asyncio.get_running_loop()
         return {name: loop.create_task(guarded(name, job), name=name) for name, job in jobs.items()}
 
