@@ -52,12 +52,13 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         live = self.live
+        info = GaugeMetricFamily("hubctl_site_info", "the site this gateway controls", labels=["site"])
+        info.add_metric([self.site], 1.0)
+        yield info
         yield from self._cycles(live)
-        mode = GaugeMetricFamily(
-            "hubctl_mode", "1 for the mode the controller is in", labels=["site", "mode"]
-        )
+        mode = GaugeMetricFamily("hubctl_mode", "1 for the mode the controller is in", labels=["mode"])
         for name in ("normal", "failsafe"):
-            mode.add_metric([self.site, name], 1.0 if live.mode == name else 0.0)
+            mode.add_metric([name], 1.0 if live.mode == name else 0.0)
         yield mode
         yield from self._park(live)
         health = self.devices()
