@@ -99,6 +99,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--start", default="10:59", help="local time of the scenario day to start at (default 10:59)"
     )
     d.add_argument("--no-mqtt", action="store_true", help="do not start a private mosquitto")
+    d.add_argument(
+        "--web",
+        default="127.0.0.1:8765",
+        metavar="HOST:PORT",
+        help="the park page (default 127.0.0.1:8765, a free port if taken; 'off': none)",
+    )
     d.add_argument("--out", default="out/demo-live", help="where the trace and the config go")
     d.set_defaults(func=_cmd_demo)
 

@@ -162,7 +162,7 @@ class WebPage:
     async def _bind(self, runner: web.AppRunner) -> None:
         failed = False
         while True:
-            site = web.TCPSite(runner, self.settings.host, self.settings.port, shutdown_timeout=0.5)
+            site = web.TCPSite(runner, self.settings.host, self.settings.port)
             try:
                 await site.start()
             except OSError as exc:
