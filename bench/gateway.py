@@ -147,7 +147,13 @@ class EventClient(threading.Thread):
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
         try:
-            conn.request("GET", "/api/events", headers={"Authorization": f"Bearer {self.token}"})
+            for _ in range(100):  # the page opens after the service's first cycle: up to 10 s
+                try:
+                    conn.request("GET", "/api/events", headers={"Authorization": f"Bearer {self.token}"})
+                    break
+                except ConnectionRefusedError:
+                    conn.close()
+                    time.sleep(0.1)
             response = conn.getresponse()
             if response.status != 200:
                 self.error = f"HTTP {response.status}"

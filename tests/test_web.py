@@ -10,7 +10,7 @@
   environment, never the token itself.
 - The server over real HTTP on loopback (aiohttp's own server in this process): 401 without or with
   a wrong token, the event stream's first state, a port already taken logged once while the task
-  goes on trying.
+  goes on trying; the page waits for the first control cycle before it opens.
 """
 
 from __future__ import annotations
@@ -225,7 +225,11 @@ def _page(port: int, tmp: Path, state: dict[str, Any] | None) -> WebPage:
         ledger_path=tmp / "ledger.sqlite",  # none there: no statements
         spool_path=None,
     )
-    return WebPage(cfg, settings, Live(["alpha", "beta"]), sources)
+    live = Live(["alpha", "beta"])
+    live.cycle(
+        T_Q, 80.0, 80.0, 1.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0
+    )  # the page opens after one
+    return WebPage(cfg, settings, live, sources)
 
 
 def _free_port() -> int:
@@ -284,13 +288,28 @@ def test_the_json_endpoints_answer_by_role(tmp_path: Path) -> None:
                     assert (await r.json())["manager"] is True
                 async with http.get(base + "/metrics") as r:
                     assert r.status == 200
-                    assert "hubctl_cycles_total 0.0" in await r.text()
+                    assert "hubctl_cycles_total 1.0" in await r.text()
                 async with http.get(base + "/static/uPlot.iife.min.js") as r:
                     assert r.status == 200
                 async with http.get(base + "/static/..%2Fserver.py") as r:
                     assert r.status == 404
         finally:
             await _stop(task)
+
+    asyncio.run(scenario())
+
+
+def test_the_page_opens_after_the_first_cycle(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        page = _page(_free_port(), tmp_path, None)
+        page.live = live = Live(["alpha", "beta"])  # no cycle yet
+        task = asyncio.create_task(page.run())
+        await asyncio.sleep(0.3)
+        assert not page.bound.is_set()
+        live.cycle(T_Q, 80.0, 80.0, 1.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0)
+        async with asyncio.timeout(5):
+            await page.bound.wait()
+        await _stop(task)
 
     asyncio.run(scenario())
 

@@ -67,6 +67,12 @@ and stopped only after the fail-safe setpoints are written:
   `Ledger` (`<state dir>/ledger.sqlite`) takes every cycle with all grid
   meters read (`add_step`) and settles its intervals from the quarter-hour
   job (from the control loop in accelerated mode).
+- **The park page** (`hubctl.web`, docs/web.md) when the config has a `web:` section or `--web
+  HOST:PORT` is given: its after-cycle step ("web page") keeps the cycle and calls `Live.cycle`
+  (only stores); its own task (`_run_web`, after the first cycle: aiohttp is imported in a worker
+  thread then) serves the page, the event stream and `/metrics` from the state document
+  (`_state_doc`, the operator API's), once a second at most. A port that cannot be bound is
+  logged once and retried; control never waits for the page.
 - **Load history** (`history.py`, `<state dir>/history.sqlite`): loaded at
   start into the controller's first state (`State.initial(params, history)`;
   the log says how many days of which type), saved whenever the history's
@@ -86,6 +92,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -133,6 +140,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from pathlib import Path
 
+    from hubctl.config.resolve import WebSettings
     from hubctl.config.site import SiteConfig
     from hubctl.data.history_store import HistoryStore
     from hubctl.devices.base import Device
@@ -179,6 +187,8 @@ class Gateway:
         self.storage: Storage | None = None
         self.live: Live | None = None
         self.web: WebPage | None = None
+        self._web_settings: WebSettings | None = None
+        self._first_cycle = asyncio.Event()  # set by the park page's after-cycle step
         self._last_cycle: tuple[float, Any, Any, Any] | None = None  # for the page without the API
 
     @property
@@ -267,31 +277,47 @@ class Gateway:
         doc["history"] = self._history_summary()
         return doc
 
-    def _make_web(self) -> WebPage | None:
-        """The park page (`hubctl.web`) when `web:` is configured or `--web` given; None: off."""
+    def _make_web(self) -> Live | None:
+        """The park page's after-cycle store when `web:` is configured or `--web` given; None: off.
+
+        The page itself (aiohttp, prometheus_client: about 0.3 s of imports) is built by its task
+        after the first control cycle (`_run_web`), so that it never delays or shifts the start of
+        control (the pollers' phase against the cycle is set by their first pass)."""
         settings = web_settings(self.cfg, self.options.web, self.options.env)
         if settings is None:
             return None
-        from hubctl.web.live import Live  # noqa: PLC0415 - aiohttp and prometheus_client only with the page
-        from hubctl.web.server import Sources, WebPage  # noqa: PLC0415
+        from hubctl.web.live import Live  # noqa: PLC0415 - only with the page
 
-        self.live = Live([c.id for c in self.cfg.companies])
-        storage, directory = self.storage, self.state_dir()
-        kept = storage is not None and directory is not None
-        sources = Sources(
-            state=self._state_doc,
-            devices=self.health.summary,
-            spool_stats=lambda: None if storage is None else storage.spool.stats(),
-            now_utc=self.clock.utc,
-            ledger_path=directory / "ledger.sqlite" if kept and directory is not None else None,
-            spool_path=directory / "spool.sqlite" if kept and directory is not None else None,
-        )
-        return WebPage(self.cfg, settings, self.live, sources)
+        self._web_settings = settings
+        return Live([c.id for c in self.cfg.companies])
+
+    async def _run_web(self) -> None:
+        """The park page's task: after the first cycle, import and build the page, then serve it."""
+        live, settings = self.live, self._web_settings
+        assert live is not None
+        assert settings is not None
+        await self._first_cycle.wait()
+        if self.web is None:
+            # imported in a worker thread: the event loop (pollers, control) runs on meanwhile
+            module = await asyncio.to_thread(importlib.import_module, "hubctl.web.server")
+            storage, directory = self.storage, self.state_dir()
+            kept = storage is not None and directory is not None
+            sources = module.Sources(
+                state=self._state_doc,
+                devices=self.health.summary,
+                spool_stats=lambda: None if storage is None else storage.spool.stats(),
+                now_utc=self.clock.utc,
+                ledger_path=directory / "ledger.sqlite" if kept and directory is not None else None,
+                spool_path=directory / "spool.sqlite" if kept and directory is not None else None,
+            )
+            self.web = module.WebPage(self.cfg, settings, live, sources)
+        await self.web.run()
 
     def _web_step(self, facts: CycleFacts) -> None:
         """The park page's after-cycle step: only stores (the page's task does the rest)."""
         if self.view is None:
             self._last_cycle = (facts.ts, facts.decision, facts.snap.companies, facts.meter)
+        self._first_cycle.set()
         if self.live is not None:
             self.live.cycle(
                 facts.ts,
@@ -373,7 +399,7 @@ class Gateway:
             self.view = OperatorView(self.api)
             steps.append(AfterStep("operator state", self.view))
             operator = OperatorSync(self.cfg, self.api, ctl, ledger, fallbacks)
-        if self.web is not None:
+        if self.live is not None:
             failure = "the park page's after-cycle step failed (logged once); control goes on"
             steps.append(AfterStep("web page", self._web_step, (Exception,), failure))
         steps += [
@@ -403,7 +429,7 @@ class Gateway:
             self._open_storage()
             self._open_history()
             self.api = self.controller.api = self._make_api()
-            self.web = self._make_web()
+            self.live = self._make_web()
             hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
@@ -445,8 +471,8 @@ class Gateway:
             jobs.update(self.storage.jobs())
         if self.api is not None:
             jobs["operator-api"] = self.api.run
-        if self.web is not None:
-            jobs["web"] = self.web.run
+        if self.live is not None:
+            jobs["web"] = self._run_web
         loop = asyncio.get_running_loop()
         return {name: loop.create_task(guarded(name, job), name=name) for name, job in jobs.items()}
 

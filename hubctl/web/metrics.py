@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayCollector", "registry"]
 
+_UP = frozenset({"ok", "degraded"})  # `Health` states of a device that answers (not down, not unknown yet)
+
 
 class GatewayCollector(Collector):
     """The gateway's figures at scrape time (module docstring)."""
@@ -62,12 +64,16 @@ class GatewayCollector(Collector):
         yield mode
         yield from self._park(live)
         health = self.devices()
-        up = GaugeMetricFamily("hubctl_device_up", "1: the device answers; 0: it is down", labels=["device"])
+        up = GaugeMetricFamily(
+            "hubctl_device_up",
+            "1: the device answers; 0: it is down or has not answered yet",
+            labels=["device"],
+        )
         for device, state in sorted(health.items()):
-            up.add_metric([device], 0.0 if state == "down" else 1.0)
+            up.add_metric([device], 1.0 if state in _UP else 0.0)
         yield up
         yield GaugeMetricFamily(
-            "hubctl_devices_up", "devices that answer", value=sum(s != "down" for s in health.values())
+            "hubctl_devices_up", "devices that answer", value=sum(s in _UP for s in health.values())
         )
         yield GaugeMetricFamily("hubctl_devices", "devices in the site config", value=len(health))
         yield from self._spool()

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hubctl.data import report, report_load, report_render
 from hubctl.web.access import COOKIE, SESSION_S, Access, Role
 from hubctl.web.live import CHART_S, seed_from_spool
 from hubctl.web.metrics import GatewayCollector, registry
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
 
     from hubctl.config.resolve import WebSettings
     from hubctl.config.site import SiteConfig
+    from hubctl.data import report
     from hubctl.data.spool import SpoolStats
     from hubctl.web.live import Live
 
@@ -66,6 +66,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 PUSH_EVERY_S = 1.0  # server-sent events: at most one state a second
 KEEPALIVE_S = 15.0  # a comment on an idle stream, so that a browser gone away is noticed
 RETRY_BIND_S = 30.0
+FIRST_CYCLE_WAIT_S = 30.0  # the page opens after the first control cycle, or after this long without one
 _MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
 _STATIC_NAMES = {
     "app.js": "text/javascript",
@@ -144,6 +145,12 @@ class WebPage:
 
     async def run(self) -> None:
         """Bind (retried every 30 s, logged once), seed the chart from the spool, push until cancelled."""
+        # the control loop's start first: its pollers' first pass sets the phase of polls against
+        # cycles, and the page's set-up in the same event loop must not shift it (docs/web.md)
+        for _ in range(round(FIRST_CYCLE_WAIT_S / 0.1)):
+            if self.live.revision:
+                break
+            await asyncio.sleep(0.1)
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -368,6 +375,9 @@ class WebPage:
         key = tuple(p.stat().st_mtime for p in (path, path.with_name(path.name + "-wal")) if p.exists())
         if self._statements is not None and self._statements[0] == key:
             return self._statements[1]
+        # numpy and the report code only once statements are asked for (the gateway's memory)
+        from hubctl.data import report, report_load  # noqa: PLC0415
+
         r = self.cfg.report
         prices = report.Prices(r.shared_in_ct_per_kwh, r.shared_out_ct_per_kwh, r.co2_kg_per_kwh)
 
@@ -399,11 +409,13 @@ class WebPage:
 
     async def _month_csv(self, request: web.Request) -> web.StreamResponse:
         role, month = await self._one_month(request)
+        from hubctl.data.report_render import statements_csv  # noqa: PLC0415 - numpy: on demand
+
         rows = [s for s in month.statements if role.company in {None, s.company}]
         suffix = "" if role.company is None else f"-{role.company}"
         name = f"statements-{self.cfg.site.id}-{month.month}{suffix}.csv"
         return web.Response(
-            text=report_render.statements_csv(rows),
+            text=statements_csv(rows),
             content_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
