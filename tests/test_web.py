@@ -30,11 +30,13 @@ from hubctl.config.site import parse_config
 from hubctl.core.limits import LimitsInForce
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Decision
+from hubctl.data.points import company_point, limit_point, park_point, setpoint_point
 from hubctl.data.report import MonthKpis, MonthReport, Statement
+from hubctl.data.spool import Spool, SpoolBounds
 from hubctl.errors import ConfigError
 from hubctl.web import server
 from hubctl.web.access import Access, Role
-from hubctl.web.live import Live
+from hubctl.web.live import Live, seed_from_spool
 from hubctl.web.server import Sources, WebPage
 from hubctl.web.views import chart_view, month_view, state_view
 
@@ -96,6 +98,36 @@ def test_the_chart_has_a_mean_a_minute_and_the_latency_histogram_counts_every_cy
     assert "company:alpha" not in points[0][1]  # never read: a gap, not a zero
     assert sum(live.latency_counts) == live.cycles == 120
     assert live.latency_sum_s == pytest.approx(0.36)
+
+
+def test_the_charts_hours_before_the_start_come_from_the_spool(tmp_path: Path) -> None:
+    """What the gateway's SpoolSink stores, read back as minute means; a company's limit is not the park's."""
+    now = T_Q + 3 * 60
+    spool = Spool(tmp_path / "spool.sqlite", SpoolBounds(max_age_s=None), clock=lambda: now)
+    for k in range(120):
+        ts = T_Q + k
+        spool.append(
+            [
+                park_point("park", ts, grid_kw=float(k)),
+                company_point("park", "alpha", ts, grid_kw=2.0 * k),
+                limit_point("park", None, ts, 100.0, "contract", 40.0, "contract"),
+                limit_point("park", "alpha", ts, 5.0, "own", None, "none"),
+                setpoint_point("park", "alpha", ts, 1.0, None, mode="normal"),
+            ]
+        )
+    spool.close()
+    minutes = seed_from_spool(tmp_path / "spool.sqlite", T_Q + 60, now)  # the first minute left out
+    assert [t for t, _ in minutes] == [T_Q + 60]
+    means = minutes[0][1]
+    assert means["park_kw"] == pytest.approx(89.5)
+    assert means["company:alpha"] == pytest.approx(179.0)
+    assert means["import_cap_kw"] == 100.0  # the park's, not alpha's 5 kW
+    assert means["export_cap_kw"] == 40.0
+    assert seed_from_spool(tmp_path / "none.sqlite", T_Q, now) == []
+    live = Live(["alpha"])
+    live.cycle(T_Q + 150, 1.0, 1.0, 1.0, _decision(100.0, "contract"), [2.0], 3.0)
+    live.seed(minutes)
+    assert [t for t, _ in live.chart(now)] == [T_Q + 60, T_Q + 120]  # the spool's minute, then this run's
 
 
 # --- Access ------------------------------------------------------------------------------------------------
