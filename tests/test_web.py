@@ -106,15 +106,14 @@ def test_the_charts_hours_before_the_start_come_from_the_spool(tmp_path: Path) -
     spool = Spool(tmp_path / "spool.sqlite", SpoolBounds(max_age_s=None), clock=lambda: now)
     for k in range(120):
         ts = T_Q + k
-        spool.append(
-            [
-                park_point("park", ts, grid_kw=float(k)),
-                company_point("park", "alpha", ts, grid_kw=2.0 * k),
-                limit_point("park", None, ts, 100.0, "contract", 40.0, "contract"),
-                limit_point("park", "alpha", ts, 5.0, "own", None, "none"),
-                setpoint_point("park", "alpha", ts, 1.0, None, mode="normal"),
-            ]
-        )
+        points = [
+            park_point("park", ts, grid_kw=float(k)),
+            company_point("park", "alpha", ts, grid_kw=2.0 * k),
+            limit_point("park", None, ts, 100.0, "contract", 40.0, "contract"),
+            limit_point("park", "alpha", ts, 5.0, "own", None, "none"),
+            setpoint_point("park", "alpha", ts, 1.0, None, mode="normal"),
+        ]
+        spool.append(p for p in points if p is not None)
     spool.close()
     minutes = seed_from_spool(tmp_path / "spool.sqlite", T_Q + 60, now)  # the first minute left out
     assert [t for t, _ in minutes] == [T_Q + 60]
