@@ -49,7 +49,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def _listen(text: str) -> str:
+def listen_arg(text: str) -> str:
+    """`--web HOST:PORT`, checked as the `web.listen` setting is."""
     from hubctl.config.site import parse_listen  # noqa: PLC0415
 
     try:
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--web",
         metavar="HOST:PORT",
-        type=_listen,
+        type=listen_arg,
         help="serve the park page and /metrics there (else web.listen when the config has a web: section)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

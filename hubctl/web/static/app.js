@@ -3,6 +3,10 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const fmt = (v, d = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+  // times in the site's zone (the config's site.timezone), as the journal and the reports give them
+  const local = (ts, seconds) => new Date(ts * 1000).toLocaleString("sv-SE", {
+    timeZone: me.timezone, hour12: false, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined });
   let me = null, chart = null, events = null;
 
   async function api(path, options) {
@@ -35,7 +39,7 @@
   function render(s) {
     if (s === null) return;
     document.body.dataset.ts = s.ts;
-    $("updated").textContent = new Date(s.ts * 1000).toISOString().replace(".000", "");
+    $("updated").textContent = local(s.ts, true);
     $("mode").textContent = s.mode; $("mode").className = "big " + s.mode;
     $("down").textContent = s.down.length ? s.down.join(", ") : "none";
     if (s.park) {
@@ -46,7 +50,7 @@
     }
     const q = s.quarter;
     if (q) {
-      $("quarter-start").textContent = new Date(q.start_utc * 1000).toISOString().slice(11, 16) + " UTC";
+      $("quarter-start").textContent = "from " + local(q.start_utc, false).slice(11);
       $("quarter-mean").textContent = fmt(q.mean_kw);
       $("quarter-import-cap").textContent = fmt(q.import_cap_kw);
       $("quarter-export-cap").textContent = fmt(q.export_cap_kw);
@@ -78,7 +82,8 @@
     const width = Math.max(400, $("chart").clientWidth || 900);
     if (chart) chart.destroy();
     const scales = { x: { time: true, range: () => [h.now - 86400, h.now] } };
-    chart = new uPlot({ width, height: 280, series, scales, axes: [{}, { label: "kW" }] }, data, $("chart"));
+    const tzDate = (ts) => uPlot.tzDate(new Date(ts * 1000), me.timezone);
+    chart = new uPlot({ width, height: 280, series, scales, tzDate, axes: [{}, { label: "kW" }] }, data, $("chart"));
   }
 
   async function loadMonths() {
