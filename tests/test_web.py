@@ -322,6 +322,8 @@ def test_the_json_endpoints_answer_by_role(tmp_path: Path) -> None:
                     assert "hubctl_cycles_total 1.0" in await r.text()
                 async with http.get(base + "/static/uPlot.iife.min.js") as r:
                     assert r.status == 200
+                async with http.get(base + "/") as r:  # nothing from elsewhere: gateways are offline
+                    assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
                 async with http.get(base + "/static/..%2Fserver.py") as r:
                     assert r.status == 404
         finally:

@@ -91,7 +91,13 @@ def _login(driver: webdriver.Chrome, url: str, token: str) -> None:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "login-button").click()
     wait.until(lambda d: d.find_element(By.ID, "page").is_displayed())
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#companies tbody tr"))
+    wait.until(_companies_shown)
+
+
+def _companies_shown(driver: webdriver.Chrome) -> list[str]:
+    """The companies table's rows, read in one go (the table is redrawn with every pushed state)."""
+    script = "return [...document.querySelectorAll('#companies tbody tr')].map(r => r.dataset.company)"
+    return list(driver.execute_script(script))
 
 
 def _text(driver: webdriver.Chrome, element_id: str) -> str:
@@ -154,12 +160,12 @@ def _report_statements(config: Path, out: Path) -> list[list[str]]:
 
 
 def _page_statements(driver: webdriver.Chrome) -> dict[str, list[str]]:
-    """The statement table as the page shows it: company -> its cells."""
-    rows = driver.find_elements(By.CSS_SELECTOR, "#statements tbody tr")
-    return {
-        r.get_attribute("data-company") or "": [c.text for c in r.find_elements(By.TAG_NAME, "td")]
-        for r in rows
-    }
+    """The statement table as the page shows it: company -> its cells (read in one go)."""
+    script = (
+        "return [...document.querySelectorAll('#statements tbody tr')]"
+        ".map(r => [r.dataset.company, [...r.cells].map(c => c.textContent)])"
+    )
+    return {str(company): [str(c) for c in cells] for company, cells in driver.execute_script(script)}
 
 
 def _browser_csv(driver: webdriver.Chrome) -> str:
@@ -214,10 +220,7 @@ def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             assert _text(manager, "export-cap") == "40.0"
             assert _text(manager, "export-source") == "contract"
             assert _text(manager, "mode") == "normal"
-            shown = {
-                r.get_attribute("data-company")
-                for r in manager.find_elements(By.CSS_SELECTOR, "#companies tbody tr")
-            }
+            shown = set(_companies_shown(manager))
             assert shown == {"alpha", "beta", "gamma"}
             # before the step the batteries take the PV surplus (self-consumption: about 0 kW)
             assert float(_text(manager, "park-power")) < 10.0
@@ -275,8 +278,7 @@ def _company_sees_only_its_own(url: str) -> None:
     """alpha's login: its row and statement only, in the browser and on every JSON endpoint."""
     with _browser() as alpha:
         _login(alpha, url, ALPHA)
-        rows = alpha.find_elements(By.CSS_SELECTOR, "#companies tbody tr")
-        assert [r.get_attribute("data-company") for r in rows] == ["alpha"]
+        assert _companies_shown(alpha) == ["alpha"]
         assert not alpha.find_element(By.ID, "park-tile").is_displayed()
         assert not alpha.find_element(By.ID, "quarter-tile").is_displayed()
         assert _text(alpha, "who") == "company alpha"

@@ -67,6 +67,12 @@ PUSH_EVERY_S = 1.0  # server-sent events: at most one state a second
 KEEPALIVE_S = 15.0  # a comment on an idle stream, so that a browser gone away is noticed
 RETRY_BIND_S = 30.0
 FIRST_CYCLE_WAIT_S = 30.0  # the page opens after the first control cycle, or after this long without one
+# the page loads nothing from elsewhere, is framed by nobody, and is never sniffed as another type
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
 _STATIC_NAMES = {
     "app.js": "text/javascript",
@@ -259,7 +265,7 @@ class WebPage:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException:
             raise
         except (ConnectionResetError, asyncio.CancelledError):
@@ -270,6 +276,9 @@ class WebPage:
                 log.exception("park page: %s failed (logged once per route; control goes on)", route)
             self._failed_routes.add(route)
             return _json({"error": "internal error"}, status=500)
+        if not response.prepared:  # an event stream has sent its headers already
+            response.headers.update(_SECURITY_HEADERS)
+        return response
 
     def _role(self, request: web.Request) -> Role:
         """The request's role, or 401 (a wrong token counted and logged once; no credentials: not logged)."""
