@@ -11,7 +11,7 @@ SHARED ?= ../shared
 # victoria-metrics: the InfluxDB-v2-write-API server the time-series tests start;
 # systemd: systemd-analyze, to verify the unit file and score its hardening;
 # libfaketime: the real-time service tests run `hubctl run` on a faked wall clock (LD_PRELOAD).
-APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd libfaketime
+APT_PACKAGES := python3-venv mosquitto victoria-metrics systemd libfaketime chromium chromium-driver
 SCENARIO ?= configs/scenarios/demo-park/scenario.yaml
 DEMO_OUT ?= out/demo
 

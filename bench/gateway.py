@@ -3,6 +3,7 @@
 """The gateway at park scale: `hubctl run` against `hubctl simulate`, both as subprocesses (issue #4).
 
     .venv/bin/python bench/gateway.py [--companies 50] [--pv-units 2] [--seconds 90] [--warmup 20] [--seed 4]
+                                      [--browsers 5]
 
 Generates a synthetic park day (simulators/scenario_gen.py; every company a
 grid meter, a battery and PV on two inverters: 4 devices per company, 200 for
@@ -21,6 +22,12 @@ measures for `--seconds`:
 
 Targets: p99 <= 100 ms, CPU <= 25 %, RSS <= 150 MB. The simulator runs on the
 same machine and competes for the same cores; its CPU is printed too.
+
+With `--browsers N` (default 5; 0: the page off) the service serves the park page (issue #14,
+`hubctl run --web` on a free loopback port, a manager token in its environment) and N clients
+hold its server-sent event stream open through the whole run, as N open browser tabs would
+(the stream is what a tab costs the gateway after it loaded: a state a second; the clients are
+threads of this script, counting the events they receive).
 """
 
 from __future__ import annotations
@@ -28,14 +35,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import platform
+import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +89,11 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
-def spawn(args: list[str], stdout: int | IO[bytes], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], stdout: int | IO[bytes], stderr: IO[bytes], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "hubctl.cli", *args], cwd=REPO, stdout=stdout, stderr=stderr
+        [sys.executable, "-m", "hubctl.cli", *args], cwd=REPO, stdout=stdout, stderr=stderr, env=env
     )
 
 
@@ -122,6 +135,51 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
+class EventClient(threading.Thread):
+    """One browser's share of the page: `/api/events` held open, events counted until `stop`."""
+
+    def __init__(self, port: int, token: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.token, self.stop = port, token, stop
+        self.events = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
+        try:
+            for _ in range(100):  # the page opens after the service's first cycle: up to 10 s
+                try:
+                    conn.request("GET", "/api/events", headers={"Authorization": f"Bearer {self.token}"})
+                    break
+                except ConnectionRefusedError:
+                    conn.close()
+                    time.sleep(0.1)
+            response = conn.getresponse()
+            if response.status != 200:
+                self.error = f"HTTP {response.status}"
+                return
+            while not self.stop.is_set():
+                try:
+                    line = response.fp.readline()
+                except TimeoutError:
+                    continue
+                if not line:
+                    self.error = "the stream ended"
+                    return
+                if line.startswith(b"data: "):
+                    self.events += 1
+        except OSError as exc:
+            self.error = str(exc)
+        finally:
+            conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @dataclass
 class Figures:
     companies: int
@@ -131,6 +189,7 @@ class Figures:
     service_cpu_pct: float
     sim_cpu_pct: float
     memory: dict[str, float]
+    browsers: list[EventClient]
 
     def report(self) -> str:
         lat = sorted(float(c["latency_ms"]) for c in self.cycles)
@@ -167,6 +226,16 @@ class Figures:
             ),
             f"(hubctl simulate, same machine: {self.sim_cpu_pct:.1f} % of one core)",
         ]
+        if self.browsers:
+            events = [b.events for b in self.browsers]
+            errors = [b.error for b in self.browsers if b.error]
+            lines.insert(
+                3,
+                f"park page: {len(self.browsers)} browsers on its event stream, {min(events)}-{max(events)} "
+                f"states each over the run{'; errors: ' + ', '.join(errors) if errors else ''}",
+            )
+        else:
+            lines.insert(3, "park page: off")
         return "\n".join(lines)
 
 
@@ -194,13 +263,22 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
         sim_err,
     )
     service: subprocess.Popen[bytes] | None = None
+    browsers: list[EventClient] = []
+    stopping = threading.Event()
     try:
         wait_line(sim, "ready", 120)
         config = yaml.safe_load(site.read_text(encoding="utf-8"))
         devices: dict[str, int] = {}
         for d in config["devices"]:
             devices[d["role"]] = devices.get(d["role"], 0) + 1
-        service = spawn(["run", "--config", str(site), "--trace", str(trace)], subprocess.DEVNULL, run_err)
+        run_args = ["run", "--config", str(site), "--trace", str(trace)]
+        env = dict(os.environ)
+        token = secrets.token_urlsafe(18)
+        port = free_port()
+        if args.browsers:
+            run_args += ["--web", f"127.0.0.1:{port}"]
+            env["HUBCTL_WEB_MANAGER_TOKEN"] = token
+        service = spawn(run_args, subprocess.DEVNULL, run_err, env=env)
         deadline = time.monotonic() + 60
         while not any(r.get("event") == "ready" for r in read_trace(trace)):
             if service.poll() is not None:
@@ -208,6 +286,9 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
             if time.monotonic() > deadline:
                 raise RuntimeError("hubctl run not ready within 60 s")
             time.sleep(0.2)
+        for _ in range(args.browsers):
+            browsers.append(EventClient(port, token, stopping))
+            browsers[-1].start()
         time.sleep(args.warmup)
         t0, cpu0, sim0 = time.time(), cpu_s(service.pid), cpu_s(sim.pid)
         m0 = time.monotonic()
@@ -228,8 +309,12 @@ def bench(args: argparse.Namespace, work: Path) -> Figures:
             service_cpu_pct=100 * (cpu1 - cpu0) / window,
             sim_cpu_pct=100 * (sim1 - sim0) / window,
             memory=memory,
+            browsers=browsers,
         )
     finally:
+        stopping.set()
+        for b in browsers:
+            b.join(timeout=5)
         if service is not None:
             code = stop(service)
             if code != 0:
@@ -246,10 +331,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90.0, help="measured window, real seconds")
     parser.add_argument("--warmup", type=float, default=20.0, help="real seconds after ready, not measured")
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument(
+        "--browsers", type=int, default=5, help="clients on the park page's event stream (0: the page off)"
+    )
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept: scenario, config, trace, logs)")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 600 or not 0 <= args.warmup <= 300:
         parser.error("--seconds must be 1..600 and --warmup 0..300")
+    if not 0 <= args.browsers <= 100:
+        parser.error("--browsers must be 0..100")
     if args.keep:
         work = Path(args.keep)
         work.mkdir(parents=True, exist_ok=True)

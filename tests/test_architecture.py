@@ -29,7 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "transport": {"errors", "codec"},
     "devices": {"errors", "config", "codec", "transport", "drivers", "core"},
     "data": {"errors", "config", "core"},
-    "service": {"errors", "config", "core", "codec", "transport", "devices", "data", "drivers"},
+    # the park page: below the service, which builds it and lends it the state document
+    "web": {"errors", "config", "core", "data"},
+    "service": {"errors", "config", "core", "codec", "transport", "devices", "data", "drivers", "web"},
     "sim": {"errors", "config", "core", "data", "simulators"},
     "cli": {
         "errors",
@@ -43,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
         "service",
         "sim",
         "simulators",
+        "web",
     },
     # the simulated devices serve the same maps and codecs hubctl reads; never the shell
     "simulators": {"errors", "config", "codec", "core", "drivers"},

@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 
 BASE: dict[str, Any] = {"park": {"import_limit_kw": 100}, "companies": [{"id": "alpha"}]}
 # the variables the service reads settings from: none of them leaks in from the test's environment
-_SETTINGS_ENV = ("STATE_DIRECTORY", "HUBCTL_INFLUX_URL", "HUBCTL_MQTT_URL", "NOTIFY_SOCKET", "WATCHDOG_USEC")
+_SETTINGS_ENV = (
+    "STATE_DIRECTORY",
+    "HUBCTL_INFLUX_URL",
+    "HUBCTL_MQTT_URL",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "HUBCTL_WEB_MANAGER_TOKEN",
+)
+_TOKEN = "a-park-manager-token-of-some-length"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -144,6 +152,49 @@ def _cases(tmp: Path) -> dict[str, tuple[dict[str, Any], list[str], dict[str, st
             {},
             ["mqtt.username_env: $NO_SUCH_USER_VARIABLE is not set"],
         ),
+        # the park page (hubctl.web, docs/web.md): a page nobody could open, or tokens without effect
+        "a web section without a manager token": (
+            {"web": {}},
+            [],
+            {},
+            ["web: no park-manager token", "$HUBCTL_WEB_MANAGER_TOKEN", "web.manager_token_sha256"],
+        ),
+        "--web without a manager token": (
+            {},
+            ["--web", f"127.0.0.1:{free_port()}"],
+            {},
+            ["web: no park-manager token"],
+        ),
+        "a web token shorter than 16 characters": (
+            {"web": {}},
+            [],
+            {"HUBCTL_WEB_MANAGER_TOKEN": "short"},
+            ["$HUBCTL_WEB_MANAGER_TOKEN: shorter than 16 characters"],
+        ),
+        "a manager token hashed in the config and in the environment": (
+            {"web": {"manager_token_sha256": "0" * 64}},
+            [],
+            {"HUBCTL_WEB_MANAGER_TOKEN": _TOKEN},
+            ["web.manager_token_sha256: $HUBCTL_WEB_MANAGER_TOKEN is set too"],
+        ),
+        "a web token while the page is off": (
+            {},
+            [],
+            {"HUBCTL_WEB_MANAGER_TOKEN": _TOKEN},
+            ["$HUBCTL_WEB_MANAGER_TOKEN: set, but the park page is off", "web:", "--web"],
+        ),
+        "a company token variable naming no company": (
+            {"web": {}},
+            [],
+            {"HUBCTL_WEB_MANAGER_TOKEN": _TOKEN, "HUBCTL_WEB_COMPANY_NOBODY_TOKEN": _TOKEN + "-nobody"},
+            ["$HUBCTL_WEB_COMPANY_NOBODY_TOKEN: names no company"],
+        ),
+        "one token for two roles": (
+            {"web": {}},
+            [],
+            {"HUBCTL_WEB_MANAGER_TOKEN": _TOKEN, "HUBCTL_WEB_COMPANY_ALPHA_TOKEN": _TOKEN},
+            ["web: park manager and company alpha have the same token"],
+        ),
     }
 
 
@@ -161,6 +212,13 @@ CASES = [
     "service.influx_url beside a different storage.influx.url",
     "an mqtt section without a broker",
     "mqtt.username_env naming an unset variable",
+    "a web section without a manager token",
+    "--web without a manager token",
+    "a web token shorter than 16 characters",
+    "a manager token hashed in the config and in the environment",
+    "a web token while the page is off",
+    "a company token variable naming no company",
+    "one token for two roles",
 ]
 
 

@@ -10,6 +10,11 @@ caps, every company's grid, PV, battery and state of charge, and why the
 controller does what it does. At the end (after `--minutes`, or Ctrl-C) the
 service gets SIGTERM, exactly as systemd would stop it, and a KPI summary is
 printed from the trace.
+
+The park page (`hubctl run --web`, docs/web.md) opens too, at `--web` (default 127.0.0.1:8765, or
+a free port when that one is taken; `--web off`: none); the demo prints its address and the park
+manager's token, a fresh random one unless `$HUBCTL_WEB_MANAGER_TOKEN` is set. The service keeps
+its ledger in `OUT/state` (emptied at the start), so the page has statements to show.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,12 +47,28 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]  # hubctl/cli/demo.py -> the repository
 DEFAULT_SCENARIO = REPO / "configs" / "scenarios" / "demo-park" / "scenario.yaml"
+DEFAULT_WEB = "127.0.0.1:8765"
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _web_listen(text: str) -> str | None:
+    """Where the demo's park page listens: `text` (HOST:PORT), None for "off"; the default port taken:
+    a free one."""
+    if text == "off":
+        return None
+    if text != DEFAULT_WEB:
+        return text
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8765))
+        except OSError:
+            return f"127.0.0.1:{_free_port()}"
+    return text
 
 
 def _mosquitto() -> str | None:
@@ -218,10 +241,24 @@ def run_demo(args: argparse.Namespace) -> int:
         ]
         if mqtt_url is not None:
             run_args += ["--mqtt-url", mqtt_url]
+        state = out / "state"
+        shutil.rmtree(state, ignore_errors=True)  # a ledger of an earlier demo would overlap this one's
+        env = {**os.environ, "STATE_DIRECTORY": str(state.resolve())}
+        listen = _web_listen(args.web)
+        token = env.get("HUBCTL_WEB_MANAGER_TOKEN") or secrets.token_urlsafe(18)
+        if listen is not None:
+            run_args += ["--web", listen]
+            env["HUBCTL_WEB_MANAGER_TOKEN"] = token
         log_file = (out / "service.log").open("wb")
-        service = _hubctl(*run_args, stderr=log_file)
+        service = _hubctl(*run_args, stderr=log_file, env=env)
         procs.append(service)
         console.print(f"hubctl run started (log: {out / 'service.log'}); Ctrl-C ends the demo")
+        if listen is not None:
+            host, _, web_port = listen.rpartition(":")
+            console.print(
+                f"park page: [bold]http://{host}:{web_port}/[/]  (park manager's token: {token})",
+                soft_wrap=True,
+            )
         companies = [c.id for c in scenario.config.companies]
         info = f"speed {args.speed:g}x"
         offset = 0

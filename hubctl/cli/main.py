@@ -2,8 +2,8 @@
 
 Exit codes: 0 success, 1 a run failed, 2 usage, 78 (EX_CONFIG) bad configuration.
 
-`hubctl check-config FILE [--env-file FILE] [--mqtt-url URL] [--influx-url URL]` rejects all that
-`hubctl run` rejects (issue #13): the file as `hubctl run` reads it (`config.base.load_yaml`:
+`hubctl check-config FILE [--env-file FILE] [--mqtt-url URL] [--influx-url URL] [--web HOST:PORT]`
+rejects all that `hubctl run` rejects (issue #13): the file as `hubctl run` reads it (`config.base.load_yaml`:
 duplicate keys, encoding, nesting, booleans for numbers), then for a site config every start
 check of the service (`hubctl.service.preflight.start_problems`: settings without effect, the
 broker URL and TLS files, every device entry built as the gateway builds it, the state directory)
@@ -77,7 +77,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         from hubctl.service.options import Options
         from hubctl.service.preflight import start_problems
 
-        options = Options(mqtt_url=args.mqtt_url, influx_url=args.influx_url, env=env)
+        options = Options(mqtt_url=args.mqtt_url, influx_url=args.influx_url, web=args.web, env=env)
         problems = start_problems(cfg, options, create=False)
         if problems:  # what `hubctl run` would refuse to start with, in the same words
             return report_problems(args.file, problems)
@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mqtt-url", metavar="URL", help="as `hubctl run --mqtt-url`")
     p.add_argument("--influx-url", metavar="URL", help="as `hubctl run --influx-url`")
+    p.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        type=cli_service.listen_arg,
+        help="as `hubctl run --web` (the park page)",
+    )
     p.set_defaults(func=_cmd_check_config)
     p = sub.add_parser("schema", help="print the site config JSON schema")
     p.set_defaults(func=_cmd_schema)

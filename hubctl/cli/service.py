@@ -1,6 +1,6 @@
 """`hubctl run` (the gateway service) and `hubctl demo` (a simulated park with the real service).
 
-    hubctl run --config FILE [--mqtt-url URL] [--influx-url URL] [-v]
+    hubctl run --config FILE [--mqtt-url URL] [--influx-url URL] [--web HOST:PORT] [-v]
     hubctl demo [--scenario FILE] [--speed N] [--minutes M] [--start HH:MM] [--no-mqtt]
 
 Exit codes of `run`: 0 after SIGTERM/SIGINT (fail-safe setpoints written,
@@ -49,6 +49,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def listen_arg(text: str) -> str:
+    """`--web HOST:PORT`, checked as the `web.listen` setting is."""
+    from hubctl.config.site import parse_listen  # noqa: PLC0415
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run` and `demo` to hubctl's parser."""
     p = sub.add_parser(
@@ -57,6 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True, help="site config YAML with devices")
     p.add_argument("--mqtt-url", metavar="URL", help="mqtt://HOST[:PORT] (else service.mqtt_url)")
     p.add_argument("--influx-url", metavar="URL", help="InfluxDB URL (else service.influx_url)")
+    p.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        type=listen_arg,
+        help="serve the park page and /metrics there (else web.listen when the config has a web: section)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--speed", type=_positive, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--start-utc", type=_utc, default=None, help=argparse.SUPPRESS)
@@ -83,6 +100,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--start", default="10:59", help="local time of the scenario day to start at (default 10:59)"
     )
     d.add_argument("--no-mqtt", action="store_true", help="do not start a private mosquitto")
+    d.add_argument(
+        "--web",
+        default="127.0.0.1:8765",
+        metavar="HOST:PORT",
+        help="the park page (default 127.0.0.1:8765, a free port if taken; 'off': none)",
+    )
     d.add_argument("--out", default="out/demo-live", help="where the trace and the config go")
     d.set_defaults(func=_cmd_demo)
 
@@ -107,6 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = Options(
         mqtt_url=args.mqtt_url,
         influx_url=args.influx_url,
+        web=args.web,
         speed=args.speed,
         start_utc=args.start_utc,
         trace=Path(args.trace) if args.trace else None,

@@ -19,17 +19,23 @@ that quietly does less. An InfluxDB URL without a state directory is one: the fo
 the spool, and the spool lives in the state directory, so hubctl does not invent one (a default
 such as /var/lib/hubctl would be unwritable off a gateway, or shared by two services).
 
+The park page (`web_settings`, `web_problems`): on when the config has a `web:` section or
+`hubctl run --web HOST:PORT` is given (the flag wins over `web.listen`); each role's token comes
+from the environment or as a SHA-256 from the config, never both; only the digests leave here.
+
 May import: `hubctl.errors` and the config models (a package that sits just above the errors).
 Pure: the environment comes in as a mapping, nothing is read from the process here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
-from hubctl.config.site import InfluxTarget
+from hubctl.config.site import InfluxTarget, Web, parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,12 +48,16 @@ __all__ = [
     "SOURCES",
     "BrokerSettings",
     "InfluxSettings",
+    "WebSettings",
     "gateway_problems",
     "influx_settings",
     "mqtt_broker",
     "report_state_dir",
     "resolve_state_dir",
     "state_dir_source",
+    "web_company_env",
+    "web_problems",
+    "web_settings",
 ]
 
 SOURCES = "storage.dir, service.state_dir or $STATE_DIRECTORY"
@@ -265,4 +275,108 @@ def gateway_problems(
                 for name in ("username_env", "password_env")
                 if name in mq.model_fields_set and not env.get(getattr(mq, name))
             )
+    return problems
+
+
+# --- the park page -----------------------------------------------------------------------------------------
+
+WEB_MANAGER_ENV = "HUBCTL_WEB_MANAGER_TOKEN"
+WEB_TOKEN_MIN_CHARS = 16
+_WEB_COMPANY_ENV = re.compile(r"^HUBCTL_WEB_COMPANY_(.+)_TOKEN$")
+
+
+def web_company_env(company_id: str) -> str:
+    """`$HUBCTL_WEB_COMPANY_<ID>_TOKEN`: the id upper-cased, every other character than A-Z 0-9 as `_`."""
+    return f"HUBCTL_WEB_COMPANY_{re.sub(r'[^A-Z0-9]', '_', company_id.upper())}_TOKEN"
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 (hex) of a token: what is kept and compared (docs/web.md, "Access")."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """Where the park page listens and the digests of the tokens that open it (role -> SHA-256 hex)."""
+
+    host: str
+    port: int
+    source: str  # "--web" or "web.listen"
+    manager_digest: str | None
+    company_digests: dict[str, str] = field(default_factory=dict)
+
+
+def web_settings(cfg: SiteConfig, cli_listen: str | None, env: Mapping[str, str]) -> WebSettings | None:
+    """The park page's settings; None: it is off (no `web:` section, no `--web`)."""
+    if cfg.web is None and cli_listen is None:
+        return None
+    section = cfg.web or Web()
+    host, port = parse_listen(cli_listen or section.listen)
+    manager = section.manager_token_sha256
+    if manager is None and env.get(WEB_MANAGER_ENV):
+        manager = token_digest(env[WEB_MANAGER_ENV])
+    companies: dict[str, str] = {}
+    for c in cfg.companies:
+        digest = section.company_token_sha256.get(c.id)
+        token = env.get(web_company_env(c.id))
+        if digest is None and token:
+            digest = token_digest(token)
+        if digest is not None:
+            companies[c.id] = digest
+    return WebSettings(host, port, "--web" if cli_listen else "web.listen", manager, companies)
+
+
+def web_problems(cfg: SiteConfig, cli_listen: str | None, env: Mapping[str, str]) -> list[str]:
+    """Every setting of the park page that is set but could not take effect (or is unsafe), one line each."""
+    problems: list[str] = []
+    company_vars = {web_company_env(c.id): c.id for c in cfg.companies}
+    ids_by_var: dict[str, list[str]] = {}
+    for c in cfg.companies:
+        ids_by_var.setdefault(web_company_env(c.id), []).append(c.id)
+    stray = sorted(
+        k for k, v in env.items() if v and _WEB_COMPANY_ENV.match(k) is not None and k not in company_vars
+    )
+    settings = web_settings(cfg, cli_listen, env)
+    if settings is None:
+        problems.extend(
+            f"${name}: set, but the park page is off: add a web: section (or --web HOST:PORT), or unset it"
+            for name in [WEB_MANAGER_ENV, *company_vars]
+            if env.get(name)
+        )
+        problems.extend(f"${name}: names no company of the site config" for name in stray)
+        return problems
+    section = cfg.web or Web()
+    if section.manager_token_sha256 is not None and env.get(WEB_MANAGER_ENV):
+        problems.append(f"web.manager_token_sha256: ${WEB_MANAGER_ENV} is set too: set one")
+    if settings.manager_digest is None:
+        problems.append(
+            f"web: no park-manager token: set ${WEB_MANAGER_ENV} (the unit's EnvironmentFile) or "
+            "web.manager_token_sha256"
+        )
+    for var, ids in ids_by_var.items():
+        if len(ids) > 1:
+            problems.append(f"web: companies {', '.join(ids)} share the token variable ${var}: rename one")
+    for c in cfg.companies:
+        var = web_company_env(c.id)
+        if c.id in section.company_token_sha256 and env.get(var):
+            problems.append(f"web.company_token_sha256.{c.id}: ${var} is set too: set one")
+    for var in [WEB_MANAGER_ENV, *company_vars]:
+        token = env.get(var)
+        if token and len(token) < WEB_TOKEN_MIN_CHARS:
+            problems.append(
+                f"${var}: shorter than {WEB_TOKEN_MIN_CHARS} characters: use a random token "
+                "(`openssl rand -hex 24`)"
+            )
+    problems.extend(f"${name}: names no company of the site config" for name in stray)
+    roles = {"park manager": settings.manager_digest} | {
+        f"company {k}": v for k, v in settings.company_digests.items()
+    }
+    seen: dict[str, str] = {}
+    for role, digest in roles.items():
+        if digest is None:
+            continue
+        if digest in seen:
+            problems.append(f"web: {seen[digest]} and {role} have the same token: give each its own")
+        else:
+            seen[digest] = role
     return problems

@@ -435,6 +435,62 @@ class MqttApi(_Model):
         return self
 
 
+_LISTEN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) as (host, port); ValueError naming what is wrong."""
+    m = _LISTEN.match(text)
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (port 1-65535)")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+class Web(_Model):
+    """The park page (`hubctl.web`, docs/web.md): served by `hubctl run` on one listener with `/metrics`.
+
+    Access is by token: the park manager's from `$HUBCTL_WEB_MANAGER_TOKEN`, a company's from
+    `$HUBCTL_WEB_COMPANY_<ID>_TOKEN` (the unit's EnvironmentFile), or their SHA-256 here instead,
+    so that the config never holds a token. No manager token at all: refused at start (exit 78).
+    """
+
+    listen: str = Field(
+        default="127.0.0.1:8765",
+        description="HOST:PORT of the page and /metrics; loopback by default (put a TLS proxy in front "
+        "for anything else); --web HOST:PORT overrides it",
+    )
+    manager_token_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 (hex) of the park manager's token; else $HUBCTL_WEB_MANAGER_TOKEN",
+    )
+    company_token_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="company id: SHA-256 (hex) of its token; else $HUBCTL_WEB_COMPANY_<ID>_TOKEN",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _is_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("manager_token_sha256")
+    @classmethod
+    def _is_hash(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value):
+            raise ValueError("not a SHA-256 in hex (64 characters 0-9a-f): `printf %s TOKEN | sha256sum`")
+        return value
+
+    @field_validator("company_token_sha256")
+    @classmethod
+    def _are_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k, v in value.items() if not _SHA256.match(v))
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: not a SHA-256 in hex (64 characters 0-9a-f)")
+        return value
+
+
 class SiteConfig(_Model):
     """The whole site: `hubctl check-config` validates a YAML file against this model."""
 
@@ -448,6 +504,7 @@ class SiteConfig(_Model):
     storage: Storage = Field(default_factory=Storage)
     report: Report = Field(default_factory=Report)
     mqtt: MqttApi | None = None
+    web: Web | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -465,6 +522,9 @@ class SiteConfig(_Model):
         unknown = sorted(set(self.sharing.shares) - set(ids)) + sorted(set(self.sharing.order) - set(ids))
         if unknown:
             raise ValueError(f"sharing names unknown companies: {', '.join(unknown)}")
+        strays = sorted(set(self.web.company_token_sha256) - set(ids)) if self.web is not None else []
+        if strays:
+            raise ValueError(f"web.company_token_sha256 names unknown companies: {', '.join(strays)}")
         self._check_connection()
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import html
+import io
 import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -20,12 +21,12 @@ import numpy as np
 from hubctl.core.quarters import CURTAILED_ESTIMATED, QUARTER_S
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
     from hubctl.data.report import MonthKpis, MonthReport, OverQuarter, Prices, ReportInput, Statement
 
-__all__ = ["plot_day", "plot_shares", "write"]
+__all__ = ["plot_day", "plot_shares", "statements_csv", "write"]
 
 
 # --- plots --------------------------------------------------------------------------------------------------
@@ -264,13 +265,19 @@ def _statement_values(s: Statement) -> list[str]:
     ]
 
 
+def statements_csv(statements: Iterable[Statement]) -> str:
+    """Statements as `statements.csv` of ``--format csv`` has them (header, then a row each): the park
+    page's CSV download is this, so the two cannot differ."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(_STATEMENT_COLUMNS)
+    w.writerows(_statement_values(s) for s in statements)
+    return buf.getvalue()
+
+
 def _write_csv(out: Path, inp: ReportInput, months: Sequence[MonthReport]) -> list[Path]:
     paths = [out / "statements.csv", out / "kpis.csv", out / "quarters_over.csv"]
-    with paths[0].open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(_STATEMENT_COLUMNS)
-        for m in months:
-            w.writerows(_statement_values(s) for s in m.statements)
+    paths[0].write_text(statements_csv(s for m in months for s in m.statements), encoding="utf-8", newline="")
     kpi_fields = [
         "kwmax_kw",
         "kwmax_at",

@@ -71,6 +71,12 @@ and stopped only after the fail-safe setpoints are written:
   the limits a device keeps (Huawei's derating, a SunSpec 123 limit under an installer's static
   one) and the installer's value, so that a restart never takes hubctl's own fail-safe for the
   installer's limit (#13 item 4).
+- **The park page** (`hubctl.web`, docs/web.md) when the config has a `web:` section or `--web
+  HOST:PORT` is given: its after-cycle step ("web page") keeps the cycle and calls `Live.cycle`
+  (only stores); its own task (`_run_web`, after the first cycle: aiohttp is imported in a worker
+  thread then) serves the page, the event stream and `/metrics` from the state document
+  (`_state_doc`, the operator API's), once a second at most. A port that cannot be bound is
+  logged once and retried; control never waits for the page.
 - **Load history** (`history.py`, `<state dir>/history.sqlite`): loaded at
   start into the controller's first state (`State.initial(params, history)`;
   the log says how many days of which type), saved whenever the history's
@@ -90,6 +96,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -103,6 +110,7 @@ from hubctl.config.resolve import (
     influx_settings,
     mqtt_broker,
     resolve_state_dir,
+    web_settings,
 )
 from hubctl.core.quarters import QuarterMeter
 from hubctl.core.types import Params, State
@@ -141,13 +149,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
+    from hubctl.config.resolve import WebSettings
     from hubctl.config.site import SiteConfig
     from hubctl.data.history_store import HistoryStore
     from hubctl.devices.base import Device
     from hubctl.devices.mqtt import MqttHub
+    from hubctl.service.cycle import CycleFacts
     from hubctl.service.operator_api import OperatorApi
     from hubctl.service.options import Options
     from hubctl.service.sinks import TelemetrySink
+    from hubctl.web.live import Live
+    from hubctl.web.server import WebPage
 
 log = logging.getLogger("hubctl.service")  # the name the journal has always shown
 
@@ -182,6 +194,11 @@ class Gateway:
         self.api: OperatorApi | None = None
         self.view: OperatorView | None = None
         self.storage: Storage | None = None
+        self.live: Live | None = None
+        self.web: WebPage | None = None
+        self._web_settings: WebSettings | None = None
+        self._first_cycle = asyncio.Event()  # set by the park page's after-cycle step
+        self._last_cycle: tuple[float, Any, Any, Any] | None = None  # for the page without the API
 
     @property
     def state(self) -> State:
@@ -257,16 +274,69 @@ class Gateway:
             raise ConfigError("site config", [f"mqtt: {exc}"]) from exc
 
     def _state_doc(self) -> dict[str, Any] | None:
-        """The operator API's `state_source`: the state of the last cycle."""
+        """The operator API's `state_source` and the park page's: the state of the last cycle."""
         from hubctl.service.operator_document import state_document  # noqa: PLC0415 - loaded with the API
 
-        if self.view is None or self.view.last is None:
+        last = self.view.last if self.view is not None else self._last_cycle
+        if last is None:
             return None
-        ts, decision, readings, meter = self.view.last
+        ts, decision, readings, meter = last
         devices = {d: {"health": h} for d, h in self.health.summary().items()}
         doc = state_document(self.cfg, ts, decision, readings, devices, meter)
         doc["history"] = self._history_summary()
         return doc
+
+    def _make_web(self) -> Live | None:
+        """The park page's after-cycle store when `web:` is configured or `--web` given; None: off.
+
+        The page itself (aiohttp, prometheus_client: about 0.3 s of imports) is built by its task
+        after the first control cycle (`_run_web`), so that it never delays or shifts the start of
+        control (the pollers' phase against the cycle is set by their first pass)."""
+        settings = web_settings(self.cfg, self.options.web, self.options.env)
+        if settings is None:
+            return None
+        from hubctl.web.live import Live  # noqa: PLC0415 - only with the page
+
+        self._web_settings = settings
+        return Live([c.id for c in self.cfg.companies])
+
+    async def _run_web(self) -> None:
+        """The park page's task: after the first cycle, import and build the page, then serve it."""
+        live, settings = self.live, self._web_settings
+        assert live is not None
+        assert settings is not None
+        await self._first_cycle.wait()
+        if self.web is None:
+            # imported in a worker thread: the event loop (pollers, control) runs on meanwhile
+            module = await asyncio.to_thread(importlib.import_module, "hubctl.web.server")
+            storage, directory = self.storage, self.state_dir()
+            kept = storage is not None and directory is not None
+            sources = module.Sources(
+                state=self._state_doc,
+                devices=self.health.summary,
+                spool_stats=lambda: None if storage is None else storage.spool.stats(),
+                now_utc=self.clock.utc,
+                ledger_path=directory / "ledger.sqlite" if kept and directory is not None else None,
+                spool_path=directory / "spool.sqlite" if kept and directory is not None else None,
+            )
+            self.web = module.WebPage(self.cfg, settings, live, sources)
+        await self.web.run()
+
+    def _web_step(self, facts: CycleFacts) -> None:
+        """The park page's after-cycle step: only stores (the page's task does the rest)."""
+        if self.view is None:
+            self._last_cycle = (facts.ts, facts.decision, facts.snap.companies, facts.meter)
+        self._first_cycle.set()
+        if self.live is not None:
+            self.live.cycle(
+                facts.ts,
+                facts.park_kw,
+                facts.measured_park_kw,
+                facts.dt_s,
+                facts.decision,
+                [r.grid_kw for r in facts.snap.companies],
+                facts.latency_ms,
+            )
 
     def _make_hub(self) -> MqttHub | None:
         broker = mqtt_broker(self.cfg, self.options.mqtt_url, self.options.env)
@@ -359,6 +429,9 @@ class Gateway:
             self.view = OperatorView(self.api)
             steps.append(AfterStep("operator state", self.view))
             operator = OperatorSync(self.cfg, self.api, ctl, ledger, fallbacks)
+        if self.live is not None:
+            failure = "the park page's after-cycle step failed (logged once); control goes on"
+            steps.append(AfterStep("web page", self._web_step, (Exception,), failure))
         steps += [
             AfterStep("mode", self.status.mode_step),
             AfterStep("ready", self.status.ready_step),
@@ -386,6 +459,7 @@ class Gateway:
             self._open_storage()
             self._open_history()
             self.api = self.controller.api = self._make_api()
+            self.live = self._make_web()
             hub = self._make_hub()
             async with ConnectionPool() as pool:
                 devices = self._build(pool, hub)
@@ -428,6 +502,8 @@ class Gateway:
             jobs.update(self.storage.jobs())
         if self.api is not None:
             jobs["operator-api"] = self.api.run
+        if self.live is not None:
+            jobs["web"] = self._run_web
         loop = asyncio.get_running_loop()
         return {name: loop.create_task(guarded(name, job), name=name) for name, job in jobs.items()}
 

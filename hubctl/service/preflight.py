@@ -10,6 +10,9 @@ What it is: `start_problems(cfg, options)`, every problem of a site config that 
   unreadable or not PEM (`broker_problems`);
 - the devices: every entry built as the gateway builds it (an unknown driver, a map that cannot be
   loaded, a role the map does not offer), without connecting to anything (`device_problems`);
+- the park page (`hubctl.config.resolve.web_problems`): no park-manager token, a token both in the
+  environment and hashed in the config, one shorter than 16 characters, two roles with one token,
+  a company's token variable naming no company, a token set while the page is off;
 - the state directory: one that is a file, or cannot be created or written (`state_dir_problems`).
 
 `hubctl run` creates the state directory (`create=True`); `hubctl check-config` only looks
@@ -26,7 +29,13 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
-from hubctl.config.resolve import gateway_problems, mqtt_broker, resolve_state_dir, state_dir_source
+from hubctl.config.resolve import (
+    gateway_problems,
+    mqtt_broker,
+    resolve_state_dir,
+    state_dir_source,
+    web_problems,
+)
 from hubctl.errors import DeviceConfigError
 
 if TYPE_CHECKING:
@@ -125,6 +134,7 @@ def start_problems(cfg: SiteConfig, options: Options, *, create: bool) -> list[s
     """Every reason `hubctl run` would refuse to start (exit 78), one line each naming the setting."""
     env = options.env
     problems = gateway_problems(cfg, options.mqtt_url, options.influx_url, env)
+    problems += web_problems(cfg, options.web, env)
     problems += broker_problems(cfg, options.mqtt_url, env)
     problems += device_problems(cfg, options.mqtt_url, env)
     if not problems or not create:  # `run` makes the directory only for a config that can run
