@@ -61,24 +61,28 @@ def _decision(cap: float | None, source: str, mode: str = "normal") -> Decision:
 
 
 def test_the_quarter_in_progress_is_the_meters_verdict() -> None:
-    live, meter = Live(["alpha", "beta"]), QuarterMeter()
+    meter = QuarterMeter()
+    live = Live(["alpha", "beta"], meter)
     for k in range(0, 900 + 300, 2):  # 2 s cycles; the cap drops at minute 10; a gap of readings
         cap, source = (50.0, "window 16:10-20:00") if k >= 600 else (100.0, "contract")
         park = None if 200 <= k < 260 else 90.0 + (k % 7)
         decision = _decision(cap, source)
-        live.cycle(T_Q + k, park, park, 2.0, decision, [park, 0.0], 12.0)
-        meter.add(T_Q + k, park, 2.0, decision)
+        meter.add(T_Q + k, park, 2.0, decision)  # the gateway's quarter step
+        live.cycle(T_Q + k, park, decision, [park, 0.0], 12.0)
         if k == 898:
             now = live.quarter()
             assert now is not None
-    (closed,) = meter.close_before(T_Q + 900)
+        if k == 902:  # the quarter job, two seconds after the boundary
+            (closed,) = meter.close_before(T_Q + 902)
     assert now is not None
     assert now.mean_kw == pytest.approx(closed.mean_kw)
     assert now.import_cap_kw == pytest.approx(closed.import_cap_kw)
     assert now.import_source == closed.import_source == "contract + window 16:10-20:00"
     assert now.over_cap is closed.over is True  # a mean of 93 kW against a mean cap of 82 kW
     assert now.covered_s == pytest.approx(closed.coverage * 900)
-    assert live.closed == now  # the quarter that ended is the one the page showed
+    assert live.closed is not None
+    assert live.closed.covered_s == pytest.approx(now.covered_s)  # the quarter that ended is the one shown
+    assert live.closed.over_cap is True
     assert live.quarters_over == 1
     nxt = live.quarter()
     assert nxt is not None
@@ -87,9 +91,9 @@ def test_the_quarter_in_progress_is_the_meters_verdict() -> None:
 
 
 def test_the_chart_has_a_mean_a_minute_and_the_latency_histogram_counts_every_cycle() -> None:
-    live = Live(["alpha"])
+    live = Live(["alpha"], QuarterMeter())
     for k in range(120):
-        live.cycle(T_Q + k, float(k), float(k), 1.0, _decision(100.0, "contract"), [None], 3.0)
+        live.cycle(T_Q + k, float(k), _decision(100.0, "contract"), [None], 3.0)
     points = live.chart(T_Q + 120)
     assert [t for t, _ in points] == [T_Q, T_Q + 60]
     assert points[0][1]["park_kw"] == pytest.approx(29.5)
@@ -123,8 +127,8 @@ def test_the_charts_hours_before_the_start_come_from_the_spool(tmp_path: Path) -
     assert means["import_cap_kw"] == 100.0  # the park's, not alpha's 5 kW
     assert means["export_cap_kw"] == 40.0
     assert seed_from_spool(tmp_path / "none.sqlite", T_Q, now) == []
-    live = Live(["alpha"])
-    live.cycle(T_Q + 150, 1.0, 1.0, 1.0, _decision(100.0, "contract"), [2.0], 3.0)
+    live = Live(["alpha"], QuarterMeter())
+    live.cycle(T_Q + 150, 1.0, _decision(100.0, "contract"), [2.0], 3.0)
     live.seed(minutes)
     assert [t for t, _ in live.chart(now)] == [T_Q + 60, T_Q + 120]  # the spool's minute, then this run's
 
@@ -256,10 +260,8 @@ def _page(port: int, tmp: Path, state: dict[str, Any] | None) -> WebPage:
         ledger_path=tmp / "ledger.sqlite",  # none there: no statements
         spool_path=None,
     )
-    live = Live(["alpha", "beta"])
-    live.cycle(
-        T_Q, 80.0, 80.0, 1.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0
-    )  # the page opens after one
+    live = Live(["alpha", "beta"], QuarterMeter())
+    live.cycle(T_Q, 80.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0)  # the page opens after one
     return WebPage(cfg, settings, live, sources)
 
 
@@ -335,11 +337,11 @@ def test_the_json_endpoints_answer_by_role(tmp_path: Path) -> None:
 def test_the_page_opens_after_the_first_cycle(tmp_path: Path) -> None:
     async def scenario() -> None:
         page = _page(_free_port(), tmp_path, None)
-        page.live = live = Live(["alpha", "beta"])  # no cycle yet
+        page.live = live = Live(["alpha", "beta"], QuarterMeter())  # no cycle yet
         task = asyncio.create_task(page.run())
         await asyncio.sleep(0.3)
         assert not page.bound.is_set()
-        live.cycle(T_Q, 80.0, 80.0, 1.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0)
+        live.cycle(T_Q, 80.0, _decision(100.0, "contract"), [50.0, 30.0], 5.0)
         async with asyncio.timeout(5):
             await page.bound.wait()
         await _stop(task)

@@ -424,7 +424,15 @@ class QuarterMeter:
         self._open: dict[int, ParkQuarter] = {}
         self._last_end: float | None = None
         self._closed_before = -1  # quarters below this index are closed: a late piece is not taken
-        self.closed: list[QuarterRecord] = []
+        self.closed: list[QuarterRecord] = []  # since the day's summary (the daily job empties it)
+        self.last_closed: QuarterRecord | None = None
+        self.over_total = 0  # quarters closed over a cap since start
+
+    def open_row(self) -> QuarterRow | None:
+        """The newest quarter not closed yet, as its row so far (the park page's quarter in progress)."""
+        if not self._open:
+            return None
+        return self._open[max(self._open)].row()
 
     def add(
         self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision, *, filled: bool = False
@@ -469,4 +477,7 @@ class QuarterMeter:
                 )
             )
         self.closed.extend(out)
+        if out:
+            self.last_closed = out[-1]
+            self.over_total += sum(q.over for q in out)
         return out

@@ -298,7 +298,7 @@ class Gateway:
         from hubctl.web.live import Live  # noqa: PLC0415 - only with the page
 
         self._web_settings = settings
-        return Live([c.id for c in self.cfg.companies])
+        return Live([c.id for c in self.cfg.companies], self.quarters)
 
     async def _run_web(self) -> None:
         """The park page's task: after the first cycle, import and build the page, then serve it."""
@@ -331,8 +331,6 @@ class Gateway:
             self.live.cycle(
                 facts.ts,
                 facts.park_kw,
-                facts.measured_park_kw,
-                facts.dt_s,
                 facts.decision,
                 [r.grid_kw for r in facts.snap.companies],
                 facts.latency_ms,

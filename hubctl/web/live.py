@@ -5,11 +5,10 @@ stores: the cycle's counters, the quarter-hour in progress (its running mean aga
 caps) and the current minute's sums for the 24 h chart, each O(1). Building documents, JSON and
 HTTP all happen later in the page's own task (`hubctl.web.server`), at most once a second.
 
-**The quarter in progress** is the one verdict (`hubctl.core.quarters`): a `ParkQuarter` fed the
-measured steps cut by `step_pieces`, exactly as the gateway's `QuarterMeter` feeds its own (same
-power: the park's where every grid meter is fresh, else not covered). `QuarterMeter` has no public
-reader for its open quarter and `hubctl/core/` was not ours to change in #14, so the page keeps
-this second accumulator; a `QuarterMeter.current()` would let both share one.
+**The quarter in progress** is the gateway's own `QuarterMeter` (`hubctl.core.quarters`), the one
+verdict the journal, the ledger and `hubctl report` use: the page reads its open quarter
+(`QuarterMeter.open_row`) and its last closed one, so a gap filled from energy counters or a step
+not covered shows here exactly as there.
 
 **The 24 h chart** has a point a minute: the park's power, its import and export caps, each
 company's grid power (minute means of the cycles; a minute without a reading is a gap). At start
@@ -27,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hubctl.core.quarters import QUARTER_S, ParkQuarter, ParkStep, step_pieces
+from hubctl.core.quarters import QUARTER_S
 from hubctl.data.points import parse_line
 from hubctl.data.spool import export_lines
 
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from pathlib import Path
 
+    from hubctl.core.quarters import QuarterMeter, QuarterRow
     from hubctl.core.types import Decision
 
 __all__ = [
@@ -95,8 +95,9 @@ class QuarterNow:
 class Live:
     """The page's view of the control loop, fed by the after-cycle step (module docstring)."""
 
-    def __init__(self, companies: Sequence[str]) -> None:
+    def __init__(self, companies: Sequence[str], quarters: QuarterMeter) -> None:
         self.companies = tuple(companies)
+        self.quarters = quarters  # the gateway's: the page shows its verdict, it does not keep its own
         self.revision = 0  # moves with every cycle: the page pushes when it moved
         self.cycles = 0
         self.mode = "normal"
@@ -109,10 +110,6 @@ class Live:
         # the cycle latency histogram of /metrics: counts per bucket of LATENCY_BUCKETS_S (+Inf last)
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum_s = 0.0
-        self.quarters_over = 0
-        self._quarter: ParkQuarter | None = None
-        self._last_end: float | None = None
-        self.closed: QuarterNow | None = None
         self._minute: Minute | None = None
         self._minutes: deque[tuple[int, dict[str, float]]] = deque(maxlen=CHART_S // MINUTE_S)
         self._seeded: list[tuple[int, dict[str, float]]] = []
@@ -123,13 +120,11 @@ class Live:
         self,
         ts_utc: float,
         park_kw: float | None,
-        measured_kw: float | None,
-        dt_s: float,
         decision: Decision,
         grid_kw: Sequence[float | None],
         latency_ms: float,
     ) -> None:
-        """One control cycle: `park_kw` as the caps judge it, `measured_kw` only where it was measured."""
+        """One control cycle: `park_kw` as the caps judge it (the quarter is the gateway's meter's)."""
         lim = decision.park_limits
         self.revision += 1
         self.cycles += 1
@@ -140,7 +135,6 @@ class Live:
         self.last_latency_ms = latency_ms
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency_ms / 1000)] += 1
         self.latency_sum_s += latency_ms / 1000
-        self._add_quarter(ts_utc, measured_kw, dt_s, decision)
         start = int(ts_utc // MINUTE_S) * MINUTE_S
         minute = self._minute
         if minute is None or minute.start != start:
@@ -153,40 +147,34 @@ class Live:
         for company, kw in zip(self.companies, grid_kw, strict=False):
             minute.add(COMPANY_SERIES + company, kw)
 
-    def _add_quarter(self, ts_utc: float, park_kw: float | None, dt_s: float, decision: Decision) -> None:
-        index = int(ts_utc // QUARTER_S)
-        q = self._quarter
-        if q is None or q.start < index * QUARTER_S:
-            if q is not None:
-                self._close(q)
-            q = self._quarter = ParkQuarter(index * float(QUARTER_S))
-        if park_kw is None or not math.isfinite(park_kw):
-            return
-        lim = decision.park_limits
-        step = ParkStep(
-            import_limit_kw=lim.import_kw,
-            import_source=lim.import_source,
-            export_limit_kw=lim.export_kw,
-            export_source=lim.export_source,
-        )
-        end = ts_utc + dt_s
-        for start, dt in step_pieces(ts_utc, end, self._last_end):
-            if start >= q.start + QUARTER_S:  # the step's tail reaches into the next quarter
-                self._close(q)
-                q = self._quarter = ParkQuarter(math.floor(start / QUARTER_S) * float(QUARTER_S))
-            q.add(park_kw, dt, step)
-        self._last_end = max(self._last_end or end, end)
-
-    def _close(self, q: ParkQuarter) -> None:
-        self.closed = _quarter_now(q)
-        if self.closed.over_cap:
-            self.quarters_over += 1
-
     # --- read by the page's task ---------------------------------------------------------------------------
 
     def quarter(self) -> QuarterNow | None:
         """The quarter-hour in progress (None before the first cycle)."""
-        return None if self._quarter is None else _quarter_now(self._quarter)
+        row = self.quarters.open_row()
+        return None if row is None else _quarter_now(row)
+
+    @property
+    def closed(self) -> QuarterNow | None:
+        """The last quarter-hour closed (None before the first close)."""
+        q = self.quarters.last_closed
+        if q is None:
+            return None
+        return QuarterNow(
+            start_utc=q.start_utc,
+            covered_s=q.coverage * QUARTER_S,
+            mean_kw=q.mean_kw if math.isfinite(q.mean_kw) else None,
+            import_cap_kw=q.import_cap_kw,
+            export_cap_kw=q.export_cap_kw,
+            import_source=q.import_source,
+            export_source=q.export_source,
+            over_cap=q.over,
+        )
+
+    @property
+    def quarters_over(self) -> int:
+        """Quarter-hours closed over a cap since start."""
+        return self.quarters.over_total
 
     def seed(self, minutes: Iterable[tuple[int, dict[str, float]]]) -> None:
         """The chart's minutes from before this run (`seed_from_spool`); those the run has are left out."""
@@ -203,8 +191,7 @@ class Live:
         return points
 
 
-def _quarter_now(q: ParkQuarter) -> QuarterNow:
-    row = q.row()
+def _quarter_now(row: QuarterRow) -> QuarterNow:
     return QuarterNow(
         start_utc=row.start_utc,
         covered_s=row.covered_s,
