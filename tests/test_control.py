@@ -380,6 +380,49 @@ def test_self_consumption_settles_when_meters_and_batteries_are_read_at_differen
     assert min(tail) >= 0  # never flipping to charging
 
 
+def _cap_loop(
+    p: Params, ts0: float, load: float, pv: float, *, flagged: bool, cycles: int = 40
+) -> list[float]:
+    """The park grid, cycle after cycle, of a company whose grid meter already shows its battery at
+    the last setpoint while the battery reading is a cycle older (the pattern a gateway's pollers
+    fell into in the 200-device bench), PV at `pv` with the decision's limit applied at once."""
+    state = State.initial(p)
+    prev_sp = sp = 0.0
+    lim: float | None = None
+    grids = []
+    for k in range(cycles):
+        out = pv if lim is None else min(pv, lim)
+        grid = load - out - sp
+        grids.append(grid)
+        store = CompanyReading(grid, out, prev_sp, 50.0, 1.0, battery_behind=flagged and prev_sp != sp)
+        d, state = decide(p, Snapshot(ts0 + k, (reading(0), store)), state)
+        prev_sp, sp, lim = sp, d.battery_setpoint_kw[1] or 0.0, d.pv_limit_kw[1]
+    return grids
+
+
+@pytest.mark.parametrize(
+    ("imp", "exp", "ts0", "load", "pv"),
+    [
+        (500.0, 5000.0, NIGHT, 650.0, 0.0),  # the import cap: 150 kW to discharge
+        (5000.0, 100.0, NOON, 0.0, 250.0),  # the export cap: 150 kW to charge
+    ],
+)
+def test_a_cap_holds_when_the_battery_reading_is_behind_the_meter(
+    imp: float, exp: float, ts0: float, load: float, pv: float
+) -> None:
+    """A full-gain cap guard on a battery reading that is a cycle behind its meter corrects each
+    step and its echo: the swing grows to the battery's limits. Told that the reading is behind
+    (`battery_behind`), the core guards each cap at its end of what the meter may have seen: the
+    park settles inside the cap."""
+    p = park(imp=imp, exp=exp)
+    tail = _cap_loop(p, ts0, load, pv, flagged=True)[-20:]
+    assert max(tail) <= imp + 1e-6, tail
+    assert min(tail) >= -exp - 1e-6, tail
+    assert max(tail) - min(tail) < 2.0, tail  # settled
+    swinging = _cap_loop(p, ts0, load, pv, flagged=False)[-20:]
+    assert max(swinging) - min(swinging) > 100.0, swinging  # what the flag is for
+
+
 @pytest.mark.parametrize("soc", [30.0, 60.0, 95.0])
 def test_a_missing_pv_reading_does_not_hide_the_export_the_meter_shows(soc: float) -> None:
     """A gateway's first cycles: the grid meters answer, a slow inverter has not yet. The company's

@@ -86,6 +86,30 @@ def test_layout_and_the_residual_company() -> None:
     assert a.soc_pct is None
 
 
+@pytest.mark.parametrize(
+    ("battery_at", "sent_at", "meter_at", "behind"),
+    [
+        (10.0, 10.2, 10.6, True),  # read, written, then the meter: it may show what the reading does not
+        (10.3, 10.2, 10.6, False),  # the battery read after the write too
+        (10.0, 10.2, 10.1, False),  # both read before the write
+        (10.0, None, 10.6, False),  # nothing written this run
+    ],
+)
+def test_a_battery_reading_behind_its_meter_is_flagged(
+    battery_at: float, sent_at: float | None, meter_at: float, behind: bool
+) -> None:
+    store = ReadingStore(Layout.from_config(parse_config(CONFIG)), stale_after_s=5)
+    store.put(reading("park", DeviceRole.PARK_METER, 10.0, 40.0))
+    store.put(reading("a-bat", DeviceRole.BATTERY, battery_at, 5.0, 50.0))
+    if sent_at is not None:
+        store.setpoint_written("a-bat", "battery", sent_at)
+        store.setpoint_written("a-pv", "pv_limit", sent_at + 0.2)  # a PV limit is not a battery's
+    store.put(reading("a-grid", DeviceRole.GRID_METER, meter_at, -20.0))
+    a, b = store.snapshot(1e9, 11.0).companies
+    assert a.battery_behind is behind
+    assert b.battery_behind is False  # no battery
+
+
 def test_a_frozen_meter_ages_like_a_silent_one() -> None:
     store = ReadingStore(Layout.from_config(parse_config(CONFIG)), stale_after_s=5)
     frozen = Reading("a-grid", DeviceRole.GRID_METER, 0.0, {"power_kw": 10.0}, {"W": 10.0, "Wh": 1.0}, {})

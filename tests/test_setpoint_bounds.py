@@ -155,6 +155,49 @@ def test_a_setpoint_beyond_the_devices_bounds_is_clamped_and_the_battery_stays_c
     assert len(clamped) == 1
 
 
+class Reports:
+    """What the writer reports (`WriteReports`), as it reports it."""
+
+    def __init__(self) -> None:
+        self.unsupported: list[tuple[str, str]] = []
+        self.written: list[tuple[str, str, float]] = []
+
+    def setpoint_unsupported(self, device_id: str, kind: str) -> None:
+        self.unsupported.append((device_id, kind))
+
+    def setpoint_written(self, device_id: str, kind: str, sent_at_s: float) -> None:
+        self.written.append((device_id, kind, sent_at_s))
+
+
+def test_the_writer_reports_when_each_battery_setpoint_was_sent() -> None:
+    """The store flags a battery reading taken before the last write (`battery_behind`): the writer
+    reports the moment each setpoint that a battery took was sent, and only those (beta's Victron
+    map in this site has no setpoint point)."""
+    park = make_park()
+    alpha = SunSpecStorage802("alpha-battery", ALPHA_UNIT, park, "alpha")
+    beta = MapUnit("beta-battery", BETA_UNIT, park, load_driver("victron-gx-ess"), "battery", "beta")
+    reports = Reports()
+
+    async def main() -> None:
+        async with served(alpha, beta) as endpoint, ConnectionPool() as pool:
+            rig = Rig(site(endpoint.port), pool)
+            rig.writer.unsupported = reports
+            await rig.poll()
+            clock = Clock()
+            before = clock.mono()
+            await rig.writer.apply(battery_decision(20.0, 5.0))
+            after = clock.mono()
+            sent = {d: at for d, kind, at in reports.written if kind == "battery"}
+            assert set(sent) == {"alpha-battery"}  # beta's map has no setpoint: it took none
+            assert all(before <= at <= after for at in sent.values())
+            await rig.writer.apply(battery_decision(20.0, 5.0))  # unchanged: nothing written
+            assert len(reports.written) == 1
+            await rig.writer.drain(2.0)
+
+    arun(main)
+    assert reports.unsupported == [("beta-battery", "battery")]
+
+
 def test_a_device_that_takes_no_setpoint_is_reported_once_and_not_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

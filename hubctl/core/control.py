@@ -166,6 +166,11 @@ class Observation:
     # the park meter less the companies' meters (common loads and losses at a shared connection, +
     # import); 0 on a group contract. Not a company's: it is added to the park's net, not learned
     common_kw: float = 0.0
+    # per company, how far the battery power the grid meter saw may lie above (+) and below (-) the
+    # battery reading (kW >= 0 each): the last setpoint less the reading where the reading is
+    # behind the meter (`CompanyReading.battery_behind`), else 0
+    bat_unseen_up: tuple[float, ...] = ()
+    bat_unseen_down: tuple[float, ...] = ()
 
 
 def observe(snap: Snapshot, state: State, params: Params) -> Observation:
@@ -183,6 +188,12 @@ def observe(snap: Snapshot, state: State, params: Params) -> Observation:
         for c, r in zip(comps, snap.companies, strict=True)
     ]
     load = [max(0.0, g + p + b) for g, p, b in zip(grid, pv, bat_meas, strict=True)]
+    # a battery reading behind the meter: the meter saw the battery somewhere between the reading
+    # and the setpoint written since (the first cycle has written none)
+    unseen = [
+        (s - b) if (r.battery_behind and c.battery and state.last_ts is not None) else 0.0
+        for c, r, s, b in zip(comps, snap.companies, state.battery_kw, bat_meas, strict=True)
+    ]
     # the grid meter is the truth for the caps: a PV reading that is missing (an inverter that has
     # not answered yet) or lags the meter must not hide export. Where the meter shows more export
     # than the readings explain, take the least PV that explains it (load 0), so that the net
@@ -211,6 +222,8 @@ def observe(snap: Snapshot, state: State, params: Params) -> Observation:
         state.history.observe(ts, tuple(load), tuple(pv), dt_s),
         state.recent.add(ts, sum(load)),
         snap.common_kw() or 0.0,  # not None here: a stale park meter is fail-safe before this
+        tuple(max(0.0, u) for u in unseen),
+        tuple(max(0.0, -u) for u in unseen),
     )
 
 

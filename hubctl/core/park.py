@@ -168,8 +168,13 @@ def predict_net(obs: Observation, state: State, params: Params) -> NetPrediction
     # extrapolated over the meters' age only: over the two more cycles a battery takes to show its
     # answer the live demo's ramps were met sooner, but noise in the slope (meters and batteries read
     # at different moments) was tripled too and set the batteries swinging (docs/control.md)
-    net_hi = park_net + max(0.0, trend) * obs.lag_s
-    net_lo = park_net + min(0.0, trend) * obs.lag_s
+    # a battery reading behind its meter (`CompanyReading.battery_behind`): the net is only known to
+    # lie within the reading and the last setpoint, so each cap is guarded at its own end. Taking
+    # the reading alone, a full-gain cap guard on such snapshots swings from cycle to cycle and the
+    # swing grows (each step corrects the last one and its echo); guarded at the ends, an error
+    # errs on the cap's safe side and is gone the cycle the setpoint stops moving (docs/control.md)
+    net_hi = park_net + max(0.0, trend) * obs.lag_s + math.fsum(obs.bat_unseen_up)
+    net_lo = park_net + min(0.0, trend) * obs.lag_s - math.fsum(obs.bat_unseen_down)
     return NetPrediction(tuple(avail), tuple(net), park_net, trend_net, slope, net_hi, net_lo, obs.common_kw)
 
 

@@ -29,6 +29,14 @@ How devices map onto the core's per-company readings (`Layout`):
 
 Ages are measured on the service's monotonic clock (`Reading.read_at_s`).
 
+**A battery reading behind its meter.** The pollers read each connection on its own, so a
+company's grid meter may be read after hubctl's last setpoint write to its battery while the
+battery's own reading is from before it: the meter may then show the new setpoint that the battery
+reading does not. The writer reports when it sent each battery setpoint (`setpoint_written`);
+the company's reading then says `battery_behind` (a meter point changed after that write, the
+battery last read before it), and the core guards each cap at its own end of what the meter may
+have seen (docs/control.md, "Readings from different moments").
+
 **An implausible reading is not taken** (`hubctl.core.plausibility`: out of the range the
 connection and its devices allow, a large step not confirmed, a step the park meter contradicts).
 The meter's reading then keeps its age: a meter that keeps lying goes stale, and the core to
@@ -127,6 +135,7 @@ class ReadingStore:
         self._raw: dict[str, tuple[float, float]] = {}  # meter -> its latest power as read, and when
         self._seen: dict[str, tuple[dict[str, Any], bool]] = {}  # meter -> its last points, and if taken
         self._common_kw = 0.0  # the park meter less the companies, when last every meter was taken
+        self._battery_sent_at: dict[str, float] = {}  # battery -> when its last setpoint was sent
 
     def put(self, reading: Reading) -> None:
         device_id = reading.device_id
@@ -243,6 +252,26 @@ class ReadingStore:
         if kind == "battery":
             self._no_setpoint.add(device_id)
 
+    def setpoint_written(self, device_id: str, kind: str, sent_at_s: float) -> None:
+        """The setpoint writer's report that `device_id` took a `kind` setpoint sent at `sent_at_s`."""
+        if kind == "battery":
+            self._battery_sent_at[device_id] = sent_at_s
+
+    def _battery_behind(self, grid_ids: tuple[str, ...], bat_ids: tuple[str, ...]) -> bool:
+        """A battery of the company last read before its last setpoint was sent, and a meter of the
+        company (the park meter for the company computed from it) changed after that."""
+        meters = grid_ids or ((self.layout.park_meter,) if self.layout.park_meter else ())
+        seen = [self.changed_at[d] for d in meters if d in self.changed_at]
+        if not seen:
+            return False
+        meter_at = max(seen)
+        for device_id in bat_ids:
+            sent = self._battery_sent_at.get(device_id)
+            reading = self.latest.get(device_id)
+            if sent is not None and reading is not None and reading.read_at_s < sent < meter_at:
+                return True
+        return False
+
     @property
     def batteries_without_setpoint(self) -> frozenset[str]:
         """The batteries reported by `setpoint_unsupported`: seen, not dispatched."""
@@ -286,7 +315,7 @@ class ReadingStore:
                 rest = park - sum(g for g, _ in others if g is not None)
                 grids[lay.residual] = (rest, max([park_age, *(a for _, a in others)]))
         companies = []
-        for (grid, age), pv_ids, bat_ids in zip(grids, lay.pv, lay.battery, strict=True):
+        for (grid, age), grid_ids, pv_ids, bat_ids in zip(grids, lay.grid, lay.pv, lay.battery, strict=True):
             pv = self._fresh(pv_ids, "power_kw", now_s)
             bat = self._fresh(bat_ids, "power_kw", now_s)
             soc = self._fresh(bat_ids, "soc_pct", now_s)
@@ -297,6 +326,7 @@ class ReadingStore:
                     battery_kw=math.fsum(bat) if bat else None,
                     soc_pct=math.fsum(soc) / len(soc) if soc else None,
                     grid_age_s=age if math.isfinite(age) else 1e9,
+                    battery_behind=bool(bat) and self._battery_behind(grid_ids, bat_ids),
                 )
             )
         park_meter = None

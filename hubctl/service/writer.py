@@ -13,8 +13,10 @@ clamped to the device's bounds (`setpoint_bounds_kw`) and the device stays contr
 refuses (`SetpointOutOfBoundsError`) is tried again clamped to the bounds the error names, and
 never stops dispatching. Only a device that takes no such setpoint at all
 (`SetpointUnsupportedError`: no setpoint point, no control model) is reported once and no longer
-dispatched for that kind; the writer tells its `UnsupportedSetpoints` (the reading store, which
-then hides that battery's state of charge from the core).
+dispatched for that kind; the writer tells its `WriteReports` (the reading store, which
+then hides that battery's state of charge from the core). It also tells the store when each
+battery setpoint was sent, so that a battery reading taken before it is known to be behind a grid
+meter read after it (`CompanyReading.battery_behind`).
 
 A restart releases what the previous run left (#13 item 5): until a device has taken its first
 setpoint from this run (`_Target.settled`), a decision of "no limit" is written to it as a
@@ -54,10 +56,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubctl.service")  # the name the journal has always shown
 
 
-class UnsupportedSetpoints(Protocol):
-    """Who is told that a device takes no setpoint of a kind at all (the reading store)."""
+class WriteReports(Protocol):
+    """Who is told what the writer did (the reading store): a device that takes no setpoint of a
+    kind at all, and when a setpoint was sent (monotonic clock) that the device took."""
 
     def setpoint_unsupported(self, device_id: str, kind: str) -> None: ...
+
+    def setpoint_written(self, device_id: str, kind: str, sent_at_s: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -85,7 +90,7 @@ class SetpointWriter:
         devices: dict[str, Device],
         health: Health,
         clock: Clock,
-        unsupported: UnsupportedSetpoints | None = None,
+        unsupported: WriteReports | None = None,
     ) -> None:
         self.health = health
         self.unsupported = unsupported
@@ -270,6 +275,7 @@ class SetpointWriter:
             return False
         kw = self._clamp(target, kw)
         for _ in range(2):  # a value refused for its bounds is tried once more within them
+            sent_at = self.clock.mono()
             try:
                 if target.kind == "battery":
                     result = await device.set_battery_kw(kw)
@@ -293,6 +299,8 @@ class SetpointWriter:
                 log.info("%s: takes its setpoints again (%g kW)", device.id, kw)
             target.written_kw, target.held, target.refused = result.requested_kw, True, False
             target.settled = True
+            if self.unsupported is not None:
+                self.unsupported.setpoint_written(device.id, target.kind, sent_at)
             return True
         return False
 
