@@ -87,25 +87,42 @@ def test_layout_and_the_residual_company() -> None:
 
 
 @pytest.mark.parametrize(
-    ("battery_at", "sent_at", "meter_at", "behind"),
+    ("battery", "sent_at", "meter_at", "now", "behind"),
     [
-        (10.0, 10.2, 10.6, True),  # read, written, then the meter: it may show what the reading does not
-        (10.3, 10.2, 10.6, False),  # the battery read after the write too
-        (10.0, 10.2, 10.1, False),  # both read before the write
-        (10.0, None, 10.6, False),  # nothing written this run
+        (
+            [(10.0, 5.0)],
+            10.2,
+            10.6,
+            11.0,
+            True,
+        ),  # read, written, then the meter: it may show what the reading does not
+        ([(10.0, 5.0), (10.3, 5.0)], 10.2, 10.6, 11.0, True),  # read after the write too, but not moved yet
+        ([(10.0, 5.0), (10.3, -40.0)], 10.2, 10.6, 11.0, False),  # moved after the write: it took it
+        ([(10.0, 5.0)], 10.2, 10.1, 11.0, False),  # both from before the write
+        ([(10.0, 5.0)], None, 10.6, 11.0, False),  # nothing written this run
+        (
+            [(10.0, 5.0)],
+            10.2,
+            10.6,
+            12.3,
+            False,
+        ),  # the write is older than answer_s: the reading is the truth
     ],
 )
 def test_a_battery_reading_behind_its_meter_is_flagged(
-    battery_at: float, sent_at: float | None, meter_at: float, behind: bool
+    battery: list[tuple[float, float]], sent_at: float | None, meter_at: float, now: float, behind: bool
 ) -> None:
-    store = ReadingStore(Layout.from_config(parse_config(CONFIG)), stale_after_s=5)
+    store = ReadingStore(Layout.from_config(parse_config(CONFIG)), stale_after_s=5, answer_s=2.0)
     store.put(reading("park", DeviceRole.PARK_METER, 10.0, 40.0))
-    store.put(reading("a-bat", DeviceRole.BATTERY, battery_at, 5.0, 50.0))
+    for at, kw in battery:
+        if sent_at is not None and at > sent_at:
+            store.setpoint_written("a-bat", "battery", sent_at)
+        store.put(reading("a-bat", DeviceRole.BATTERY, at, kw, 50.0))
     if sent_at is not None:
         store.setpoint_written("a-bat", "battery", sent_at)
         store.setpoint_written("a-pv", "pv_limit", sent_at + 0.2)  # a PV limit is not a battery's
     store.put(reading("a-grid", DeviceRole.GRID_METER, meter_at, -20.0))
-    a, b = store.snapshot(1e9, 11.0).companies
+    a, b = store.snapshot(1e9, now).companies
     assert a.battery_behind is behind
     assert b.battery_behind is False  # no battery
 

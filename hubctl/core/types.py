@@ -144,9 +144,10 @@ class CompanyReading:
     battery_kw: float | None = None
     soc_pct: float | None = None
     grid_age_s: float = 0.0
-    # the battery reading was taken before hubctl's last setpoint write to the battery and the grid
-    # meter's after it: the meter may show the new setpoint that the battery reading does not yet (a
-    # gateway polls its devices at different moments). The core then takes the battery power the
+    # the battery reading has not moved since hubctl's last setpoint write to the battery and the
+    # grid meter changed after it: the meter may show the new setpoint that the battery reading does
+    # not yet (a gateway polls its devices at different moments, a device takes a setpoint at its
+    # next step). The core then takes the battery power the
     # meter saw as anywhere between the reading and that setpoint (`hubctl.core.park.predict_net`).
     # False: both from the same moment, or both from before the write (`hubctl sim`)
     battery_behind: bool = False

@@ -179,7 +179,7 @@ class Gateway:
         params = Params.from_config(cfg)
         self.controller = Controller(params, State.initial(params))
         self.layout = Layout.from_config(cfg)
-        self.store = ReadingStore(self.layout, cfg.control.stale_after_s)
+        self.store = ReadingStore(self.layout, cfg.control.stale_after_s, answer_s=2 * cfg.control.cycle_s)
         self.health = Health(
             [d.id for d in cfg.devices],
             fail_after=cfg.service.fail_after,

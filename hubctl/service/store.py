@@ -30,12 +30,13 @@ How devices map onto the core's per-company readings (`Layout`):
 Ages are measured on the service's monotonic clock (`Reading.read_at_s`).
 
 **A battery reading behind its meter.** The pollers read each connection on its own, so a
-company's grid meter may be read after hubctl's last setpoint write to its battery while the
-battery's own reading is from before it: the meter may then show the new setpoint that the battery
-reading does not. The writer reports when it sent each battery setpoint (`setpoint_written`);
-the company's reading then says `battery_behind` (a meter point changed after that write, the
-battery last read before it), and the core guards each cap at its own end of what the meter may
-have seen (docs/control.md, "Readings from different moments").
+company's grid meter may already show hubctl's last setpoint write to its battery while the
+battery's own reading does not (read before the write, or after it but before the battery took
+it). The writer reports when it sent each battery setpoint (`setpoint_written`); the company's
+reading then says `battery_behind` (a meter point changed after that write, the battery's power
+reading has not moved since it, and the write is at most `answer_s` old), and the core guards
+each cap at its own end of what the meter may have seen (docs/control.md, "Readings from different
+moments").
 
 **An implausible reading is not taken** (`hubctl.core.plausibility`: out of the range the
 connection and its devices allow, a large step not confirmed, a step the park meter contradicts).
@@ -119,9 +120,12 @@ class Layout:
 class ReadingStore:
     """Latest reading per device; `snapshot` turns them into the core's view."""
 
-    def __init__(self, layout: Layout, stale_after_s: float) -> None:
+    def __init__(self, layout: Layout, stale_after_s: float, answer_s: float = 2.0) -> None:
         self.layout = layout
         self.stale_after_s = stale_after_s
+        # how long after a setpoint write a battery reading that has not moved may still be behind
+        # its meter (the gateway: two control cycles); after that the reading is taken as the truth
+        self.answer_s = answer_s
         self.latest: dict[str, Reading] = {}
         self.changed_at: dict[str, float] = {}  # meters: when a point last changed
         self._no_setpoint: set[str] = set()  # batteries that take no setpoint: see setpoint_unsupported
@@ -136,12 +140,17 @@ class ReadingStore:
         self._seen: dict[str, tuple[dict[str, Any], bool]] = {}  # meter -> its last points, and if taken
         self._common_kw = 0.0  # the park meter less the companies, when last every meter was taken
         self._battery_sent_at: dict[str, float] = {}  # battery -> when its last setpoint was sent
+        self._battery_moved_at: dict[str, float] = {}  # battery -> when its power reading last changed
 
     def put(self, reading: Reading) -> None:
         device_id = reading.device_id
         if device_id in self.layout.bounds and not self._plausible(reading):
             return
         previous = self.latest.get(device_id)
+        if reading.role is DeviceRole.BATTERY and (
+            previous is None or previous.values.get("power_kw") != reading.values.get("power_kw")
+        ):
+            self._battery_moved_at[device_id] = reading.read_at_s
         if device_id in self._meters and (previous is None or previous.point_values != reading.point_values):
             self.changed_at[device_id] = reading.read_at_s
         self.latest[device_id] = reading
@@ -257,9 +266,15 @@ class ReadingStore:
         if kind == "battery":
             self._battery_sent_at[device_id] = sent_at_s
 
-    def _battery_behind(self, grid_ids: tuple[str, ...], bat_ids: tuple[str, ...]) -> bool:
-        """A battery of the company last read before its last setpoint was sent, and a meter of the
-        company (the park meter for the company computed from it) changed after that."""
+    def _battery_behind(self, grid_ids: tuple[str, ...], bat_ids: tuple[str, ...], now_s: float) -> bool:
+        """A battery of the company whose power reading has not moved since its last setpoint was
+        sent (within `answer_s` of the write), and a meter of the company (the park meter for the
+        company computed from it) that changed after the write.
+
+        Not "read before the write": a battery read after the write may not have taken it yet (a
+        device applies a setpoint at its next internal step, a real one after its response time),
+        while a meter read a moment later already shows it; `bench/gateway.py` swung in exactly
+        that order."""
         meters = grid_ids or ((self.layout.park_meter,) if self.layout.park_meter else ())
         seen = [self.changed_at[d] for d in meters if d in self.changed_at]
         if not seen:
@@ -267,8 +282,10 @@ class ReadingStore:
         meter_at = max(seen)
         for device_id in bat_ids:
             sent = self._battery_sent_at.get(device_id)
-            reading = self.latest.get(device_id)
-            if sent is not None and reading is not None and reading.read_at_s < sent < meter_at:
+            moved = self._battery_moved_at.get(device_id)
+            if sent is None or moved is None or now_s - sent > self.answer_s:
+                continue
+            if moved < sent < meter_at:
                 return True
         return False
 
@@ -326,7 +343,7 @@ class ReadingStore:
                     battery_kw=math.fsum(bat) if bat else None,
                     soc_pct=math.fsum(soc) / len(soc) if soc else None,
                     grid_age_s=age if math.isfinite(age) else 1e9,
-                    battery_behind=bool(bat) and self._battery_behind(grid_ids, bat_ids),
+                    battery_behind=bool(bat) and self._battery_behind(grid_ids, bat_ids, now_s),
                 )
             )
         park_meter = None
