@@ -181,7 +181,7 @@ def test_the_writer_reports_when_each_battery_setpoint_was_sent() -> None:
     async def main() -> None:
         async with served(alpha, beta) as endpoint, ConnectionPool() as pool:
             rig = Rig(site(endpoint.port), pool)
-            rig.writer.unsupported = reports
+            rig.writer.reports = reports
             await rig.poll()
             clock = Clock()
             before = clock.mono()

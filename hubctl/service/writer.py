@@ -90,10 +90,10 @@ class SetpointWriter:
         devices: dict[str, Device],
         health: Health,
         clock: Clock,
-        unsupported: WriteReports | None = None,
+        reports: WriteReports | None = None,
     ) -> None:
         self.health = health
-        self.unsupported = unsupported
+        self.reports = reports
         self.clock = clock
         self.batteries: list[list[_Target]] = []
         self.inverters: list[list[_Target]] = []
@@ -299,8 +299,8 @@ class SetpointWriter:
                 log.info("%s: takes its setpoints again (%g kW)", device.id, kw)
             target.written_kw, target.held, target.refused = result.requested_kw, True, False
             target.settled = True
-            if self.unsupported is not None:
-                self.unsupported.setpoint_written(device.id, target.kind, sent_at)
+            if self.reports is not None:
+                self.reports.setpoint_written(device.id, target.kind, sent_at)
             return True
         return False
 
@@ -312,8 +312,8 @@ class SetpointWriter:
         if isinstance(exc, SetpointUnsupportedError):
             log.warning("%s: %s; hubctl no longer dispatches its %s", device_id, exc, _WHAT[target.kind])
             target.unsupported = str(exc)
-            if self.unsupported is not None:
-                self.unsupported.setpoint_unsupported(device_id, target.kind)
+            if self.reports is not None:
+                self.reports.setpoint_unsupported(device_id, target.kind)
             return
         if not target.refused:
             log.warning("%s: %s; tried again within the device's bounds next cycle", device_id, exc)
