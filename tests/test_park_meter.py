@@ -184,6 +184,7 @@ def test_the_connection_is_as_configured_or_follows_the_park_meter(
         ({"meter_tolerance_kw": 10}, [METER], "park.meter_tolerance_kw is for a shared connection"),
         ({"connection": "both"}, [METER], "park.connection"),
         ({"meter_tolerance_kw": -1}, [METER, PARK_METER], "park.meter_tolerance_kw"),
+        ({"meter_tolerance_kw": 0}, [METER, PARK_METER], "park.meter_tolerance_kw"),
     ],
 )
 def test_a_connection_that_does_not_fit_its_meters_is_refused_naming_the_field(

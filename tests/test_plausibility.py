@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from hubctl.config.devices import DeviceRole
 from hubctl.config.site import parse_config
 from hubctl.core.control import step
-from hubctl.core.plausibility import MeterBounds, Screen, Verdict, bounds_for, meter_bounds, screen
+from hubctl.core.plausibility import (
+    CommonLoad,
+    MeterBounds,
+    Screen,
+    Verdict,
+    bounds_for,
+    follow_common,
+    meter_bounds,
+    screen,
+)
 from hubctl.core.types import Params, State
 from hubctl.devices.base import Reading
 from hubctl.service.store import Layout, ReadingStore
@@ -175,6 +184,96 @@ def test_the_park_meter_contradicts_a_sub_meter_s_jump_for_good() -> None:
     store.put(meter("pm", 10.0, 420.0))
     store.put(meter("a-grid", 10.0, 370.0))
     assert store.snapshot(1.78e9, 10.0).companies[0].grid_kw == 370.0
+
+
+def follow(measured: list[float | None]) -> list[float | None]:
+    """The common load in use after each measurement, one a second, tolerance 5 kW, hold 5 s."""
+    state, out = CommonLoad(), []
+    for t, m in enumerate(measured):
+        state = follow_common(state, m, float(t), 5.0, 5.0)
+        out.append(state.kw)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("measured", "in_use"),
+    [
+        ([40, 42, 39, 44], [40, 42, 39, 44]),  # drift within the tolerance: followed at once
+        ([40, 240, 40, 40], [40, 40, 40, 40]),  # one measurement that straddled a step: not adopted
+        ([40, 240, 240, 240, 240, 240, 240], [40, 40, 40, 40, 40, 40, 240]),  # a jump that held 5 s
+        ([40, 240, 242, 238, 241, 239, 240], [40, 40, 40, 40, 40, 40, 240]),  # with noise
+        ([40, 240, 240, None, 240, 240, 240, 240], [40] * 8),  # a doubted meter restarts the hold
+        ([40, 240, 140, 240, 240], [40] * 5),  # a new level restarts it
+        ([None, 70, 90], [None, 70, 70]),  # the first measurement is taken as it is
+    ],
+)
+def test_the_common_load_in_use(measured: list[float | None], in_use: list[float | None]) -> None:
+    assert follow(measured) == in_use
+
+
+@given(
+    level=st.floats(-100, 100),
+    noise=st.lists(st.floats(-5, 5), min_size=1, max_size=30),
+    glitches=st.sets(st.integers(1, 29)),
+    jump=st.floats(5.01, 500) | st.floats(-500, -5.01),
+)
+def test_a_jump_shorter_than_the_hold_is_never_adopted(
+    level: float, noise: list[float], glitches: set[int], jump: float
+) -> None:
+    """Isolated measurements off by more than the tolerance (each shorter than the hold, separated
+    by a measurement near the level) never move the common load in use away from the level."""
+    measured: list[float | None] = [level + n for n in noise]
+    for k in glitches:
+        if k < len(measured) and k - 1 not in glitches:
+            measured[k] = level + jump
+    for kw in follow(measured):
+        assert kw is not None
+        assert abs(kw - level) <= 10.0 + 1e-9  # the first noisy measurement + drift within 5 kW
+
+
+def test_a_step_the_park_meter_saw_first_is_taken_when_the_sub_meter_shows_it() -> None:
+    """The meters are polled one by one: the park meter read just after a's step, a-grid just
+    before it. That one measurement makes the park meter less the companies 300 kW larger; it must
+    not become the common load the witness subtracts, or a-grid's step, read a moment later, is
+    contradicted for good and a-grid goes stale (the shared-connection test's fail-safe, one start
+    in four). b's large battery makes the park's rating twice a's: the step is a suspect on a-grid
+    only, as it was on that test's hall."""
+    big_b = {"id": "b", "battery": {"capacity_kwh": 800, "max_charge_kw": 400, "max_discharge_kw": 400}}
+    cfg = parse_config({**CFG, "companies": [CFG["companies"][0], big_b]})
+    assert meter_bounds(cfg)["pm"].step_kw > 300 > meter_bounds(cfg)["a-grid"].step_kw
+    store = ReadingStore(Layout.from_config(cfg), stale_after_s=5)
+    for t in range(3):  # a -40, b +20, the park meter +10: a 30 kW common load
+        store.put(meter("pm", t, 10.0))
+        store.put(meter("a-grid", t, -40.0))
+        store.put(meter("b-grid", t, 20.0))
+        store.snapshot(1.78e9, t)
+    store.put(meter("pm", 3.0, 310.0))  # after a's step of +300 kW
+    store.put(meter("a-grid", 3.0, -40.1))  # before it
+    store.put(meter("b-grid", 3.0, 20.0))
+    store.snapshot(1.78e9, 3.0)
+    for t in range(4, 8):
+        store.put(meter("pm", t, 310.0 + 0.1 * t))
+        store.put(meter("a-grid", t, 260.0 + 0.1 * t))
+        store.put(meter("b-grid", t, 20.0))
+        snap = store.snapshot(1.78e9, t)
+        assert snap.companies[0].grid_kw == pytest.approx(260.0 + 0.1 * t)
+        assert snap.companies[0].grid_age_s == 0.0
+    assert store.rejected == {}
+
+
+def test_a_common_load_that_steps_for_real_is_adopted_after_the_hold() -> None:
+    """Street lighting switches on: the park meter 60 kW up, no company meter moves. After the
+    hold the witness subtracts the new common load: a's real step is taken at once."""
+    cfg = parse_config(CFG)
+    store = ReadingStore(Layout.from_config(cfg), stale_after_s=5)
+    for t in range(12):
+        store.put(meter("pm", t, 10.0 if t < 3 else 70.0))
+        store.put(meter("a-grid", t, -40.0))
+        store.put(meter("b-grid", t, 20.0))
+        store.snapshot(1.78e9, t)
+    store.put(meter("pm", 12.0, 370.0))
+    store.put(meter("a-grid", 12.0, 260.0))  # +300 kW: the witness (370 - 20 - 90) agrees
+    assert store.snapshot(1.78e9, 12.0).companies[0].grid_kw == 260.0
 
 
 def test_a_step_is_confirmed_by_a_new_measurement_not_by_the_same_one_read_twice() -> None:

@@ -144,11 +144,14 @@ class Park(Caps):
         "contract over the companies' own connections, the caps on the sum of their meters. Default: "
         "shared when a park_meter device is configured, else group",
     )
-    meter_tolerance_kw: PowerKw | None = Field(
+    meter_tolerance_kw: float | None = Field(
         default=None,
+        gt=0,
+        allow_inf_nan=False,
         description="shared connection: the park meter may differ from the companies' meters summed by "
-        "this much (common loads, losses) before it is logged and published as a disagreement. "
-        "Default: 5 % of the park's largest cap, at least 5 kW",
+        "this much (common loads, losses) before it is logged and published as a disagreement, and a "
+        "sub-meter's large step agree with the park meter (more than 0: two real meters never agree "
+        "exactly). Default: 5 % of the park's largest cap, at least 5 kW",
     )
 
     def meter_tolerance(self) -> float:

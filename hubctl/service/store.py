@@ -60,7 +60,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubctl.config.devices import DeviceRole
-from hubctl.core.plausibility import MeterBounds, Screen, Verdict, meter_bounds, screen
+from hubctl.core.plausibility import (
+    CommonLoad,
+    MeterBounds,
+    Screen,
+    Verdict,
+    follow_common,
+    meter_bounds,
+    screen,
+)
 from hubctl.core.types import CompanyReading, ParkMeterReading, Snapshot
 
 if TYPE_CHECKING:
@@ -138,7 +146,7 @@ class ReadingStore:
         self.rejected: dict[str, int] = {}  # implausible readings per meter, since start
         self._raw: dict[str, tuple[float, float]] = {}  # meter -> its latest power as read, and when
         self._seen: dict[str, tuple[dict[str, Any], bool]] = {}  # meter -> its last points, and if taken
-        self._common_kw = 0.0  # the park meter less the companies, when last every meter was taken
+        self._common = CommonLoad()  # the park meter less the companies, while every meter is believed
         self._battery_sent_at: dict[str, float] = {}  # battery -> when its last setpoint was sent
         self._battery_moved_at: dict[str, float] = {}  # battery -> when its power reading last changed
 
@@ -224,13 +232,13 @@ class ReadingStore:
             return None
         summed = math.fsum(g for g in others if g is not None)
         if device_id == lay.park_meter:
-            return summed + self._common_kw
+            return summed + (self._common.kw or 0.0)
         park = self._raw_kw((lay.park_meter,), now_s)
         mine = [d for d in lay.grid[own] if d != device_id] if own is not None else []
         siblings = self._raw_kw(tuple(mine), now_s)  # the company's other meters, if it has several
         if park is None or siblings is None:
             return None
-        return park - summed - siblings - self._common_kw
+        return park - summed - siblings - (self._common.kw or 0.0)
 
     def _counters_of(self, ids: tuple[str, ...]) -> tuple[float, float] | None:
         """The meters' energy counters summed (import kWh, export kWh) as last taken; None when one
@@ -353,11 +361,10 @@ class ReadingStore:
         snap = Snapshot(ts_utc, tuple(companies), park_meter=park_meter)
         common = snap.common_kw()
         believed = not self._doubted and all(c.grid_age_s <= self.stale_after_s for c in companies)
-        if (
-            common is not None
-            and park_meter is not None
-            and park_meter.age_s <= self.stale_after_s
-            and believed
-        ):
-            self._common_kw = common  # the witness's offset: taken while every meter is believed
+        measured = (
+            common if park_meter is not None and park_meter.age_s <= self.stale_after_s and believed else None
+        )
+        # the witness's offset: a jump is adopted once it held for stale_after_s (a measurement
+        # that straddled a step is not: `hubctl.core.plausibility`, "The common load")
+        self._common = follow_common(self._common, measured, now_s, lay.tolerance_kw, self.stale_after_s)
         return snap
