@@ -262,6 +262,68 @@ def test_a_park_meter_that_never_answered_is_fail_safe_in_the_core() -> None:
     assert "park meter" in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("frozen", "stand_in"),
+    [
+        ({"b-grid"}, "b"),  # the park meter stands in for b's meter
+        ({"a-grid"}, "a"),
+        ({"a-grid", "b-grid"}, None),  # two stale: the split is unknown, fail-safe
+        ({"b-grid", "pm"}, None),  # the park meter stale too: fail-safe
+        (set(), None),  # every meter fresh: none needed
+    ],
+)
+def test_a_fresh_park_meter_stands_in_for_one_stale_company_meter(
+    frozen: set[str], stand_in: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A company meter that froze (same registers) on a shared connection: its grid becomes the
+    park meter less the other company and the common load (40 kW, measured while all were fresh);
+    the core keeps control (not fail-safe) and the caps stay on the park meter."""
+    caplog.set_level(logging.INFO, logger="hubctl.service")
+    cfg = parse_config(SHARED)
+    params = Params.from_config(cfg)
+    store = ReadingStore(Layout.from_config(cfg), stale_after_s=5)
+    truth = {"a-grid": 50.0, "b-grid": 40.0}
+    last: dict[str, Reading] = {}  # a frozen meter answers with these registers again and again
+    for t in range(20):
+        if t == 8:
+            truth = {"a-grid": 80.0, "b-grid": 140.0}  # both move while a meter is frozen
+        now = {**truth, "pm": sum(truth.values()) + 40.0}  # a 40 kW common load
+        for device_id, kw in now.items():
+            if device_id in frozen and t >= 3:
+                old = last[device_id]
+                store.put(Reading(device_id, old.role, t, old.values, old.point_values, {}))
+            else:
+                last[device_id] = meter_reading(device_id, t, kw + 0.01 * t)
+                store.put(last[device_id])
+        snap = store.snapshot(NIGHT + t, float(t))
+    flags = {cid: r.grid_from_park_meter for cid, r in zip(("a", "b"), snap.companies, strict=True)}
+    assert flags == {"a": stand_in == "a", "b": stand_in == "b"}
+    decision, _ = step(snap, State.initial(params), params)
+    if stand_in is None and frozen:
+        assert decision.mode == "failsafe"
+        assert not any("is taken as the park meter" in r.getMessage() for r in caplog.records)
+        return
+    assert decision.mode == "normal"
+    assert snap.park_grid_kw() == pytest.approx(260.19)
+    if stand_in is not None:
+        index = ("a", "b").index(stand_in)
+        other = 1 - index
+        derived = snap.companies[index].grid_kw
+        assert derived is not None
+        assert derived == pytest.approx(260.19 - (snap.companies[other].grid_kw or 0.0) - 40.0, abs=0.05)
+        assert derived == pytest.approx(truth[f"{stand_in}-grid"], abs=0.5)  # its true power
+        warned = [r for r in caplog.records if "is taken as the park meter" in r.getMessage()]
+        assert len(warned) == 1  # once per episode
+        assert warned[0].getMessage().startswith(f"{stand_in}: its grid meter is stale")
+        # the meter reads again: its own reading, and the episode's end in the journal
+        store.put(meter_reading(f"{stand_in}-grid", 20.0, truth[f"{stand_in}-grid"] + 0.3))
+        store.put(meter_reading("pm", 20.0, 260.5))
+        again = store.snapshot(NIGHT + 20, 20.0)
+        assert not again.companies[index].grid_from_park_meter
+        assert again.companies[index].grid_kw == pytest.approx(truth[f"{stand_in}-grid"] + 0.3)
+        assert any(r.getMessage() == f"{stand_in}: its grid meter reads again" for r in caplog.records)
+
+
 def companies(*grids: float) -> tuple[CompanyReading, ...]:
     return tuple(CompanyReading(g) for g in grids)
 

@@ -178,8 +178,10 @@ def test_the_park_meter_contradicts_a_sub_meter_s_jump_for_good() -> None:
         store.put(meter("a-grid", t, 400.0 + 0.1 * t))
         store.put(meter("b-grid", t, 20.0 + 0.1 * t))
     snap = store.snapshot(1.78e9, 9.0)
-    assert snap.companies[0].grid_kw == -40.0  # never taken
-    assert snap.companies[0].grid_age_s > 5  # stale: fail-safe
+    assert store.latest["a-grid"].values["power_kw"] == -40.0  # never taken: a-grid is stale
+    # the fresh park meter stands in for it: the park meter less b and the common load
+    assert snap.companies[0].grid_from_park_meter
+    assert snap.companies[0].grid_kw == pytest.approx(10.9 - 20.9 - 30.0)
     # a real step, which the park meter shows too, is taken at once
     store.put(meter("pm", 10.0, 420.0))
     store.put(meter("a-grid", 10.0, 370.0))
@@ -258,6 +260,27 @@ def test_a_step_the_park_meter_saw_first_is_taken_when_the_sub_meter_shows_it() 
         snap = store.snapshot(1.78e9, t)
         assert snap.companies[0].grid_kw == pytest.approx(260.0 + 0.1 * t)
         assert snap.companies[0].grid_age_s == 0.0
+    assert store.rejected == {}
+
+
+def test_a_step_met_by_a_ramping_battery_is_not_contradicted() -> None:
+    """a steps +300 kW; b's battery answers at 80 kW/s. The park meter is read half a second
+    before b's meter, so the witness for a is off by 40 kW (more than the 25 kW tolerance) while b
+    ramps: it moved by more than that since a's last reading, and the step is taken at once."""
+    big_b = {"id": "b", "battery": {"capacity_kwh": 800, "max_charge_kw": 400, "max_discharge_kw": 400}}
+    cfg = parse_config({**CFG, "companies": [CFG["companies"][0], big_b]})
+    store = ReadingStore(Layout.from_config(cfg), stale_after_s=5)
+
+    def b_true(t: float) -> float:
+        return 20.0 - 80.0 * min(max(t - 2.5, 0.0), 5.0)
+
+    for t in range(10):
+        a_true = -40.0 if t < 3 else 260.0
+        store.put(meter("pm", t, a_true + b_true(t - 0.5) + 30.0))
+        store.put(meter("b-grid", t, b_true(t)))
+        store.put(meter("a-grid", t, a_true))
+        snap = store.snapshot(1.78e9, t)
+        assert snap.companies[0].grid_kw == a_true
     assert store.rejected == {}
 
 

@@ -9,8 +9,9 @@ connection. At speed 1, on the OS clock; each run about 12 s.
   here), and normal again once the meter is plausible. (A single spike, shorter than a poll, is
   tested on the reading store in test_plausibility.py: over MQTT a poll may or may not see it.)
 - Shared connection: a company meter that jumps by +300 kW while the park meter shows nothing of
-  it is contradicted for as long as it lasts: never taken, fail-safe; a real step, which the park
-  meter shows too, is taken.
+  it is contradicted for as long as it lasts: never taken; once it is stale the park meter stands
+  in for it (no fail-safe: the caps are the park meter's); a real step, which the park meter shows
+  too, is taken.
 """
 
 from __future__ import annotations
@@ -125,7 +126,15 @@ def test_a_jump_the_park_meter_does_not_show_is_never_taken(tmp_path: Path, brok
     cycles, journal = run_service(tmp_path, site(tmp_path, park_meter=True), broker.url, plan, 13.0)
     seen = [c["grid_kw"][0] for c in cycles if c["grid_kw"][0] is not None]
     assert max(seen) < 100  # 330 never taken
-    assert any(c["mode"] == "failsafe" and "a" in c["reason"] for c in cycles)
+    # a-meter goes stale; the park meter stands in for it (60 - 20 - the 10 kW common load): no
+    # fail-safe, the caps stay held on the park meter
+    stood = [c for c in cycles if c["grid_from_park_meter"][0]]
+    assert stood, "the park meter never stood in for the lying meter"
+    assert all(c["mode"] == "normal" and abs(c["grid_kw"][0] - 30.0) < 1 for c in stood)
+    normal_from = next(i for i, c in enumerate(cycles) if c["mode"] == "normal")  # every meter read
+    assert all(c["mode"] == "normal" for c in cycles[normal_from:])
     assert any(abs(g - 90.0) < 1 for g in seen)  # the real step was taken
     assert cycles[-1]["mode"] == "normal"
     assert "implausible (contradicted" in journal
+    assert "a: its grid meter is stale; its grid is taken as the park meter" in journal
+    assert "a: its grid meter reads again" in journal

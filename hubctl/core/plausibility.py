@@ -33,7 +33,12 @@ The rules, per meter (`MeterBounds`, from `meter_bounds(cfg)`):
   witness is what the other side says this meter should read now (for a company's meter: the park
   meter less the other companies' meters less the common load last seen; for the park meter: the
   companies' meters plus that common load). A suspect within `tolerance_kw` of its witness is
-  taken; one the witness contradicts is never taken, however long it persists. Without a witness a
+  taken; one the witness contradicts is never taken, however long it persists. The witness is
+  made of meters read at other moments than this one, so while they move it is uncertain by as
+  much: the service widens the tolerance by how far the witness moved since the meter's last
+  reading (batteries answering a hall's step at 50 kW/s moved the other meters by more than the
+  tolerance between two polls, and the hall's real step was contradicted for seconds). A lie
+  against a steady park still meets the bare tolerance. Without a witness a
   plausible lie that persists cannot be told from the truth; `hubctl.service.cycle.MeterCheck`
   publishes the disagreement where there is a park meter.
 - **The common load the witness subtracts** (`follow_common`). The park meter less the companies'

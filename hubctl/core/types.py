@@ -151,6 +151,9 @@ class CompanyReading:
     # meter saw as anywhere between the reading and that setpoint (`hubctl.core.park.predict_net`).
     # False: both from the same moment, or both from before the write (`hubctl sim`)
     battery_behind: bool = False
+    # a shared connection whose park meter stands in for this company's stale grid meter: `grid_kw`
+    # is the park meter less the other companies and the common load (`hubctl.service.store`)
+    grid_from_park_meter: bool = False
 
 
 class BandMode(StrEnum):

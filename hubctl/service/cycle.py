@@ -519,6 +519,7 @@ class CycleRecords:
             export_source=lim.export_source,
             pv_available_kw=() if available is None else available.available_kw,
             pv_available_estimated=() if available is None else available.estimated,
+            grid_from_park_meter=tuple(r.grid_from_park_meter for r in snap.companies),
         )
         for sink in self.sinks:
             sink.cycle(record)

@@ -112,6 +112,7 @@ def state_document(
             "battery_kw": r.battery_kw,
             "soc_pct": r.soc_pct,
             "grid_age_s": r.grid_age_s,
+            "power_from_park_meter": r.grid_from_park_meter,
             "battery_setpoint_kw": decision.battery_setpoint_kw[i],
             "pv_limit_kw": decision.pv_limit_kw[i],
             "limits": lim(own) if own is not None else None,

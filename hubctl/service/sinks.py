@@ -69,6 +69,8 @@ class CycleRecord:
     # and whether it is the clear-sky estimate of an inverter held by its limit
     pv_available_kw: tuple[float | None, ...] = ()
     pv_available_estimated: tuple[bool, ...] = ()
+    # per company: its grid is the park meter less the others, standing in for its stale meter
+    grid_from_park_meter: tuple[bool, ...] = ()
 
 
 class TelemetrySink(Protocol):

@@ -17,6 +17,17 @@ How devices map onto the core's per-company readings (`Layout`):
   (the companies' meters split it); missing or stale, the core is in
   fail-safe. On a group contract there is none and the caps are on the
   companies' sum.
+- **A stale company meter behind a fresh park meter** (a shared connection):
+  when exactly one company's grid reading is stale (missing, frozen, or its
+  readings not taken) and the park meter and every other company's meter are
+  fresh, that company's grid becomes the park meter less the others and the
+  common load in use (`_stand_in`; `CompanyReading.grid_from_park_meter`,
+  published per company), and control goes on: the caps are the park meter's
+  and it still sees the whole connection. Fail-safe there cut the PV to the
+  zero-load export rule and let the import cap go (the shared-connection test:
+  the park meter at 305 kW against 150 for a minute). The company's own caps
+  are held on that figure; its error is the common load's drift since it was
+  last measured. Two stale companies, or a stale park meter: fail-safe.
 - **pv** / **battery**: the company's devices of that role, summed (state of
   charge: the mean). A reading older than `stale_after_s` is left out; with
   none left the value is None ("not available", never 0), so the core does
@@ -145,8 +156,10 @@ class ReadingStore:
         self._doubted: dict[str, Verdict] = {}  # meters whose last reading was not taken, and why
         self.rejected: dict[str, int] = {}  # implausible readings per meter, since start
         self._raw: dict[str, tuple[float, float]] = {}  # meter -> its latest power as read, and when
+        self._witnessed: dict[str, float] = {}  # meter -> the witness at its last reading
         self._seen: dict[str, tuple[dict[str, Any], bool]] = {}  # meter -> its last points, and if taken
         self._common = CommonLoad()  # the park meter less the companies, while every meter is believed
+        self._standing_in: str | None = None  # the company whose stale meter the park meter stands in for
         self._battery_sent_at: dict[str, float] = {}  # battery -> when its last setpoint was sent
         self._battery_moved_at: dict[str, float] = {}  # battery -> when its power reading last changed
 
@@ -184,7 +197,14 @@ class ReadingStore:
         state = self._screens.get(device_id, Screen())
         witness = self._witness(device_id, reading.read_at_s)
         self._raw[device_id] = (value, reading.read_at_s)
-        verdict, self._screens[device_id] = screen(bounds, state, value, witness, self.layout.tolerance_kw)
+        # the witness is made of meters read at other moments: while they move (a battery ramping
+        # answers a step) it is as uncertain as it moved since this meter's last reading
+        before = self._witnessed.pop(device_id, None)
+        moved = 0.0 if witness is None or before is None else abs(witness - before)
+        if witness is not None:
+            self._witnessed[device_id] = witness
+        tolerance = self.layout.tolerance_kw + moved
+        verdict, self._screens[device_id] = screen(bounds, state, value, witness, tolerance)
         doubted = self._doubted.get(device_id)
         if verdict is Verdict.TAKEN:
             if doubted is not None:
@@ -330,6 +350,36 @@ class ReadingStore:
                 out.append(value)
         return out
 
+    def _stand_in(self, grids: list[tuple[float | None, float]], now_s: float) -> int | None:
+        """The one company whose grid reading is stale on a shared connection whose park meter and
+        other meters are fresh: its reading becomes the park meter less the others and the common
+        load in use (`grids` updated; its index returned). Else None: with two or more stale, or the
+        park meter stale, the core is in fail-safe. An episode's start and end are logged."""
+        lay = self.layout
+        index = None
+        if lay.park_meter is not None and lay.residual is None:
+            stale = [i for i, (g, age) in enumerate(grids) if g is None or age > self.stale_after_s]
+            park, park_age = self._grid((lay.park_meter,), now_s)
+            if len(stale) == 1 and park is not None and park_age <= self.stale_after_s:
+                index = stale[0]
+                others = [g for i, g in enumerate(grids) if i != index]
+                rest = park - math.fsum(g for g, _ in others if g is not None) - (self._common.kw or 0.0)
+                grids[index] = (rest, max([park_age, *(a for _, a in others)]))
+        company = None if index is None else lay.company_ids[index]
+        if company != self._standing_in:
+            if company is not None:
+                log.warning(
+                    "%s: its grid meter is stale; its grid is taken as the park meter less the other "
+                    "companies and the common load (%.1f kW) until the meter reads again: the caps stay "
+                    "held on the park meter",
+                    company,
+                    self._common.kw or 0.0,
+                )
+            else:
+                log.info("%s: its grid meter reads again", self._standing_in)
+            self._standing_in = company
+        return index
+
     def snapshot(self, ts_utc: float, now_s: float) -> Snapshot:
         lay = self.layout
         grids = [self._grid(ids, now_s) if ids else (None, math.inf) for ids in lay.grid]
@@ -339,8 +389,12 @@ class ReadingStore:
             if park is not None and all(g is not None for g, _ in others):
                 rest = park - sum(g for g, _ in others if g is not None)
                 grids[lay.residual] = (rest, max([park_age, *(a for _, a in others)]))
+        stand_in = self._stand_in(grids, now_s)
         companies = []
-        for (grid, age), grid_ids, pv_ids, bat_ids in zip(grids, lay.grid, lay.pv, lay.battery, strict=True):
+        for i, ((grid, age), grid_ids, pv_ids, bat_ids) in enumerate(
+            zip(grids, lay.grid, lay.pv, lay.battery, strict=True)
+        ):
+            meters = () if i == stand_in else grid_ids  # a stand-in's battery: against the park meter
             pv = self._fresh(pv_ids, "power_kw", now_s)
             bat = self._fresh(bat_ids, "power_kw", now_s)
             soc = self._fresh(bat_ids, "soc_pct", now_s)
@@ -351,7 +405,8 @@ class ReadingStore:
                     battery_kw=math.fsum(bat) if bat else None,
                     soc_pct=math.fsum(soc) / len(soc) if soc else None,
                     grid_age_s=age if math.isfinite(age) else 1e9,
-                    battery_behind=bool(bat) and self._battery_behind(grid_ids, bat_ids, now_s),
+                    battery_behind=bool(bat) and self._battery_behind(meters, bat_ids, now_s),
+                    grid_from_park_meter=i == stand_in,
                 )
             )
         park_meter = None
@@ -360,7 +415,11 @@ class ReadingStore:
             park_meter = ParkMeterReading(park, park_age if math.isfinite(park_age) else 1e9)
         snap = Snapshot(ts_utc, tuple(companies), park_meter=park_meter)
         common = snap.common_kw()
-        believed = not self._doubted and all(c.grid_age_s <= self.stale_after_s for c in companies)
+        believed = (
+            stand_in is None
+            and not self._doubted
+            and all(c.grid_age_s <= self.stale_after_s for c in companies)
+        )
         measured = (
             common if park_meter is not None and park_meter.age_s <= self.stale_after_s and believed else None
         )

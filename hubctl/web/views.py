@@ -32,6 +32,7 @@ _COMPANY_FIELDS = (
     "battery_kw",
     "soc_pct",
     "grid_age_s",
+    "power_from_park_meter",
     "battery_setpoint_kw",
     "pv_limit_kw",
     "limits",
