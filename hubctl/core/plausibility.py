@@ -38,7 +38,9 @@ The rules, per meter (`MeterBounds`, from `meter_bounds(cfg)`):
   much: the service widens the tolerance by how far the witness moved since the meter's last
   reading (batteries answering a hall's step at 50 kW/s moved the other meters by more than the
   tolerance between two polls, and the hall's real step was contradicted for seconds). A lie
-  against a steady park still meets the bare tolerance. Without a witness a
+  against a steady park still meets the bare tolerance; a lie that begins in the very reading in
+  which the witness moves by as much is taken (and then followed), a gap accepted for now. Without
+  a witness a
   plausible lie that persists cannot be told from the truth; `hubctl.service.cycle.MeterCheck`
   publishes the disagreement where there is a park meter.
 - **The common load the witness subtracts** (`follow_common`). The park meter less the companies'
