@@ -74,8 +74,10 @@ sharing: {{key: pro_rata, interval_s: 900}}
 GAMMA_PV_KW = 40.0  # run B only: gamma's peak, and its sun all the time
 # a load step at t = 60 s: gamma 30 -> 230 kW, the park would import 170 kW against a 150 kW cap;
 # the rows wobble by a few kW so that every meter's reading keeps changing, as real meters' do
+# (gamma has only its load: its rows alternate, the row at 59 s too, or its meter would read flat
+# for the 5 s before the step and count as frozen)
 STEP_PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n" + "".join(
-    f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < 60 else 230) + (t // 5) % 2},0\n"
+    f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < 60 else 230) + -(-t // 5) % 2},0\n"
     for t in [*range(0, 60, 5), 59, *range(60, 7200, 5)]
 )
 # run B: little load, small batteries: the export cap needs the PV limited; gamma has PV too

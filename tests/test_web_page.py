@@ -58,7 +58,7 @@ STEP_T_S = 400  # the load step at the simulator (simulated s; 20 s of real time
 # gamma 30 -> 230 kW at STEP_T_S: the park goes from about 0 kW (the batteries charge from the PV
 # surplus) to about 30 kW (both discharge at full power), or up to 170 kW for the moment they ramp
 PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n" + "".join(
-    f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < STEP_T_S else 230) + (t // 5) % 2},0\n"
+    f"{t},{40 + (t // 7) % 3},80,{30 + (t // 11) % 2},50,{(30 if t < STEP_T_S else 230) + -(-t // 5) % 2},0\n"
     for t in sorted({*range(0, 7200, 5), STEP_T_S - 1})
 )
 MONTH = "2026-06"  # the scenario's day, 2026-06-22
