@@ -80,7 +80,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         options = Options(mqtt_url=args.mqtt_url, influx_url=args.influx_url, web=args.web, env=env)
         problems = start_problems(cfg, options, create=False)
         if problems:  # what `hubctl run` would refuse to start with, in the same words
-            return report_problems(args.file, problems)
+            code = report_problems(args.file, problems)
+            if not args.env_file:  # the service's broker URL and secrets live in its EnvironmentFile
+                print(
+                    "  (judged in this shell's environment; the service also reads its EnvironmentFile, "
+                    "/etc/hubctl/hubctl.env in deploy/hubctl.service: give --env-file FILE to judge with it)",
+                    file=sys.stderr,
+                )
+            return code
     bats = sum(1 for c in cfg.companies if c.battery)
     pvs = sum(1 for c in cfg.companies if c.pv)
     print(f"{args.file}: ok: site {cfg.site.id}, {len(cfg.companies)} companies, {pvs} PV, {bats} batteries")
