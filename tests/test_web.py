@@ -201,7 +201,10 @@ DOC: dict[str, Any] = {
     "mode": "normal",
     "reason": "holding the cap for alpha and beta",
     "park": {"power_kw": 80.0, "limits": {"import_limit_kw": 100.0, "import_source": "contract"}},
-    "companies": {"alpha": {"power_kw": 50.0, "pv_kw": 1.0}, "beta": {"power_kw": 30.0, "pv_kw": 2.0}},
+    "companies": {
+        "alpha": {"power_kw": 50.0, "pv_kw": 1.0, "power_from_park_meter": True},
+        "beta": {"power_kw": 30.0, "pv_kw": 2.0, "power_from_park_meter": False},
+    },
     "devices": {
         "alpha-grid": {"health": "ok"},
         "beta-grid": {"health": "down"},
@@ -216,6 +219,7 @@ def test_a_company_sees_its_own_row_and_nothing_of_the_others() -> None:
     mine = state_view(DOC, Role("alpha"), None, DEVICES)
     assert set(mine["companies"]) == {"alpha"}
     assert mine["companies"]["alpha"]["power_kw"] == 50.0
+    assert mine["companies"]["alpha"]["power_from_park_meter"] is True  # its figure is a stand-in
     assert set(mine["devices"]) == {"alpha-grid"}
     assert mine["down"] == []
     assert "beta" not in json.dumps(mine)

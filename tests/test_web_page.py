@@ -408,3 +408,39 @@ def test_control_goes_on_when_the_page_port_is_taken(tmp_path: Path, monkeypatch
     assert journal.count(f"park page: cannot listen on 127.0.0.1:{port}") == 1, journal
     assert "control goes on without the page" in journal
     assert "Traceback" not in journal
+
+
+def test_a_company_row_stood_in_for_by_the_park_meter_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared connection whose gamma meter freezes: the page's gamma row shows the park meter's
+    stand-in figure, marked, and the mark goes when the meter reads again."""
+    park = Park(tmp_path, PROFILES, (100, 40), "--park-meter")
+    port = free_port()
+    _site(park, tmp_path, port)
+    url = f"http://127.0.0.1:{port}/"
+    monkeypatch.setenv("HUBCTL_WEB_MANAGER_TOKEN", MANAGER)
+    service = Service(tmp_path, park)
+    try:
+        _wait_http(url, service.proc)
+        with _browser() as manager:
+            _login(manager, url, MANAGER)
+
+            def gamma_grid(d: webdriver.Chrome) -> str:
+                return str(d.find_element(By.CSS_SELECTOR, "tr[data-company=gamma] td:nth-child(2)").text)
+
+            WebDriverWait(manager, 10).until(lambda d: gamma_grid(d) not in {"", "–"})
+            assert "park meter" not in gamma_grid(manager)
+            park.request(op="inject", device="gamma-grid", fault="frozen")
+            WebDriverWait(manager, 20, poll_frequency=0.1).until(lambda d: "park meter" in gamma_grid(d))
+            shown = gamma_grid(manager)
+            assert shown.endswith(" (from the park meter)")
+            assert 25.0 < float(shown.split()[0]) < 36.0  # gamma's load, 30-31 kW, no PV
+            park.request(op="clear", device="gamma-grid")
+            WebDriverWait(manager, 20, poll_frequency=0.1).until(lambda d: "park meter" not in gamma_grid(d))
+    finally:
+        service.close()
+        if service.proc.poll() is None:
+            service.proc.send_signal(signal.SIGTERM)
+            service.proc.communicate(timeout=10)
+        park.stop()

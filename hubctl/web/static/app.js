@@ -63,7 +63,9 @@
     for (const [id, c] of Object.entries(s.companies)) {
       const tr = body.insertRow(); tr.dataset.company = id;
       const own = c.limits ? fmt(c.limits.import_limit_kw) + " / " + fmt(c.limits.export_limit_kw) : "–";
-      for (const v of [id, fmt(c.power_kw), fmt(c.pv_kw), fmt(c.battery_kw), fmt(c.soc_pct, 0),
+      // its meter stale on a shared connection: the park meter less the others stands in for it
+      const grid = fmt(c.power_kw) + (c.power_from_park_meter ? " (from the park meter)" : "");
+      for (const v of [id, grid, fmt(c.pv_kw), fmt(c.battery_kw), fmt(c.soc_pct, 0),
                        fmt(c.battery_setpoint_kw), fmt(c.pv_limit_kw), own]) {
         tr.insertCell().textContent = v;
       }
