@@ -200,15 +200,20 @@ def _cycles_after(service: Service, count: int, timeout_s: float) -> list[dict[s
     return service.cycles()[start:]
 
 
-def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    park = Park(tmp_path, PROFILES, battery_kw=(100, 40))
+def _serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Park, Service, str]:
+    """The test park (`hubctl simulate ... EXTRA`) and `hubctl run` serving its page: the page's URL,
+    with the manager's, alpha's and beta's tokens in the environment."""
+    park = Park(tmp_path, PROFILES, (100, 40), *extra)
     port = free_port()
     _site(park, tmp_path, port)
-    url = f"http://127.0.0.1:{port}/"
     monkeypatch.setenv("HUBCTL_WEB_MANAGER_TOKEN", MANAGER)
     monkeypatch.setenv("HUBCTL_WEB_COMPANY_ALPHA_TOKEN", ALPHA)
     monkeypatch.setenv("HUBCTL_WEB_COMPANY_BETA_TOKEN", BETA)
-    service = Service(tmp_path, park)
+    return park, Service(tmp_path, park), f"http://127.0.0.1:{port}/"
+
+
+def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    park, service, url = _serve(tmp_path, monkeypatch)
     try:
         _wait_http(url, service.proc)
         with _browser() as manager:
@@ -415,12 +420,7 @@ def test_a_company_row_stood_in_for_by_the_park_meter_says_so(
 ) -> None:
     """A shared connection whose gamma meter freezes: the page's gamma row shows the park meter's
     stand-in figure, marked, and the mark goes when the meter reads again."""
-    park = Park(tmp_path, PROFILES, (100, 40), "--park-meter")
-    port = free_port()
-    _site(park, tmp_path, port)
-    url = f"http://127.0.0.1:{port}/"
-    monkeypatch.setenv("HUBCTL_WEB_MANAGER_TOKEN", MANAGER)
-    service = Service(tmp_path, park)
+    park, service, url = _serve(tmp_path, monkeypatch, "--park-meter")
     try:
         _wait_http(url, service.proc)
         with _browser() as manager:
