@@ -14,7 +14,10 @@ the figures are the scorer's, not hubctl's. Prints a row per run against the tar
 no failed check, 0 quarter-hours over, longest run over <= 5 s, curtailment <= 1.10 x LP + 2 % of
 PV, import <= 1.05 x LP) and, for weeks, a row per day (quarter-hours over, longest run, curtailed
 and imported kWh, with the LP's own schedule cut at local midnight beside it: an attribution, the
-LP moves energy between days).
+LP moves energy between days). Each row also gives the energy the run's batteries ended with and
+the import against the same bound made to end with that energy (`bench/lp_same_end.py`): score's
+bound has no end-of-day value and ends every run empty, hubctl ends a day holding what tomorrow's
+ramp needs; the second ratio is what is left when that energy is taken out.
 """
 
 from __future__ import annotations
@@ -159,6 +162,11 @@ def run_job(job: Job, shared: Path) -> dict[str, Any]:
     )
     if job.week:
         parsed["days"] = per_day(job, shared)
+    # the same bound made to end with the energy the run's batteries ended with (bench/lp_same_end.py)
+    same = [sys.executable, str(Path(__file__).with_name("lp_same_end.py")), str(job.scenario), str(job.out)]
+    same += ["--json", "--shared", str(shared), "--lp-res", "300" if job.week else "60"]
+    out = subprocess.run(same, capture_output=True, text=True, check=True).stdout
+    parsed["same_end"] = json.loads(out.strip().splitlines()[-1])
     return parsed
 
 
@@ -253,7 +261,7 @@ def main() -> None:
             futures = {j.name: pool.submit(run_job, j, args.shared) for j in jobs}
             results = {name: f.result() for name, f in futures.items()}
     head = f"{'run':42s} {'checks':>6s} {'q.over':>6s} {'longest':>7s} {'curt kWh':>9s} {'allowed':>8s} "
-    head += f"{'import/LP':>9s} {'meets':>5s}"
+    head += f"{'import/LP':>9s} {'meets':>5s} {'end kWh':>8s} {'/LP same end':>12s}"
     print(head)
     met = 0
     for job in sorted(jobs, key=lambda j: (j.week, j.name)):
@@ -264,7 +272,8 @@ def main() -> None:
         print(
             f"{job.name:42s} {len(failed) or 'ok':>6} {m['cap_quarters_over']:>6d} "
             f"{m['longest_over_s']:>6.0f}s {m['curtailed_kwh']:>9.1f} {allowed:>8.1f} "
-            f"{ratio:>9.3f} {'yes' if ok else 'NO':>5s}"
+            f"{ratio:>9.3f} {'yes' if ok else 'NO':>5s} {res['same_end']['end_kwh']:>8.0f} "
+            f"{m['park_import_kwh'] / res['same_end']['bound_same_end_kwh']:>12.3f}"
         )
         for d, row in enumerate(res.get("days", [])):
             print(
