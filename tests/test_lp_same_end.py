@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from support import score_module
 
 from simulators.contract import SHARED
-from tests.support import score_module
 
 if TYPE_CHECKING:
     from types import ModuleType
