@@ -1,7 +1,7 @@
 """The park page (hubctl.web, docs/web.md) in a real headless Chromium against `hubctl run` (simulated park).
 
 `hubctl simulate` and `hubctl run --web` as subprocesses over real Modbus TCP (the helpers of
-test_service_e2e: `Park`, `Service`, accelerated 20x), Debian's `chromium` and `chromium-driver`
+test_service_e2e: `Park`, `Service`, accelerated 10x and 20x), Debian's `chromium` and `chromium-driver`
 driven by selenium (the Makefile installs both). One run checks, as the issue's acceptance lists
 them: the page shows the park's power within 2 s of a load step at the simulator (the push is at
 most once a second); the import and export caps and their source; a company's login sees its own
@@ -38,7 +38,7 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from support import REPO, free_port, leak_fixture
-from test_service_e2e import _CHILDREN, Park, Service
+from test_service_e2e import _CHILDREN, SPEED, Park, Service
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,7 +54,8 @@ no_leaks = leak_fixture(_CHILDREN)
 MANAGER = "manager-token-0123456789abcdef"
 ALPHA = "alpha-token-0123456789abcdef"
 BETA = "beta-token-0123456789abcdef"
-STEP_T_S = 400  # the load step at the simulator (simulated s; 20 s of real time at 20x)
+PAGE_SPEED = 10.0  # the first test's acceleration (the others run at test_service_e2e's SPEED, 20x)
+STEP_T_S = 400  # the load step at the simulator (simulated s; 40 s of real time at 10x)
 # gamma 30 -> 230 kW at STEP_T_S: the park goes from about 0 kW (the batteries charge from the PV
 # surplus) to about 30 kW (both discharge at full power), or up to 170 kW for the moment they ramp
 PROFILES = "t_s,alpha.load_kw,alpha.pv_kw,beta.load_kw,beta.pv_kw,gamma.load_kw,gamma.pv_kw\n" + "".join(
@@ -200,10 +201,12 @@ def _cycles_after(service: Service, count: int, timeout_s: float) -> list[dict[s
     return service.cycles()[start:]
 
 
-def _serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Park, Service, str]:
-    """The test park (`hubctl simulate ... EXTRA`) and `hubctl run` serving its page: the page's URL,
-    with the manager's, alpha's and beta's tokens in the environment."""
-    park = Park(tmp_path, PROFILES, (100, 40), *extra)
+def _serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str, speed: float = SPEED
+) -> tuple[Park, Service, str]:
+    """The test park (`hubctl simulate ... EXTRA`, accelerated SPEED times) and `hubctl run` serving
+    its page: the page's URL, with the manager's, alpha's and beta's tokens in the environment."""
+    park = Park(tmp_path, PROFILES, (100, 40), *extra, speed=speed)
     port = free_port()
     _site(park, tmp_path, port)
     monkeypatch.setenv("HUBCTL_WEB_MANAGER_TOKEN", MANAGER)
@@ -213,7 +216,10 @@ def _serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tupl
 
 
 def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    park, service, url = _serve(tmp_path, monkeypatch)
+    # 10x, not 20x: the settled cycles' power is judged here, and at 20x a cycle has 50 ms of real
+    # time; with one more busy process on the 2 cores the readings lagged a cycle behind and the
+    # batteries swung (median 8 kW, 1 run in 4); at 10x the step comes 40 s into the run
+    park, service, url = _serve(tmp_path, monkeypatch, speed=PAGE_SPEED)
     try:
         _wait_http(url, service.proc)
         with _browser() as manager:
@@ -224,7 +230,10 @@ def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             assert _text(manager, "import-source") == "contract"
             assert _text(manager, "export-cap") == "40.0"
             assert _text(manager, "export-source") == "contract"
-            assert _text(manager, "mode") == "normal"
+            # the mode shown is that of the cycle just run: normal, once the meters read fresh
+            # (accelerated, a meter is stale after half a real second, so a loaded machine can give a
+            # fail-safe cycle at any moment, and did in CI at 20x: the page is given 5 s to show normal)
+            WebDriverWait(manager, 5, poll_frequency=0.05).until(lambda d: _text(d, "mode") == "normal")
             shown = set(_companies_shown(manager))
             assert shown == {"alpha", "beta", "gamma"}
             # the page shows the park's power of a cycle just run; before the step the batteries
@@ -233,7 +242,11 @@ def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             service.poll()
             ran = service.cycles()
             assert min(abs(shown_kw - sum(c["grid_kw"])) for c in ran[-20:]) <= 0.15
-            settled = sorted(abs(sum(c["grid_kw"])) for c in ran[10:])  # after the batteries' first ramp
+            # after the batteries' first ramp, the cycles in normal mode (a fail-safe cycle stops the
+            # batteries by design: docs/failsafe.md; a loaded machine gives some, accelerated)
+            normal = [c for c in ran[10:] if c["mode"] == "normal"]
+            print(f"{len(normal)} of {len(ran[10:])} settled cycles in normal mode")
+            settled = sorted(abs(sum(c["grid_kw"])) for c in normal)
             assert len(settled) >= 20
             assert settled[len(settled) // 2] < 5.0  # the median cycle
 
@@ -265,7 +278,7 @@ def test_the_park_page_in_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             for pid in _chromium_pids(manager):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            # (at 20x a meter counts as stale after a quarter of a real second: a busy machine can
+            # (at 10x a meter counts as stale after half a real second: a busy machine can
             # give a fail-safe cycle now and then, with or without a browser, so the modes are not
             # what is checked here; that the cycles go on and the page still answers is)
             cycles = _cycles_after(service, 40, timeout_s=10)
